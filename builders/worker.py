@@ -1,0 +1,69 @@
+"""Worker entry point: `python -m builders.worker FRAMEWORK JOB_DIR`.
+
+Runs in the framework's own environment and process. Reads JOB_DIR/model.json,
+weights.npz and inputs.npz (array "x"); writes JOB_DIR/outputs.npz (one array per layer,
+keyed by layer name) and JOB_DIR/worker.json (versions, timings), each complete or absent.
+Exit 0 on success, 3 when the builder cannot express the model, 1 on any other failure;
+the reason is the last line on stderr.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from builders import FRAMEWORKS, Unsupported
+from spec.ir import ModelSpec
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".part")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def run(framework: str, job: Path) -> None:
+    module = importlib.import_module(FRAMEWORKS[framework][0])
+    spec = ModelSpec.load(job)
+    with np.load(job / "inputs.npz") as npz:
+        x = npz["x"].astype(np.float32)
+    t0 = time.perf_counter()
+    model = module.build(spec)
+    t1 = time.perf_counter()
+    outputs = module.layer_outputs(model, spec, x)
+    t2 = time.perf_counter()
+    missing = [l.name for l in spec.layers if l.name not in outputs]
+    if missing:
+        raise RuntimeError(f"builder returned no output for layers {missing}")
+    arrays = {name: np.asarray(outputs[name], dtype=np.float32) for name in (l.name for l in spec.layers)}
+    _write_atomic(job / "outputs.npz", lambda p: np.savez(open(p, "wb"), **arrays))
+    info = {"framework": framework, "versions": module.versions(),
+            "build_s": t1 - t0, "forward_s": t2 - t1, "python": sys.version.split()[0]}
+    _write_atomic(job / "worker.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in FRAMEWORKS:
+        print(f"usage: python -m builders.worker {{{','.join(FRAMEWORKS)}}} JOB_DIR", file=sys.stderr)
+        return 2
+    try:
+        run(argv[0], Path(argv[1]))
+    except Unsupported as exc:
+        print(f"unsupported: {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:  # the orchestrator shows the last line; the traceback helps debugging
+        traceback.print_exc()
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Read an ONNX file of the supported op set into a ModelSpec.
+
+The only place that parses ONNX protobuf. Every way a file can be unusable ends in a
+ModelError whose message is one line naming the file, node, op or tensor at fault.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from spec.ir import Layer, ModelSpec, same_pads, window_output_size
+
+OPSET_RANGE = (13, 20)
+SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
+                 "Gemm", "MatMul+Add", "Softmax (last axis)", "Identity", "Constant")
+
+
+class ModelError(ValueError):
+    """A model file this tool cannot use; the message is meant for the user as it is."""
+
+
+def load_onnx(path) -> onnx.ModelProto:
+    """Load and check a model file, external data included; raises ModelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no graph nodes; truncated or another kind of file?)")
+    _check_opset(path, model)
+    _load_external_data(path, model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelError(f"{path}: ONNX checker rejected the model: {_first_line(exc)}") from None
+    return model
+
+
+def import_model(path) -> ModelSpec:
+    """The ModelSpec of the ONNX model at path; raises ModelError."""
+    return _Importer(Path(path), load_onnx(path)).run()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _check_opset(path: Path, model: onnx.ModelProto) -> None:
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    version = versions.get("ai.onnx")
+    if version is None:
+        raise ModelError(f"{path}: model imports no default ONNX opset")
+    lo, hi = OPSET_RANGE
+    if not lo <= version <= hi:
+        raise ModelError(f"{path}: opset {version} is not supported (supported: opsets {lo}-{hi}); "
+                         f"re-export with opset_version between {lo} and {hi}")
+
+
+def _load_external_data(path: Path, model: onnx.ModelProto) -> None:
+    base = path.parent.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(base):
+            raise ModelError(f"{path}: tensor {tensor.name!r} points to external data {location!r} "
+                             f"outside the model's folder; refused")
+        if not target.is_file():
+            raise ModelError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
+        offset, length = int(entries.get("offset", 0) or 0), entries.get("length")
+        size = target.stat().st_size
+        if offset + (int(length) if length else 0) > size:
+            raise ModelError(f"{path}: external data of tensor {tensor.name!r} lies beyond the end of "
+                             f"{location!r} ({size} bytes); the file is truncated")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(base))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read external data: {_first_line(exc)}") from None
+
+
+class _Importer:
+    def __init__(self, path: Path, model: onnx.ModelProto):
+        self.path, self.model, self.graph = path, model, model.graph
+        self.constants = {t.name: t for t in self.graph.initializer}
+        self.layers: list[Layer] = []
+        self.weights: dict[str, np.ndarray] = {}
+        self.names: set[str] = set()
+
+    def fail(self, node, message: str):
+        raise ModelError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
+
+    # -- graph walk --------------------------------------------------------------------
+    def run(self) -> ModelSpec:
+        inputs = [i for i in self.graph.input if i.name not in self.constants]
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path}: expected one graph input, found {len(inputs)}")
+        if len(self.graph.output) != 1:
+            raise ModelError(f"{self.path}: expected one graph output, found {len(self.graph.output)}")
+        self.input_name = inputs[0].name
+        dims = self._input_dims(inputs[0])
+        self.current, self.shape = self.input_name, tuple(dims[1:])
+        self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+        nodes = list(self.graph.node)
+        i = 0
+        while i < len(nodes):
+            i = self._visit(nodes, i)
+        if self.current != self.graph.output[0].name:
+            raise ModelError(f"{self.path}: graph output {self.graph.output[0].name!r} is not the end of "
+                             f"the layer chain (which ends at {self.current!r})")
+        if not self.layers:
+            raise ModelError(f"{self.path}: the model has no layers")
+        return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch)
+
+    def _input_dims(self, value_info) -> list:
+        t = value_info.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT:
+            raise ModelError(f"{self.path}: input {value_info.name!r} must be float32")
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        if len(dims) not in (2, 4) or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            raise ModelError(f"{self.path}: input {value_info.name!r} has shape {dims}; supported are "
+                             f"[N, C, H, W] and [N, F] with fixed C, H, W, F")
+        self.shape_in = tuple(dims[1:])
+        return dims
+
+    def _visit(self, nodes: list, i: int) -> int:
+        node = nodes[i]
+        if node.domain not in ("", "ai.onnx"):
+            self.fail(node, f"op domain {node.domain!r} is not supported; supported ops: {', '.join(SUPPORTED_OPS)}")
+        if node.op_type == "Constant":
+            self.constants[node.output[0]] = self._constant_node_tensor(node)
+            return i + 1
+        if not node.input or node.input[0] != self.current:
+            self.fail(node, f"does not continue the layer chain at {self.current!r}; "
+                            f"only single-chain (sequential) models are supported")
+        handler = getattr(self, f"_op_{node.op_type}", None)
+        if handler is None:
+            self.fail(node, f"op {node.op_type!r} is not supported; supported ops: {', '.join(SUPPORTED_OPS)}")
+        return handler(node, nodes, i)
+
+    def _add(self, node, kind: str, attrs: dict, shape: tuple, output: str, weights=None) -> None:
+        base = re.sub(r"[^A-Za-z0-9_]+", "_", node.name).strip("_") or f"{kind}"
+        name, n = base, 1
+        while name in self.names:
+            n += 1
+            name = f"{base}_{n}"
+        self.names.add(name)
+        for key, value in (weights or {}).items():
+            self.weights[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=np.float32)
+        self.layers.append(Layer(name, kind, attrs, tuple(shape), output))
+        self.current, self.shape = output, tuple(shape)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _constant_node_tensor(self, node):
+        for a in node.attribute:
+            if a.name == "value":
+                return a.t
+        self.fail(node, "only Constant nodes with a 'value' tensor are supported")
+
+    def _const(self, node, name: str, what: str) -> np.ndarray:
+        if name not in self.constants:
+            self.fail(node, f"{what} {name!r} is not an initializer or constant (missing initializer?)")
+        try:
+            return numpy_helper.to_array(self.constants[name])
+        except Exception as exc:
+            self.fail(node, f"cannot read tensor {name!r}: {_first_line(exc)}")
+
+    @staticmethod
+    def _attrs(node) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def _require_spatial(self, node):
+        if len(self.shape) != 3:
+            self.fail(node, f"expects an NCHW input, got a tensor of shape {('N',) + self.shape}")
+
+    def _window(self, node, attrs: dict, kernel: tuple) -> tuple:
+        strides = tuple(attrs.get("strides", (1, 1)))
+        if any(d != 1 for d in attrs.get("dilations", (1, 1))):
+            self.fail(node, "dilations other than 1 are not supported")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        hw = self.shape[1:]
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = same_pads(hw, kernel, strides, upper=auto_pad == "SAME_UPPER")
+        elif auto_pad == "VALID":
+            pads = (0, 0, 0, 0)
+        elif auto_pad == "NOTSET":
+            pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+        else:
+            self.fail(node, f"auto_pad {auto_pad!r} is not supported")
+        if len(kernel) != 2 or len(strides) != 2 or len(pads) != 4:
+            self.fail(node, "only 2-D windows are supported")
+        if any(p < 0 for p in pads) or any(s < 1 for s in strides):
+            self.fail(node, f"invalid pads {pads} or strides {strides}")
+        out_hw = tuple(window_output_size(hw[a], kernel[a], strides[a], pads[a], pads[a + 2]) for a in (0, 1))
+        if min(out_hw) < 1:
+            self.fail(node, f"window {kernel} does not fit the {hw[0]}x{hw[1]} input")
+        return strides, pads, out_hw
+
+    # -- ops ---------------------------------------------------------------------------
+    def _op_Identity(self, node, nodes, i):
+        self.current = node.output[0]
+        return i + 1
+
+    def _op_Relu(self, node, nodes, i):
+        self._add(node, "relu", {}, self.shape, node.output[0])
+        return i + 1
+
+    def _op_Conv(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        w = self._const(node, node.input[1], "weight")
+        if w.ndim != 4 or w.shape[1] != self.shape[0]:
+            self.fail(node, f"weight {node.input[1]!r} has shape {w.shape}; expected (out, {self.shape[0]}, kh, kw)")
+        if attrs.get("group", 1) != 1:
+            self.fail(node, "group convolution is not supported (group must be 1)")
+        kernel = tuple(attrs.get("kernel_shape", w.shape[2:]))
+        if kernel != w.shape[2:]:
+            self.fail(node, f"kernel_shape {kernel} does not match weight shape {w.shape}")
+        strides, pads, out_hw = self._window(node, attrs, kernel)
+        b = self._const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
+        if b.shape != (w.shape[0],):
+            self.fail(node, f"bias {node.input[2]!r} has shape {b.shape}; expected ({w.shape[0]},)")
+        attrs_out = {"filters": int(w.shape[0]), "kernel": kernel, "strides": strides, "pads": pads}
+        self._add(node, "conv", attrs_out, (w.shape[0],) + out_hw, node.output[0], {"weight": w, "bias": b})
+        return i + 1
+
+    def _pool(self, node, kind: str, i: int, extra: dict):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        if attrs.get("ceil_mode", 0):
+            self.fail(node, "ceil_mode=1 is not supported")
+        if attrs.get("storage_order", 0):
+            self.fail(node, "storage_order=1 is not supported")
+        if len(node.output) > 1 and node.output[1]:
+            self.fail(node, "the Indices output is not supported")
+        kernel = tuple(attrs["kernel_shape"])
+        strides, pads, out_hw = self._window(node, attrs, kernel)
+        self._add(node, kind, {"kernel": kernel, "strides": strides, "pads": pads, **extra},
+                  (self.shape[0],) + out_hw, node.output[0])
+        return i + 1
+
+    def _op_MaxPool(self, node, nodes, i):
+        return self._pool(node, "maxpool", i, {})
+
+    def _op_AveragePool(self, node, nodes, i):
+        include = bool(self._attrs(node).get("count_include_pad", 0))
+        return self._pool(node, "avgpool", i, {"count_include_pad": include})
+
+    def _op_Dropout(self, node, nodes, i):
+        attrs = self._attrs(node)
+        rate = attrs.get("ratio", 0.5)
+        if len(node.input) > 1 and node.input[1]:
+            rate = float(self._const(node, node.input[1], "ratio"))
+        if len(node.input) > 2 and node.input[2] and bool(self._const(node, node.input[2], "training_mode")):
+            self.fail(node, "training_mode=True is not supported for a model description")
+        if len(node.output) > 1 and node.output[1]:
+            self.fail(node, "the mask output is not supported")
+        if not 0.0 <= rate < 1.0:
+            self.fail(node, f"ratio {rate} is outside [0, 1)")
+        self._add(node, "dropout", {"rate": float(rate)}, self.shape, node.output[0])
+        return i + 1
+
+    def _flatten(self, node, i):
+        self._add(node, "flatten", {}, (int(np.prod(self.shape)),), node.output[0])
+        return i + 1
+
+    def _op_Flatten(self, node, nodes, i):
+        if self._attrs(node).get("axis", 1) != 1:
+            self.fail(node, "only axis=1 (keep the batch axis) is supported")
+        return self._flatten(node, i)
+
+    def _op_Reshape(self, node, nodes, i):
+        target = [int(v) for v in self._const(node, node.input[1], "shape").reshape(-1)]
+        features = int(np.prod(self.shape))
+        ok_batch = target[:1] and target[0] in (-1, 0) + ((self.batch,) if self.batch else ())
+        if len(target) != 2 or not ok_batch or target[1] not in (-1, features) or target == [-1, -1]:
+            self.fail(node, f"Reshape to {target} is supported only as a flatten to [N, {features}]")
+        return self._flatten(node, i)
+
+    def _dense(self, node, w: np.ndarray, b: np.ndarray, output: str, i_next: int):
+        if len(self.shape) != 1 or w.ndim != 2 or w.shape[0] != self.shape[0]:
+            self.fail(node, f"weight of shape {w.shape} cannot follow a tensor of shape {('N',) + self.shape}; "
+                            f"dense layers need a flattened [N, F] input")
+        try:
+            b = np.broadcast_to(b, (w.shape[1],))
+        except ValueError:
+            self.fail(node, f"bias of shape {b.shape} does not fit {w.shape[1]} outputs")
+        self._add(node, "dense", {"units": int(w.shape[1])}, (w.shape[1],), output, {"weight": w, "bias": b})
+        return i_next
+
+    def _op_Gemm(self, node, nodes, i):
+        attrs = self._attrs(node)
+        if attrs.get("transA", 0):
+            self.fail(node, "transA=1 is not supported")
+        w = self._const(node, node.input[1], "weight")
+        if attrs.get("transB", 0):
+            w = w.T
+        w = w * attrs.get("alpha", 1.0)
+        units = w.shape[1] if w.ndim == 2 else 0
+        b = (self._const(node, node.input[2], "bias") * attrs.get("beta", 1.0)
+             if len(node.input) > 2 and node.input[2] else np.zeros(units))
+        return self._dense(node, w, b, node.output[0], i + 1)
+
+    def _op_MatMul(self, node, nodes, i):
+        w = self._const(node, node.input[1], "weight")
+        nxt = nodes[i + 1] if i + 1 < len(nodes) else None
+        if nxt is not None and nxt.op_type == "Add" and node.output[0] in nxt.input:
+            other = [n for n in nxt.input if n != node.output[0]]
+            if len(other) != 1:
+                self.fail(nxt, "Add after MatMul must add one bias tensor")
+            b = self._const(nxt, other[0], "bias")
+            return self._dense(node, w, b.reshape(-1) if b.size == w.shape[-1] else b, nxt.output[0], i + 2)
+        units = w.shape[1] if w.ndim == 2 else 0
+        return self._dense(node, w, np.zeros(units), node.output[0], i + 1)
+
+    def _op_Softmax(self, node, nodes, i):
+        axis = self._attrs(node).get("axis", -1)
+        if len(self.shape) != 1 or axis not in (-1, 1):
+            self.fail(node, f"only Softmax over the last axis of an [N, F] tensor is supported (axis={axis}, "
+                            f"input shape {('N',) + self.shape})")
+        self._add(node, "softmax", {}, self.shape, node.output[0])
+        return i + 1
+
+
+def describe(spec: ModelSpec) -> str:
+    """A short human-readable summary, one layer per line."""
+    lines = [f"input {spec.input_shape}"]
+    for layer in spec.layers:
+        attrs = ", ".join(f"{k}={v}" for k, v in layer.attrs.items())
+        lines.append(f"{layer.name:>14} {layer.kind:<8} -> {layer.output_shape} {attrs}")
+    lines.append(f"parameters: {spec.parameter_count():,}")
+    return "\n".join(lines)
+

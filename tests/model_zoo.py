@@ -1,0 +1,138 @@
+"""Small CNNs of the supported op set, written by hand with onnx.helper and by torch.onnx.export.
+
+Each writer takes a target path and returns it; weights are seeded so every run writes the same model.
+Together they cover: kernel sizes 1/3/5, strides 1/2, symmetric, asymmetric and SAME/VALID auto_pad
+padding, max and average pooling (with and without counted padding), Flatten and Reshape,
+Gemm with transB 0/1, MatMul followed by Add, and Dropout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class _Graph:
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.current, self.n = "x", 0
+
+    def param(self, name, shape, scale=None):
+        fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
+        scale = scale or np.sqrt(2.0 / fan_in)
+        self.inits.append(numpy_helper.from_array((self.rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    def add(self, op, extra_inputs=(), **attrs):
+        self.n += 1
+        name = f"{op.lower()}{self.n}"
+        out = f"t{self.n}"
+        self.nodes.append(helper.make_node(op, [self.current, *extra_inputs], [out], name=name, **attrs))
+        self.current = out
+        return name
+
+    def conv(self, c_in, c_out, k, **attrs):
+        name = f"conv{self.n + 1}"
+        w = self.param(f"{name}.w", (c_out, c_in, k, k))
+        b = self.param(f"{name}.b", (c_out,), scale=0.1)
+        return self.add("Conv", (w, b), kernel_shape=[k, k], **attrs)
+
+    def save(self, path: Path, input_shape, opset=17) -> Path:
+        graph = helper.make_graph(
+            self.nodes, "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])],
+            [helper.make_tensor_value_info(self.current, TensorProto.FLOAT, ["N", 10])], initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(path))
+        return Path(path)
+
+
+def strided_cnn(path: Path) -> Path:
+    """5x5 stride-2 conv with asymmetric pads, SAME_UPPER max pool, average pool with counted
+    padding, 1x1 conv, Reshape-flatten, MatMul+Add, Gemm transB=1."""
+    g = _Graph(seed=5)
+    g.conv(3, 16, 5, strides=[2, 2], pads=[1, 2, 2, 1])  # 32 -> 15
+    g.add("Relu")
+    g.add("MaxPool", kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")  # 15 -> 8, pads (1,1,1,1)
+    g.conv(16, 24, 1)
+    g.add("Relu")
+    g.add("AveragePool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=1)
+    shape = numpy_helper.from_array(np.array([-1, 24 * 8 * 8], np.int64), "flat_shape")
+    g.inits.append(shape)
+    g.add("Reshape", ("flat_shape",))
+    w = g.param("fc1.w", (24 * 8 * 8, 64))
+    b = g.param("fc1.b", (64,), scale=0.1)
+    g.n += 1
+    g.nodes += [helper.make_node("MatMul", [g.current, w], ["mm"], name="fc1_matmul"),
+                helper.make_node("Add", ["mm", b], ["fc1_out"], name="fc1_add")]
+    g.current = "fc1_out"
+    g.add("Relu")
+    g.add("Gemm", (g.param("fc2.w", (10, 64)), g.param("fc2.b", (10,), scale=0.1)), transB=1)
+    g.add("Softmax", axis=-1)
+    return g.save(path, (3, 32, 32))
+
+
+def same_pool_cnn(path: Path) -> Path:
+    """3x3 convs with SAME_LOWER/VALID auto_pad, stride-2 conv whose TF-'same' padding is
+    asymmetric, average pooling that excludes padding, Dropout, Gemm transB=0, on 1x28x28 input."""
+    g = _Graph(seed=7)
+    g.conv(1, 8, 3, auto_pad="SAME_LOWER")
+    g.add("Relu")
+    g.conv(8, 8, 3, strides=[2, 2], auto_pad="SAME_UPPER")  # 28 -> 14, pads (0,0,1,1)
+    g.add("Relu")
+    g.add("AveragePool", kernel_shape=[2, 2], strides=[2, 2], auto_pad="VALID")  # 14 -> 7
+    g.add("AveragePool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=0)
+    ratio = numpy_helper.from_array(np.array(0.5, np.float32), "drop_ratio")
+    g.inits.append(ratio)
+    g.add("Dropout", ("drop_ratio",))
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc.w", (8 * 7 * 7, 10)), g.param("fc.b", (10,), scale=0.1)))
+    g.add("Softmax", axis=1)
+    return g.save(path, (1, 28, 28))
+
+
+def _torch_cnn():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(11)
+    net = nn.Sequential(
+        nn.Conv2d(3, 12, 5, stride=2, padding=2), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Dropout(0.3),
+        nn.Conv2d(12, 20, 3, padding=1), nn.ReLU(),
+        nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(20 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10), nn.Softmax(dim=-1))
+    return net.eval()
+
+
+def torch_export(path: Path, dynamo: bool) -> Path:
+    """A torch.nn CNN written by torch.onnx.export, with either exporter."""
+    import torch
+
+    net = _torch_cnn()
+    example = torch.zeros(2, 3, 32, 32)
+    kwargs = {"dynamic_axes": {"x": {0: "N"}}} if not dynamo else {"dynamic_shapes": ({0: torch.export.Dim("N")},)}
+    torch.onnx.export(net, (example,), str(path), input_names=["x"], dynamo=dynamo, **kwargs)
+    return Path(path)
+
+
+def write_all(folder: Path) -> dict:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "strided": strided_cnn(folder / "strided.onnx"),
+        "same_pool": same_pool_cnn(folder / "same_pool.onnx"),
+        "torch_script": torch_export(folder / "torch_script.onnx", dynamo=False),
+        "torch_dynamo": torch_export(folder / "torch_dynamo.onnx", dynamo=True),
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name, p in write_all(Path(sys.argv[1])).items():
+        print(name, p)

@@ -1,0 +1,32 @@
+"""The reference runner: onnxruntime on the ONNX file itself, every layer's output exposed."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spec.ir import ModelSpec
+
+
+def layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray) -> dict:
+    """{layer name: onnxruntime's value of that layer's output tensor} for input x (NCHW)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    existing = {o.name for o in model.graph.output}
+    for layer in spec.layers:
+        if layer.onnx_output not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=layer.onnx_output))
+            existing.add(layer.onnx_output)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [layer.onnx_output for layer in spec.layers]
+    chunk = spec.batch_size or len(x)
+    if len(x) % chunk:
+        raise ValueError(f"the model's fixed batch size {chunk} does not divide {len(x)} inputs")
+    parts = [session.run(names, {spec.input_name: x[i:i + chunk]}) for i in range(0, len(x), chunk)]
+    return {layer.name: np.concatenate([p[k] for p in parts]) for k, layer in enumerate(spec.layers)}
+
+
+def versions() -> dict:
+    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
