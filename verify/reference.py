@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 
 from spec.ir import ModelSpec
+from spec.onnx_import import ModelError
 
 
 def layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray) -> dict:
@@ -19,12 +20,14 @@ def layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray) -> dic
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [layer.onnx_output for layer in spec.layers]
     chunk = spec.batch_size or len(x)
-    if len(x) % chunk:
-        raise ValueError(f"the model's fixed batch size {chunk} does not divide {len(x)} inputs")
-    parts = [session.run(names, {spec.input_name: x[i:i + chunk]}) for i in range(0, len(x), chunk)]
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        parts = [session.run(names, {spec.input_name: x[i:i + chunk]}) for i in range(0, len(x), chunk)]
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{spec.source}: onnxruntime cannot run the model: {message[:300]}") from None
     return {layer.name: np.concatenate([p[k] for p in parts]) for k, layer in enumerate(spec.layers)}
 
 

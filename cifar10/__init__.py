@@ -1,0 +1,221 @@
+"""CIFAR-10, found locally or downloaded, and checked before use.
+
+Where it looks, in order:
+  1. a path the user gives (`--data PATH` or the CIFAR10_PATH environment variable): the official
+     python-version archive, its extracted folder, or an npz like the subset below;
+  2. the official archive or its extracted folder where Keras caches it (~/.keras/datasets)
+     or in the project's data/ folder;
+  3. an npz with x_train/y_train/x_test/y_test (uint8 NHWC, int labels), such as
+     data/cifar10_subset.npz or ../shared/data/cifar10/cifar10_subset.npz beside the project;
+  4. a download of the official archive into ~/.keras/datasets, checked against its md5.
+The official batches are pickles; they are read with an unpickler that can build only what a
+CIFAR batch contains, so a hostile file cannot run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAMES = ("cifar-10-python.tar.gz", "cifar-10-batches-py.tar.gz")
+FOLDER_NAME = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
+ENV_VAR = "CIFAR10_PATH"
+
+
+class DataError(RuntimeError):
+    """CIFAR-10 is missing or unusable; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Cifar10:
+    x_train: np.ndarray  # (N, 32, 32, 3) uint8, official order
+    y_train: np.ndarray  # (N,) int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+
+# --- restricted unpickling -----------------------------------------------------------------
+
+class _BatchUnpickler(pickle.Unpickler):
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays, "
+                                     f"lists and strings")
+
+
+def load_batch(raw: bytes, name: str) -> tuple:
+    """(images NHWC uint8, labels int64) from the bytes of one official python-version batch."""
+    try:
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    except Exception as exc:
+        raise DataError(f"{name}: not a CIFAR-10 batch pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{name}: not a CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or labels is None:
+        raise DataError(f"{name}: not a CIFAR-10 batch (expected 'data' of shape (N, 3072) and 'labels')")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return _checked(images, np.asarray(labels), name)
+
+
+def _checked(images: np.ndarray, labels: np.ndarray, name: str) -> tuple:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DataError(f"{name}: images must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{name}: expected {len(images)} integer labels, got {labels.dtype} {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{name}: labels must lie in 0-9, found {labels.min()}..{labels.max()}")
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+# --- the three formats -----------------------------------------------------------------------
+
+def _from_members(read, where: str) -> Cifar10:
+    train = [load_batch(read(b), f"{where}/{b}") for b in TRAIN_BATCHES]
+    x_test, y_test = load_batch(read(TEST_BATCH), f"{where}/{TEST_BATCH}")
+    return Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
+                   x_test, y_test, where)
+
+
+def load_folder(folder: Path) -> Cifar10:
+    def read(member):
+        path = folder / member
+        if not path.is_file():
+            raise DataError(f"{folder}: {member} is missing; expected the extracted official "
+                            f"cifar-10-python.tar.gz ({', '.join(TRAIN_BATCHES)}, {TEST_BATCH})")
+        return path.read_bytes()
+    return _from_members(read, str(folder))
+
+
+def load_archive(path: Path) -> Cifar10:
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            def read(member):
+                try:
+                    handle = tar.extractfile(f"{FOLDER_NAME}/{member}")
+                except KeyError:
+                    handle = None
+                if handle is None:
+                    raise DataError(f"{path}: archive has no {FOLDER_NAME}/{member}; is it the official "
+                                    f"python-version archive?")
+                return handle.read()
+            return _from_members(read, str(path))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{path}: unreadable archive ({exc}); delete it and fetch it again") from None
+
+
+def load_npz(path: Path) -> Cifar10:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+            if missing:
+                raise DataError(f"{path}: npz lacks {', '.join(sorted(missing))}")
+            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable npz ({type(exc).__name__}: {exc})") from None
+    x_train, y_train = _checked(arrays["x_train"], arrays["y_train"], f"{path} (train)")
+    x_test, y_test = _checked(arrays["x_test"], arrays["y_test"], f"{path} (test)")
+    return Cifar10(x_train, y_train, x_test, y_test, str(path))
+
+
+def load_path(path: Path) -> Cifar10:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        inner = path / FOLDER_NAME
+        return load_folder(inner if inner.is_dir() else path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.name.endswith((".tar.gz", ".tgz")):
+        return load_archive(path)
+    raise DataError(f"{path}: expected cifar-10-python.tar.gz, its extracted folder, or an .npz")
+
+
+# --- finding it --------------------------------------------------------------------------------
+
+def keras_cache() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
+
+
+def candidates() -> list:
+    """Local places, in the order they are tried (after any user-given path)."""
+    places = []
+    for folder in (keras_cache(), ROOT / "data"):
+        places.append(folder / FOLDER_NAME)
+        places += [folder / n for n in ARCHIVE_NAMES]
+    places += [ROOT / "data" / "cifar10_subset.npz",
+               ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_subset.npz"]
+    return places
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(target: Path, url: str = ARCHIVE_URL, md5: str = ARCHIVE_MD5, timeout: float = 30) -> Path:
+    """Fetch the archive to target (via a .part file), checked against md5 before it is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            while block := response.read(1 << 20):
+                out.write(block)
+    except Exception as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} ({exc})") from None
+    got = md5_of(part)
+    if got != md5:
+        part.unlink(missing_ok=True)
+        raise DataError(f"downloaded {url} but its md5 is {got}, not {md5}; nothing was kept")
+    part.replace(target)
+    return target
+
+
+def find(path=None, allow_download: bool = True) -> Cifar10:
+    """CIFAR-10 from the first place that has it (see the module docstring)."""
+    given = path or os.environ.get(ENV_VAR)
+    if given:
+        return load_path(Path(given))
+    for place in candidates():
+        if place.exists():
+            return load_path(place)
+    if allow_download:
+        target = keras_cache() / ARCHIVE_NAMES[0]
+        try:
+            return load_archive(download(target))
+        except DataError as exc:
+            reason = f" ({exc})"
+    else:
+        reason = ""
+    raise DataError(f"CIFAR-10 not found{reason}. Put the official cifar-10-python.tar.gz (md5 {ARCHIVE_MD5}) "
+                    f"in {keras_cache()}, or pass --data PATH / set {ENV_VAR} to the archive, its extracted "
+                    f"folder or an npz with x_train, y_train, x_test, y_test")

@@ -1,0 +1,63 @@
+"""`python -m verify equivalence ...`: prove each library's build of an ONNX model computes what onnxruntime computes."""
+import argparse
+import sys
+
+from envs import reexec_in_main
+
+EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    from builders import FRAMEWORKS
+
+    p = argparse.ArgumentParser(prog="python -m verify", description=__doc__.split(":", 1)[1].strip())
+    sub = p.add_subparsers(dest="command", required=True)
+    eq = sub.add_parser("equivalence", help="forward-pass equivalence of every library against onnxruntime",
+                        description="Import the ONNX model into each library, run the same fixed batch through "
+                                    "each and through onnxruntime, and compare every layer's output. Exit 0 when "
+                                    "all pass, 1 on any mismatch or failed library, 2 on bad input.")
+    eq.add_argument("--model", default=None, help="ONNX model (default: the canonical spec/seed_cnn.onnx)")
+    eq.add_argument("--frameworks", default="all",
+                    help=f"comma-separated subset of: {', '.join(FRAMEWORKS)} (default: all)")
+    eq.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
+    eq.add_argument("--data", default=None, metavar="PATH",
+                    help="CIFAR-10 archive, extracted folder or npz (default: $CIFAR10_PATH, then the usual places)")
+    eq.add_argument("--jobs", type=int, default=1, help="libraries verified at once (default 1)")
+    eq.add_argument("--timeout", type=float, default=900, help="seconds one library may take (default 900)")
+    desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
+    desc.add_argument("model")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    import cifar10
+    from spec import experiments
+    from spec.onnx_import import ModelError, describe, import_model
+    from verify import equivalence
+
+    try:
+        if args.command == "describe":
+            print(describe(import_model(args.model)))
+            return EXIT_PASS
+        try:
+            frameworks = equivalence.parse_frameworks(args.frameworks)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        model = args.model or experiments.model_path(experiments.load("verification"))
+        report = equivalence.run(model, frameworks, args.data, args.timeout, args.jobs)
+    except (ModelError, cifar10.DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(equivalence.table(report))
+    passed = sum(r["status"] == "pass" for r in report["frameworks"].values())
+    print(f"\n{passed}/{len(report['frameworks'])} libraries match onnxruntime; {report['wall_s']:.1f} s")
+    if args.json:
+        equivalence.write_json(report, args.json)
+    return EXIT_PASS if report["passed"] else EXIT_MISMATCH
+
+
+if __name__ == "__main__":
+    reexec_in_main("verify")
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Forward-pass equivalence: every library's builder against onnxruntime on the same inputs."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+import cifar10
+from builders import FRAMEWORKS
+from spec import experiments
+from spec.ir import ModelSpec
+from spec.onnx_import import import_model, load_onnx
+from verify import reference
+from verify.compare import compare, load_policy
+from verify.runner import run_worker
+
+CIFAR_SHAPE = (3, 32, 32)
+
+
+def make_inputs(spec: ModelSpec, data_path=None) -> tuple:
+    """The fixed verification batch: real CIFAR-10 test images when the model takes 3x32x32,
+    else seeded random inputs of the model's own shape. Returns (x, description)."""
+    setup = experiments.load("verification")
+    count = setup["test_images"]
+    if spec.batch_size:
+        count = max(spec.batch_size, count // spec.batch_size * spec.batch_size)
+    if tuple(spec.input_shape) == CIFAR_SHAPE:
+        data = cifar10.find(data_path)
+        if len(data.x_test) < count:
+            raise cifar10.DataError(f"{data.source}: has {len(data.x_test)} test images, verification needs {count}")
+        return experiments.preprocess(data.x_test[:count], setup), f"CIFAR-10 test images 0..{count - 1} ({data.source})"
+    rng = np.random.default_rng(setup["random_input_seed"])
+    x = rng.uniform(-1.0, 1.0, size=(count, *spec.input_shape)).astype(np.float32)
+    return x, f"{count} seeded uniform(-1, 1) inputs of shape {tuple(spec.input_shape)}"
+
+
+def parse_frameworks(text: str | None) -> list:
+    if not text or text == "all":
+        return list(FRAMEWORKS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"unknown framework {unknown[0]!r}; choose from {', '.join(FRAMEWORKS)} or 'all'")
+    return names
+
+
+def environment() -> dict:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "reference": reference.versions()}
+
+
+def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900, jobs: int = 1,
+        log=sys.stderr) -> dict:
+    """Verify each framework; returns the report as plain data. Raises ModelError/DataError on bad input."""
+    started = time.perf_counter()
+    spec = import_model(model_path)
+    x, inputs_desc = make_inputs(spec, data_path)
+    ref = reference.layer_outputs(load_onnx(model_path), spec, x)
+    report = {"model": str(model_path), "parameters": spec.parameter_count(), "inputs": inputs_desc,
+              "environment": environment(), "frameworks": {}}
+    print(f"model {model_path} ({len(spec.layers)} layers, {spec.parameter_count():,} parameters); {inputs_desc}",
+          file=log, flush=True)
+    with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
+        job = Path(tmp)
+        spec.save(job)
+        np.savez(job / "inputs.npz", x=x)
+
+        def one(framework: str) -> dict:
+            result = run_worker(framework, job, timeout)
+            row = {"status": result.status, "message": result.message, "wall_s": round(result.wall_s, 2),
+                   "versions": result.info.get("versions", {})}
+            if result.status == "ok":
+                row.update(compare(spec, result.outputs, ref, load_policy(framework)))
+                row["status"] = row.pop("verdict")
+            done = len(report["frameworks"]) + 1
+            print(f"[{done}/{len(frameworks)}] {framework:<17} {row['status']:<11} {result.wall_s:6.1f} s"
+                  + (f"  {row['message']}" if row["message"] else ""), file=log, flush=True)
+            report["frameworks"][framework] = row
+            return row
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(one, frameworks))
+    report["frameworks"] = {f: report["frameworks"][f] for f in frameworks}
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    report["passed"] = all(r["status"] == "pass" for r in report["frameworks"].values())
+    return report
+
+
+def _fmt(value, spec=".1e") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(report: dict) -> str:
+    head = ("| library | verdict | max abs diff | max rel diff | argmax agree | first divergent layer | time |\n"
+            "|---|---|---|---|---|---|---|")
+    rows = []
+    for name, r in report["frameworks"].items():
+        out = r.get("output") or {}
+        where = r.get("first_divergent_layer")
+        where_text = f"{where['name']} ({where['kind']}, scaled err {where['scaled']:.1e})" if where else "-"
+        if r["status"] in ("error", "unsupported"):
+            where_text = r["message"]
+        agree = f"{out['argmax_agree']}/{out['samples']}" if out else "-"
+        rows.append(f"| {name} | {r['status'].upper()} | {_fmt(out.get('max_abs'))} | {_fmt(out.get('max_rel'))} "
+                    f"| {agree} | {where_text} | {r['wall_s']:.1f} s |")
+    return "\n".join([head, *rows])
+
+
+def write_json(report: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(report, indent=1, default=float))
+    os.replace(tmp, path)
