@@ -211,7 +211,7 @@ def find(path=None, allow_download: bool = True) -> Cifar10:
     if allow_download:
         target = keras_cache() / ARCHIVE_NAMES[0]
         try:
-            return load_archive(download(target))
+            return load_archive(download(target, ARCHIVE_URL, ARCHIVE_MD5))
         except DataError as exc:
             reason = f" ({exc})"
     else:

@@ -102,8 +102,12 @@ class _Importer:
     # -- graph walk --------------------------------------------------------------------
     def run(self) -> ModelSpec:
         inputs = [i for i in self.graph.input if i.name not in self.constants]
+        if len(inputs) > 1:  # the data input is the one the first layer reads; others lack initializers
+            first = next((n for n in self.graph.node if n.op_type != "Constant"), None)
+            inputs = [i for i in inputs if first is not None and first.input and i.name == first.input[0]]
         if len(inputs) != 1:
-            raise ModelError(f"{self.path}: expected one graph input, found {len(inputs)}")
+            raise ModelError(f"{self.path}: cannot tell the model's data input (graph inputs without initializer: "
+                             f"{[i.name for i in self.graph.input if i.name not in self.constants]})")
         if len(self.graph.output) != 1:
             raise ModelError(f"{self.path}: expected one graph output, found {len(self.graph.output)}")
         self.input_name = inputs[0].name

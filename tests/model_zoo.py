@@ -55,9 +55,9 @@ def strided_cnn(path: Path) -> Path:
     """5x5 stride-2 conv with asymmetric pads, SAME_UPPER max pool, average pool with counted
     padding, 1x1 conv, Reshape-flatten, MatMul+Add, Gemm transB=1."""
     g = _Graph(seed=5)
-    g.conv(3, 16, 5, strides=[2, 2], pads=[1, 2, 2, 1])  # 32 -> 15
+    g.conv(3, 16, 5, strides=[2, 2], pads=[1, 2, 2, 1])  # 32 -> 16
     g.add("Relu")
-    g.add("MaxPool", kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")  # 15 -> 8, pads (1,1,1,1)
+    g.add("MaxPool", kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")  # 16 -> 8, pads (0,0,1,1)
     g.conv(16, 24, 1)
     g.add("Relu")
     g.add("AveragePool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=1)

@@ -1,0 +1,146 @@
+"""The importer on models of the op set, and every kind of unusable model it must refuse."""
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from spec.onnx_import import ModelError, import_model
+from tests.conftest import SEED_MODEL, assert_one_line_error, run_cli
+
+
+def test_zoo_models_import_with_their_padding_and_dense_forms(zoo):
+    strided = import_model(zoo["strided"])
+    by_name = {l.name: l for l in strided.layers}
+    assert by_name["conv1"].attrs["pads"] == (1, 2, 2, 1) and by_name["conv1"].attrs["strides"] == (2, 2)
+    assert by_name["maxpool3"].attrs["pads"] == (0, 0, 1, 1)  # SAME_UPPER, 3x3 stride 2 on 16x16
+    assert by_name["averagepool6"].attrs["count_include_pad"] is True
+    assert by_name["reshape7"].kind == "flatten"
+    assert by_name["fc1_matmul"].kind == "dense" and by_name["fc1_matmul"].onnx_output == "fc1_out"
+    assert strided.weight(by_name["gemm10"]).shape == (64, 10)  # transB=1 transposed to (in, out)
+
+    same = import_model(zoo["same_pool"])
+    pads = [l.attrs["pads"] for l in same.layers if l.kind == "conv"]
+    assert pads == [(1, 1, 1, 1), (0, 0, 1, 1)]
+    for name in ("torch_script", "torch_dynamo"):
+        spec = import_model(zoo[name])
+        assert [l.kind for l in spec.layers] == ["conv", "relu", "maxpool", "conv", "relu", "avgpool", "flatten",
+                                                  "dense", "relu", "dense", "softmax"]
+        assert spec.parameter_count() == 13_694
+
+
+def test_external_data_is_loaded(zoo):
+    assert zoo["torch_dynamo"].with_name("torch_dynamo.onnx.data").exists()
+    spec = import_model(zoo["torch_dynamo"])
+    assert np.abs(spec.weights[f"{spec.layers[0].name}.weight"]).sum() > 0
+
+
+def _graph(nodes, inits, opset=17, inputs=None):
+    graph = helper.make_graph(nodes, "g", inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, ["N", "M"])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _dense(op="Gemm"):
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    return helper.make_node(op, ["x", "w"], ["y"], name="fc"), w
+
+
+def bad_models(tmp_path):
+    """name -> (path, fragments the one-line error must contain)"""
+    cases = {}
+
+    def save(name, model):
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    node, w = _dense()
+    sig = helper.make_node("Sigmoid", ["y"], ["z"], name="squash")
+    cases["unsupported_op"] = (save("unsupported_op", _graph([node, sig], [w])), ["squash", "Sigmoid", "supported ops"])
+    cases["missing_initializer"] = (save("missing_initializer", _graph(
+        [node], [], inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                            helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3])])),
+        ["'fc'", "'w'", "missing initializer"])
+    cases["opset_too_new"] = (save("opset_too_new", _graph([node], [w], opset=21)), ["opset 21", "13-20"])
+    cases["opset_too_old"] = (save("opset_too_old", _graph([node], [w], opset=12)), ["opset 12", "13-20"])
+    relu_a = helper.make_node("Relu", ["x"], ["a"], name="a")
+    relu_b = helper.make_node("Relu", ["x"], ["y"], name="branch")
+    cases["branching"] = (save("branching", _graph([relu_a, relu_b], [])), ["branch", "single-chain"])
+    softmax = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=0)
+    cases["softmax_axis"] = (save("softmax_axis", _graph([softmax], [])), ["sm", "last axis"])
+
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(SEED_MODEL.read_bytes()[:100_000])
+    cases["truncated"] = (truncated, ["truncated.onnx", "not a readable ONNX model"])
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    cases["not_onnx"] = (text, ["notes.onnx"])
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    cases["empty"] = (empty, ["empty.onnx", "no graph nodes"])
+    cases["missing_file"] = (tmp_path / "nowhere.onnx", ["nowhere.onnx", "no such model file"])
+    return cases
+
+
+def _external(tmp_path, zoo, name, location=None, truncate=False, remove=False):
+    folder = tmp_path / name
+    folder.mkdir()
+    model = onnx.load(str(zoo["torch_dynamo"]), load_external_data=False)
+    shutil.copy(zoo["torch_dynamo"].with_name("torch_dynamo.onnx.data"), folder / "torch_dynamo.onnx.data")
+    data = folder / "torch_dynamo.onnx.data"
+    if location:
+        for t in model.graph.initializer:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    if truncate:
+        data.write_bytes(data.read_bytes()[:1000])
+    if remove:
+        data.unlink()
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def all_bad(tmp_path, zoo):
+    cases = bad_models(tmp_path)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 100_000)
+    cases["external_outside"] = (_external(tmp_path, zoo, "outside", location="../secret.bin"),
+                                 ["outside the model's folder"])
+    cases["external_absolute"] = (_external(tmp_path, zoo, "absolute", location=str(secret)),
+                                  ["outside the model's folder"])
+    cases["external_truncated"] = (_external(tmp_path, zoo, "trunc", truncate=True), ["truncated"])
+    cases["external_missing"] = (_external(tmp_path, zoo, "missing", remove=True), ["is missing"])
+    return cases
+
+
+CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "branching", "softmax_axis",
+         "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
+         "external_truncated", "external_missing"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_importer_refuses_with_one_clear_line(all_bad, case):
+    path, fragments = all_bad[case]
+    with pytest.raises(ModelError) as info:
+        import_model(path)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize("case", ["unsupported_op", "truncated", "external_outside", "missing_initializer"])
+def test_cli_bad_model_exits_2_with_one_line_and_writes_nothing(all_bad, tmp_path, case):
+    path, fragments = all_bad[case]
+    report = tmp_path / "out" / "report.json"
+    proc = run_cli("verify", "equivalence", "--model", path, "--json", report)
+    assert_one_line_error(proc, *fragments)
+    assert not report.exists() and not report.parent.exists()
