@@ -1,0 +1,190 @@
+"""Keras 2.3.1 on Theano 1.0.5: a keras.models.Sequential of Keras layers, channels_first (Theano's own NCHW)."""
+from __future__ import annotations
+
+import collections
+import collections.abc
+import contextlib
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from builders import Unsupported
+from spec import ir
+
+NAME = "keras-theano"
+
+_CACHE = Path(__file__).resolve().parents[1] / ".cache"
+_NOISE = ("Using Theano backend.",)
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """(O, I, kh, kw) -> Keras (kh, kw, I, O), flipped in both spatial axes: Keras 2 on Theano performs
+    true convolution (filter_flip), ONNX cross-correlation."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0)[::-1, ::-1, :, :])
+
+
+def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
+    """(in, out) with rows in (C, H, W) order -> rows in the (H, W, C) order Keras Flatten produces
+    (Keras 2 permutes channels_first input to channels_last before flattening)."""
+    if flatten_from is None:
+        return w
+    c, h, wd = flatten_from
+    return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
+
+
+def _keras():
+    if "keras" in sys.modules:
+        keras = sys.modules["keras"]
+        if keras.backend.backend() != "theano":
+            raise RuntimeError(f"keras was already imported on the {keras.backend.backend()} backend")
+        return keras
+    # Python 3.10 moved these to collections.abc; Keras 2.3.1 still imports them from collections.
+    for name in ("Iterable", "Mapping", "Sequence", "MutableMapping", "Callable"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+    (_CACHE / "theano").mkdir(parents=True, exist_ok=True)
+    (_CACHE / "keras").mkdir(parents=True, exist_ok=True)
+    # Empty blas.ldflags: Theano's BLAS lookup goes through numpy.distutils, which fails on Python 3.11;
+    # Theano then uses NumPy's C-API BLAS. User flags come last so they win.
+    flags = f"blas.ldflags=,base_compiledir={_CACHE / 'theano'},floatX=float32"
+    os.environ["THEANO_FLAGS"] = ",".join(f for f in (flags, os.environ.get("THEANO_FLAGS")) if f)
+    os.environ["KERAS_BACKEND"] = "theano"
+    os.environ["KERAS_HOME"] = str(_CACHE / "keras")
+    # That fallback is deliberate, so its warning is noise.
+    logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            import keras
+    finally:
+        for line in captured.getvalue().splitlines(keepends=True):
+            if line.strip() not in _NOISE:
+                sys.stderr.write(line)
+    return keras
+
+
+def versions() -> dict:
+    keras = _keras()
+    import theano
+    return {"keras": keras.__version__, "theano": theano.__version__, "numpy": np.__version__}
+
+
+def _theano_same_matches(kind, in_hw, kernel, strides, pads) -> bool:
+    """Whether Keras 2's padding='same' on Theano gives exactly these pads. It is not TensorFlow's SAME:
+    it pads symmetrically (conv: k//2, Theano's 'half'; pooling: k-2 for odd k > 2, else k-1) and keeps
+    ceil(size/stride) outputs (pooling always, conv only for even kernels)."""
+    for size, k, s, before, after in zip(in_hw, kernel, strides, pads[:2], pads[2:]):
+        p = k // 2 if kind == "conv" else (k - 2 if k > 2 and k % 2 else k - 1)
+        n = (size + 2 * p - k) // s + 1
+        if kind != "conv" or k % 2 == 0:
+            n = min(n, -(-size // s))
+        if before != p or n != ir.window_output_size(size, k, s, before, after):
+            return False
+    return True
+
+
+def _nonnegative(spec, index: int) -> bool:
+    """Whether the input of layer `index` is >= 0 everywhere (so zero padding equals -inf padding for max)."""
+    for layer in reversed(spec.layers[:index]):
+        if layer.kind in ("relu", "softmax"):
+            return True
+        if layer.kind != "dropout":
+            return False
+    return False
+
+
+def _hwc_flattened(spec) -> list:
+    """Per layer: the (C, H, W) shape its flat output was flattened from while it is still in Keras's
+    (H, W, C) order (from a flatten up to the first dense), else None."""
+    result, source = [], None
+    for i, layer in enumerate(spec.layers):
+        if layer.kind == "flatten":
+            in_shape = spec.input_shape_of(i)
+            source = tuple(in_shape) if len(in_shape) == 3 else None
+        elif layer.kind == "dense":
+            source = None
+        result.append(source)
+    return result
+
+
+def build(spec):
+    keras = _keras()
+    L = keras.layers
+    cf = "channels_first"
+    model = keras.models.Sequential([L.InputLayer(input_shape=tuple(spec.input_shape))])
+    hwc = _hwc_flattened(spec)
+
+    def zero_pad(pads):
+        top, left, bottom, right = pads
+        model.add(L.ZeroPadding2D(((top, bottom), (left, right)), data_format=cf))
+
+    for i, layer in enumerate(spec.layers):
+        a, in_shape = layer.attrs, spec.input_shape_of(i)
+        if layer.kind in ("conv", "maxpool", "avgpool"):
+            in_hw = in_shape[1:]
+            mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
+            pads = ir.same_pads(in_hw, a["kernel"], a["strides"]) if mode == "same" else tuple(a["pads"])
+            native_same = mode != "valid" and _theano_same_matches(layer.kind, in_hw, a["kernel"],
+                                                                   a["strides"], pads)
+        if layer.kind == "conv":
+            if mode != "valid" and not native_same:
+                zero_pad(pads)
+            conv = L.Conv2D(a["filters"], a["kernel"], strides=a["strides"],
+                            padding="same" if native_same else "valid", data_format=cf, name=layer.name)
+            model.add(conv)
+            conv.set_weights([conv_kernel(spec.weight(layer)), spec.bias(layer)])
+        elif layer.kind in ("maxpool", "avgpool"):
+            padding = "valid"
+            if mode == "valid":
+                pass
+            elif layer.kind == "avgpool" and a["count_include_pad"]:
+                zero_pad(pads)
+            elif native_same:
+                padding = "same"  # Theano's pooling pad: max ignores it, average excludes it
+            elif layer.kind == "maxpool" and _nonnegative(spec, i):
+                zero_pad(pads)
+            else:
+                what = "max pooling of possibly negative input" if layer.kind == "maxpool" \
+                    else "average pooling with count_include_pad=False"
+                raise Unsupported(f"{layer.name}: Keras 2 on Theano cannot express {what} with pads {pads} "
+                                  f"(its padding='same' pads symmetrically)")
+            pool = L.MaxPooling2D if layer.kind == "maxpool" else L.AveragePooling2D
+            model.add(pool(a["kernel"], strides=a["strides"], padding=padding, data_format=cf, name=layer.name))
+        elif layer.kind == "relu":
+            model.add(L.ReLU(name=layer.name))
+        elif layer.kind == "dropout":
+            model.add(L.Dropout(a["rate"], name=layer.name))
+        elif layer.kind == "flatten":
+            if len(in_shape) == 3:
+                model.add(L.Flatten(data_format=cf, name=layer.name))
+            else:  # Keras 2 Flatten needs a spatial input; flattening a vector is the identity
+                model.add(L.Reshape(tuple(layer.output_shape), name=layer.name))
+        elif layer.kind == "dense":
+            dense = L.Dense(a["units"], name=layer.name)
+            model.add(dense)
+            flatten_from = hwc[i - 1] if i else None
+            dense.set_weights([dense_kernel(spec.weight(layer), flatten_from), spec.bias(layer)])
+        elif layer.kind == "softmax":
+            model.add(L.Softmax(axis=-1, name=layer.name))
+        else:
+            raise Unsupported(f"{layer.name}: layer kind {layer.kind!r} has no Keras counterpart here")
+    return model
+
+
+def layer_outputs(model, spec, x):
+    keras = _keras()
+    probe = keras.models.Model(model.input, [model.get_layer(l.name).output for l in spec.layers])
+    ys = probe.predict(x, batch_size=len(x))  # predict runs in the test phase: dropout inactive
+    if len(spec.layers) == 1:
+        ys = [ys]
+    out = {}
+    for layer, y, flatten_from in zip(spec.layers, ys, _hwc_flattened(spec)):
+        if flatten_from is not None:
+            c, h, w = flatten_from
+            y = y.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1)
+        out[layer.name] = np.ascontiguousarray(y)
+    return out

@@ -1,0 +1,161 @@
+"""Raw TensorFlow 2: a tf.Module holding tf.Variables, forward pass in tf.nn ops, NHWC.
+
+NHWC because TensorFlow on CPU implements Conv2D and MaxPool gradients only for NHWC.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from builders import Unsupported
+from spec import ir
+
+NAME = "tensorflow"
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """Canonical (out, in, kh, kw) -> tf.nn.conv2d's (kh, kw, in, out); both cross-correlate."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
+    """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
+    if flatten_from is None:
+        return np.ascontiguousarray(w)
+    c, h, wd = flatten_from
+    return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
+
+
+def versions() -> dict:
+    tf = _tf()
+    return {"tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
+    import tensorflow as tf
+    return tf
+
+
+def _flatten_from(spec, index):
+    """The (C, H, W) shape that dense layer `index`'s input was flattened from, or None."""
+    for j in range(index - 1, -1, -1):
+        kind = spec.layers[j].kind
+        if kind == "flatten":
+            shape = spec.input_shape_of(j)
+            return tuple(shape) if len(shape) == 3 else None
+        if kind not in ("relu", "dropout"):
+            return None
+    return None
+
+
+def _nhwc_pads(top, left, bottom, right):
+    return [[0, 0], [top, bottom], [left, right], [0, 0]]
+
+
+def _plan(layer, in_shape):
+    """How one spec layer runs: (kind, settings) for _CNN.__call__."""
+    a, kind = layer.attrs, layer.kind
+    if kind not in ("conv", "maxpool", "avgpool"):
+        return kind, {}
+    kernel, strides = list(a["kernel"]), list(a["strides"])
+    mode = ir.padding_mode(tuple(in_shape[1:]), a["kernel"], a["strides"], a["pads"])
+    padding, pad, fill = mode.upper(), None, 0.0
+    if mode == "explicit":
+        padding, pad = "VALID", _nhwc_pads(*a["pads"])
+        if kind == "maxpool":
+            fill = float("-inf")  # TF's own SAME max pool ignores padding; an explicit pad must never win
+        elif kind == "avgpool" and not a["count_include_pad"]:
+            raise Unsupported(f"{layer.name}: tf.nn.avg_pool2d excludes padding from the average only for "
+                              f"padding='SAME', not explicit pads {tuple(a['pads'])}")
+    elif mode == "same" and kind == "avgpool" and a["count_include_pad"]:
+        # TF's SAME average pool divides by the in-bounds count; counting the zeros needs them padded in
+        padding, pad = "VALID", _nhwc_pads(*ir.same_pads(tuple(in_shape[1:]), a["kernel"], a["strides"]))
+    return kind, {"kernel": kernel, "strides": strides, "padding": padding, "pad": pad, "fill": fill}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def _cnn_class():
+    """The tf.Module subclass, defined on first use so that importing this file stays TensorFlow-free."""
+    tf = _tf()
+
+    class CNN(tf.Module):
+        def __init__(self, spec):
+            super().__init__(name="cnn")
+            self.plan = []  # (layer name, kind, settings)
+            self.kernels, self.biases = {}, {}
+            for i, layer in enumerate(spec.layers):
+                kind, settings = _plan(layer, spec.input_shape_of(i))
+                if kind == "conv":
+                    self.kernels[layer.name] = tf.Variable(conv_kernel(spec.weight(layer)), name=_safe(layer.name) + "_kernel")
+                elif kind == "dense":
+                    kernel = dense_kernel(spec.weight(layer), _flatten_from(spec, i))
+                    self.kernels[layer.name] = tf.Variable(kernel, name=_safe(layer.name) + "_kernel")
+                if kind in ("conv", "dense"):
+                    self.biases[layer.name] = tf.Variable(spec.bias(layer), name=_safe(layer.name) + "_bias")
+                self.plan.append((layer.name, kind, settings))
+
+        @tf.function
+        def __call__(self, x):
+            """x: NHWC (or (N, F)); returns every layer's output, native layout."""
+            outputs = []
+            for name, kind, s in self.plan:
+                if s.get("pad") is not None:
+                    x = tf.pad(x, s["pad"], constant_values=s["fill"])
+                if kind == "conv":
+                    x = tf.nn.conv2d(x, self.kernels[name], s["strides"], s["padding"]) + self.biases[name]
+                elif kind == "maxpool":
+                    x = tf.nn.max_pool2d(x, s["kernel"], s["strides"], s["padding"])
+                elif kind == "avgpool":
+                    x = tf.nn.avg_pool2d(x, s["kernel"], s["strides"], s["padding"])
+                elif kind == "relu":
+                    x = tf.nn.relu(x)
+                elif kind == "dropout":
+                    x = tf.identity(x)  # inference: dropout is the identity
+                elif kind == "flatten":
+                    x = tf.reshape(x, [tf.shape(x)[0], -1])
+                elif kind == "dense":
+                    x = tf.matmul(x, self.kernels[name]) + self.biases[name]
+                elif kind == "softmax":
+                    x = tf.nn.softmax(x, axis=-1)
+                else:
+                    raise Unsupported(f"{name}: layer kind {kind!r} has no TensorFlow op here")
+                outputs.append(x)
+            return outputs
+
+    return CNN
+
+
+def build(spec: ir.ModelSpec):
+    return _cnn_class()(spec)
+
+
+def _canonical(y: np.ndarray, flat_from) -> np.ndarray:
+    if y.ndim == 4:
+        return y.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if flat_from is not None:  # (H, W, C)-ordered features -> (C, H, W) order
+        c, h, w = flat_from
+        return y.reshape(len(y), h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1)
+    return y
+
+
+def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray) -> dict:
+    tf = _tf()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    ys = model(tf.constant(np.ascontiguousarray(x)))
+    outputs, flat_from = {}, None
+    for i, (layer, y) in enumerate(zip(spec.layers, ys)):
+        if layer.kind == "flatten":
+            shape = spec.input_shape_of(i)
+            flat_from = tuple(shape) if len(shape) == 3 else None
+        elif layer.kind == "dense":
+            flat_from = None
+        outputs[layer.name] = _canonical(y.numpy(), flat_from)
+    return outputs

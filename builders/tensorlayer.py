@@ -1,0 +1,130 @@
+"""tensorlayer 2.2.5 (on TensorFlow 2, eager): ModelSpec -> a static tl.models.Model of tensorlayer layers, NHWC.
+
+The model's outputs are every spec layer's output, in spec order, so one forward pass yields them all.
+tensorlayer has no activation layer (relu/softmax) and no -inf padding, so those are Lambda layers.
+Its Conv2d and MaxPool2d default to padding 'SAME' (MaxPool2d also to a 3x3 window) and Dropout takes
+the KEEP probability, so every argument is passed explicitly.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from builders import Unsupported
+from spec import ir
+
+NAME = "tensorlayer"
+
+
+def conv_kernel(w):
+    """Canonical (O, I, kh, kw) -> TensorFlow (kh, kw, I, O)."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def dense_kernel(w, flatten_from):
+    """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
+    if flatten_from is None:
+        return w
+    c, h, wd = flatten_from
+    return w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1)
+
+
+def to_canonical(a, flatten_from):
+    """A native (NHWC, or HWC-flattened) output -> the canonical layout."""
+    if a.ndim == 4:
+        return np.transpose(a, (0, 3, 1, 2))
+    if flatten_from is not None:
+        c, h, wd = flatten_from
+        return a.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1)
+    return a
+
+
+def _import():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
+    import tensorflow as tf
+    import tensorlayer as tl
+    return tf, tl
+
+
+def versions() -> dict:
+    tf, tl = _import()
+    return {"tensorlayer": tl.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def build(spec):
+    tf, tl = _import()
+    L = tl.layers
+
+    def pad(net, pads, name, value=0.0):
+        top, left, bottom, right = pads
+        if value == 0.0:
+            return L.ZeroPad2d(((top, bottom), (left, right)), name=name)(net)
+        paddings = [[0, 0], [top, bottom], [left, right], [0, 0]]
+        return L.Lambda(lambda t: tf.pad(t, paddings, constant_values=value), name=name)(net)
+
+    shape = spec.input_shape
+    inputs = L.Input([None, shape[1], shape[2], shape[0]] if len(shape) == 3 else [None, *shape], name="input")
+    net = inputs
+    outputs, loads, flat = [], [], []  # loads: (layer, kernel, bias) assigned once the layers are built
+    flat_from = None
+    for i, layer in enumerate(spec.layers):
+        in_shape = spec.input_shape_of(i)
+        a, name = layer.attrs, re.sub(r"[^A-Za-z0-9_.\-]", "_", layer.name)
+        if layer.kind in ("conv", "maxpool", "avgpool"):
+            mode = ir.padding_mode(in_shape[1:], a["kernel"], a["strides"], a["pads"])
+        if layer.kind == "conv":
+            if mode == "explicit":
+                net, mode = pad(net, a["pads"], name + "_pad"), "valid"
+            conv = L.Conv2d(a["filters"], tuple(a["kernel"]), tuple(a["strides"]), act=None,
+                            padding=mode.upper(), in_channels=in_shape[0], name=name)
+            net = conv(net)
+            loads.append((conv, conv_kernel(spec.weight(layer)), spec.bias(layer)))
+        elif layer.kind == "maxpool":
+            if mode == "explicit":
+                net, mode = pad(net, a["pads"], name + "_pad", -np.inf), "valid"
+            net = L.MaxPool2d(tuple(a["kernel"]), tuple(a["strides"]), padding=mode.upper(), name=name)(net)
+        elif layer.kind == "avgpool":
+            if mode != "valid" and a["count_include_pad"]:
+                net, mode = pad(net, a["pads"], name + "_pad"), "valid"  # TF 'SAME' would exclude the padding
+            elif mode == "explicit":
+                raise Unsupported(f"{layer.name}: average pooling that excludes padding is only 'SAME' "
+                                  f"in tensorlayer, pads {a['pads']} are not")
+            net = L.MeanPool2d(tuple(a["kernel"]), tuple(a["strides"]), padding=mode.upper(), name=name)(net)
+        elif layer.kind == "relu":
+            net = L.Lambda(tf.nn.relu, name=name)(net)
+        elif layer.kind == "softmax":
+            if len(in_shape) != 1:
+                raise Unsupported(f"{layer.name}: softmax over a spatial tensor's W axis")
+            net = L.Lambda(tf.nn.softmax, name=name)(net)
+        elif layer.kind == "dropout":
+            net = L.Dropout(keep=1.0 - a["rate"], name=name)(net)
+        elif layer.kind == "flatten":
+            if len(in_shape) == 3:
+                flat_from = tuple(in_shape)
+            net = L.Flatten(name=name)(net)
+        elif layer.kind == "dense":
+            if len(in_shape) != 1:
+                raise Unsupported(f"{layer.name}: dense layer on an unflattened {in_shape} input")
+            dense = L.Dense(a["units"], act=None, in_channels=in_shape[0], name=name)
+            net = dense(net)
+            loads.append((dense, dense_kernel(spec.weight(layer), flat_from), spec.bias(layer)))
+            flat_from = None
+        outputs.append(net)
+        flat.append(flat_from)
+    model = tl.models.Model(inputs=inputs, outputs=outputs)
+    for lyr, kernel, bias in loads:
+        lyr.W.assign(kernel.astype(np.float32))
+        lyr.b.assign(bias.astype(np.float32))
+    model.spec_flatten = flat  # per spec layer: the (C, H, W) its HWC-ordered flat output came from, or None
+    return model
+
+
+def layer_outputs(model, spec, x) -> dict:
+    _import()
+    if x.ndim == 4:
+        x = np.transpose(x, (0, 2, 3, 1))
+    model.eval()
+    values = model(x)
+    return {l.name: to_canonical(v.numpy(), f) for l, v, f in zip(spec.layers, values, model.spec_flatten)}

@@ -1,0 +1,133 @@
+"""tflearn 0.5.0 (TF1 graph mode on TensorFlow 2): ModelSpec -> tflearn layers wrapped in a tflearn.DNN, NHWC.
+
+tflearn has no zero-padding layer, so explicit pads are tf.pad on the layer tensors (tflearn layers are plain
+TF tensors). Its pooling defaults to padding 'same' and its dropout takes the KEEP probability.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from builders import Unsupported
+from spec import ir
+
+NAME = "tflearn"
+
+
+def conv_kernel(w):
+    """Canonical (O, I, kh, kw) -> TensorFlow (kh, kw, I, O)."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def dense_kernel(w, flatten_from):
+    """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
+    if flatten_from is None:
+        return w
+    c, h, wd = flatten_from
+    return w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1)
+
+
+def to_canonical(a, flatten_from):
+    """A native (NHWC, or HWC-flattened) output -> the canonical layout."""
+    if a.ndim == 4:
+        return np.transpose(a, (0, 3, 1, 2))
+    if flatten_from is not None:
+        c, h, wd = flatten_from
+        return a.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1)
+    return a
+
+
+def _import():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
+    from tensorflow.python.util import nest
+    nest.is_sequence = nest.is_nested  # removed from TF; tflearn 0.5.0 still calls it
+    import PIL.Image
+    if not hasattr(PIL.Image, "ANTIALIAS"):
+        PIL.Image.ANTIALIAS = PIL.Image.LANCZOS  # removed in Pillow 10
+    import tensorflow.compat.v1 as tf
+    tf.get_logger().setLevel("ERROR")  # tflearn's import and each of its TF1 calls log a deprecation notice
+    import tflearn
+    return tf, tflearn
+
+
+def versions() -> dict:
+    tf, tflearn = _import()
+    import importlib.metadata as md
+    return {"tflearn": md.version("tflearn"), "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def _pad(tf, x, pads, value=0.0):
+    top, left, bottom, right = pads
+    return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=value)
+
+
+def build(spec):
+    tf, tflearn = _import()
+    graph = tf.Graph()
+    with graph.as_default():
+        net = tflearn.input_data(shape=[None, *_native_shape(spec.input_shape)], name="input")
+        outputs, params = {}, []  # params: (variable, value) to load once the session exists
+        flat_from = None
+        for i, layer in enumerate(spec.layers):
+            in_shape = spec.input_shape_of(i)
+            a, name = layer.attrs, re.sub(r"[^A-Za-z0-9_.\-]", "_", layer.name)
+            if layer.kind in ("conv", "maxpool", "avgpool"):
+                mode = ir.padding_mode(in_shape[1:], a["kernel"], a["strides"], a["pads"])
+            if layer.kind == "conv":
+                if mode == "explicit":
+                    net, mode = _pad(tf, net, a["pads"]), "valid"
+                net = tflearn.conv_2d(net, a["filters"], list(a["kernel"]), list(a["strides"]), padding=mode,
+                                      activation="linear", name=name)
+                params += [(net.W, conv_kernel(spec.weight(layer))), (net.b, spec.bias(layer))]
+            elif layer.kind == "maxpool":
+                if mode == "explicit":
+                    net, mode = _pad(tf, net, a["pads"], -np.inf), "valid"
+                net = tflearn.max_pool_2d(net, list(a["kernel"]), list(a["strides"]), padding=mode, name=name)
+            elif layer.kind == "avgpool":
+                if mode != "valid" and a["count_include_pad"]:
+                    net, mode = _pad(tf, net, a["pads"]), "valid"  # TF 'same' would exclude the padding
+                elif mode == "explicit":
+                    raise Unsupported(f"{layer.name}: average pooling that excludes padding is only 'same' "
+                                      f"in tflearn, pads {a['pads']} are not")
+                net = tflearn.avg_pool_2d(net, list(a["kernel"]), list(a["strides"]), padding=mode, name=name)
+            elif layer.kind == "relu":
+                net = tflearn.activation(net, "relu", name=name)
+            elif layer.kind == "softmax":
+                if len(in_shape) != 1:
+                    raise Unsupported(f"{layer.name}: softmax over a spatial tensor's W axis")
+                net = tflearn.activation(net, "softmax", name=name)
+            elif layer.kind == "dropout":
+                net = tflearn.dropout(net, 1.0 - a["rate"], name=name)
+            elif layer.kind == "flatten":
+                if len(in_shape) == 3:
+                    flat_from = tuple(in_shape)
+                net = tflearn.flatten(net, name=name)
+            elif layer.kind == "dense":
+                if len(in_shape) != 1:
+                    raise Unsupported(f"{layer.name}: dense layer on an unflattened {in_shape} input")
+                net = tflearn.fully_connected(net, a["units"], activation="linear", name=name)
+                params += [(net.W, dense_kernel(spec.weight(layer), flat_from)), (net.b, spec.bias(layer))]
+                flat_from = None
+            outputs[layer.name] = (net, flat_from)
+        model = tflearn.DNN(net)
+        for var, value in params:
+            model.set_weights(var, value.astype(np.float32))
+    model.spec_outputs = outputs  # each spec layer's tensor and the flatten it carries, for layer_outputs
+    return model
+
+
+def _native_shape(shape):
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
+
+
+def layer_outputs(model, spec, x) -> dict:
+    tf, tflearn = _import()
+    if x.ndim == 4:
+        x = np.transpose(x, (0, 2, 3, 1))
+    with model.session.graph.as_default():
+        tflearn.is_training(False, session=model.session)
+        names = [l.name for l in spec.layers]
+        values = model.session.run([model.spec_outputs[n][0] for n in names], feed_dict={model.inputs[0]: x})
+    return {n: to_canonical(v, model.spec_outputs[n][1]) for n, v in zip(names, values)}
