@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from builders import Unsupported
+from builders import Unsupported, layouts
 from spec import ir
 
 NAME = "keras-tensorflow"
@@ -16,15 +16,12 @@ NAME = "keras-tensorflow"
 
 def conv_kernel(w: np.ndarray) -> np.ndarray:
     """(O, I, kh, kw) -> Keras (kh, kw, I, O); TensorFlow convolves by cross-correlation like ONNX."""
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    return layouts.oihw_to_hwio(w)
 
 
 def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     """(in, out) with rows in (C, H, W) order -> rows in the (H, W, C) order Keras Flatten produces."""
-    if flatten_from is None:
-        return w
-    c, h, wd = flatten_from
-    return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
+    return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
 # TensorFlow's C++ start-up INFO lines; the oneDNN one is written before absl logging is initialised,
@@ -67,16 +64,6 @@ def versions() -> dict:
     return {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
-def _nonnegative(spec, index: int) -> bool:
-    """Whether the input of layer `index` is >= 0 everywhere (so zero padding equals -inf padding for max)."""
-    for layer in reversed(spec.layers[:index]):
-        if layer.kind in ("relu", "softmax"):
-            return True
-        if layer.kind != "dropout":
-            return False
-    return False
-
-
 def _pairs(pads):
     top, left, bottom, right = pads
     return ((top, bottom), (left, right))
@@ -85,8 +72,7 @@ def _pairs(pads):
 def build(spec):
     keras = _keras()
     L = keras.layers
-    model = keras.Sequential([keras.Input(shape=_native_shape(spec.input_shape))])
-    hwc = _hwc_flattened(spec)
+    model = keras.Sequential([keras.Input(shape=layouts.native_shape(spec.input_shape))])
     for i, layer in enumerate(spec.layers):
         a, in_shape = layer.attrs, spec.input_shape_of(i)
         in_hw = in_shape[1:]
@@ -106,7 +92,7 @@ def build(spec):
                 model.add(L.ZeroPadding2D(_pairs(a["pads"])))
             elif mode == "same":
                 padding = "same"  # TF SAME: max ignores the pad, average excludes it
-            elif mode == "explicit" and layer.kind == "maxpool" and _nonnegative(spec, i):
+            elif mode == "explicit" and layer.kind == "maxpool" and layouts.nonnegative_input(spec, i):
                 model.add(L.ZeroPadding2D(_pairs(a["pads"])))
             elif mode == "explicit":
                 what = "max pooling of possibly negative input" if layer.kind == "maxpool" \
@@ -122,8 +108,8 @@ def build(spec):
         elif layer.kind == "dense":
             dense = L.Dense(a["units"], name=layer.name)
             model.add(dense)
-            flatten_from = hwc[i - 1] if i else None
-            dense.set_weights([dense_kernel(spec.weight(layer), flatten_from), spec.bias(layer)])
+            dense.set_weights([dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i)),
+                               spec.bias(layer)])
         elif layer.kind == "softmax":
             model.add(L.Softmax(axis=-1, name=layer.name))
         else:
@@ -131,38 +117,11 @@ def build(spec):
     return model
 
 
-def _native_shape(shape):
-    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
-
-
-def _hwc_flattened(spec) -> list:
-    """Per layer: the (C, H, W) shape its flat output was flattened from while it is still in Keras's
-    (H, W, C) order (from a flatten up to the first dense), else None."""
-    result, source = [], None
-    for i, layer in enumerate(spec.layers):
-        if layer.kind == "flatten":
-            in_shape = spec.input_shape_of(i)
-            source = tuple(in_shape) if len(in_shape) == 3 else None
-        elif layer.kind == "dense":
-            source = None
-        result.append(source)
-    return result
-
-
 def layer_outputs(model, spec, x):
     keras = _keras()
     probe = keras.Model(model.inputs[0], [model.get_layer(l.name).output for l in spec.layers])
-    xin = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
-    ys = probe(xin, training=False)
+    ys = probe(layouts.nchw_to_nhwc(x), training=False)
     if not isinstance(ys, (list, tuple)):
         ys = [ys]
-    out = {}
-    for layer, y, flatten_from in zip(spec.layers, ys, _hwc_flattened(spec)):
-        y = keras.ops.convert_to_numpy(y)
-        if y.ndim == 4:
-            y = y.transpose(0, 3, 1, 2)
-        elif flatten_from is not None:
-            c, h, w = flatten_from
-            y = y.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1)
-        out[layer.name] = np.ascontiguousarray(y)
-    return out
+    return {layer.name: layouts.to_canonical(keras.ops.convert_to_numpy(y), source)
+            for layer, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}

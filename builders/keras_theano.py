@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builders import Unsupported
+from builders import Unsupported, layouts
 from spec import ir
 
 NAME = "keras-theano"
@@ -24,16 +24,13 @@ _NOISE = ("Using Theano backend.",)
 def conv_kernel(w: np.ndarray) -> np.ndarray:
     """(O, I, kh, kw) -> Keras (kh, kw, I, O), flipped in both spatial axes: Keras 2 on Theano performs
     true convolution (filter_flip), ONNX cross-correlation."""
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0)[::-1, ::-1, :, :])
+    return np.ascontiguousarray(layouts.oihw_to_hwio(w)[::-1, ::-1, :, :])
 
 
 def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     """(in, out) with rows in (C, H, W) order -> rows in the (H, W, C) order Keras Flatten produces
     (Keras 2 permutes channels_first input to channels_last before flattening)."""
-    if flatten_from is None:
-        return w
-    c, h, wd = flatten_from
-    return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
+    return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
 def _keras():
@@ -87,36 +84,11 @@ def _theano_same_matches(kind, in_hw, kernel, strides, pads) -> bool:
     return True
 
 
-def _nonnegative(spec, index: int) -> bool:
-    """Whether the input of layer `index` is >= 0 everywhere (so zero padding equals -inf padding for max)."""
-    for layer in reversed(spec.layers[:index]):
-        if layer.kind in ("relu", "softmax"):
-            return True
-        if layer.kind != "dropout":
-            return False
-    return False
-
-
-def _hwc_flattened(spec) -> list:
-    """Per layer: the (C, H, W) shape its flat output was flattened from while it is still in Keras's
-    (H, W, C) order (from a flatten up to the first dense), else None."""
-    result, source = [], None
-    for i, layer in enumerate(spec.layers):
-        if layer.kind == "flatten":
-            in_shape = spec.input_shape_of(i)
-            source = tuple(in_shape) if len(in_shape) == 3 else None
-        elif layer.kind == "dense":
-            source = None
-        result.append(source)
-    return result
-
-
 def build(spec):
     keras = _keras()
     L = keras.layers
     cf = "channels_first"
     model = keras.models.Sequential([L.InputLayer(input_shape=tuple(spec.input_shape))])
-    hwc = _hwc_flattened(spec)
 
     def zero_pad(pads):
         top, left, bottom, right = pads
@@ -145,7 +117,7 @@ def build(spec):
                 zero_pad(pads)
             elif native_same:
                 padding = "same"  # Theano's pooling pad: max ignores it, average excludes it
-            elif layer.kind == "maxpool" and _nonnegative(spec, i):
+            elif layer.kind == "maxpool" and layouts.nonnegative_input(spec, i):
                 zero_pad(pads)
             else:
                 what = "max pooling of possibly negative input" if layer.kind == "maxpool" \
@@ -166,8 +138,8 @@ def build(spec):
         elif layer.kind == "dense":
             dense = L.Dense(a["units"], name=layer.name)
             model.add(dense)
-            flatten_from = hwc[i - 1] if i else None
-            dense.set_weights([dense_kernel(spec.weight(layer), flatten_from), spec.bias(layer)])
+            dense.set_weights([dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i)),
+                               spec.bias(layer)])
         elif layer.kind == "softmax":
             model.add(L.Softmax(axis=-1, name=layer.name))
         else:
@@ -181,10 +153,6 @@ def layer_outputs(model, spec, x):
     ys = probe.predict(x, batch_size=len(x))  # predict runs in the test phase: dropout inactive
     if len(spec.layers) == 1:
         ys = [ys]
-    out = {}
-    for layer, y, flatten_from in zip(spec.layers, ys, _hwc_flattened(spec)):
-        if flatten_from is not None:
-            c, h, w = flatten_from
-            y = y.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1)
-        out[layer.name] = np.ascontiguousarray(y)
-    return out
+    # channels_first: only the flattened vectors are in (H, W, C) order
+    return {layer.name: layouts.to_canonical(y, source) if y.ndim == 2 else y
+            for layer, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}

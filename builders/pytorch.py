@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from builders import Unsupported
+from builders import Unsupported, layouts
 from spec import ir
 
 NAME = "pytorch"
@@ -39,18 +39,6 @@ def _symmetric(pads, kernel=None) -> bool:
 def _padded(pad, module):
     import torch.nn as nn
     return module if pad is None else nn.Sequential(pad, module)
-
-
-def _flatten_from(spec, index):
-    """The (C, H, W) shape that dense layer `index`'s input was flattened from, or None."""
-    for j in range(index - 1, -1, -1):
-        kind = spec.layers[j].kind
-        if kind == "flatten":
-            shape = spec.input_shape_of(j)
-            return tuple(shape) if len(shape) == 3 else None
-        if kind not in ("relu", "dropout"):
-            return None
-    return None
 
 
 def _module(layer, in_shape, weights, flatten_from):
@@ -108,7 +96,7 @@ def build(spec: ir.ModelSpec):
         weights = None
         if layer.kind in ("conv", "dense"):
             weights = (spec.weight(layer).astype(np.float32), spec.bias(layer).astype(np.float32))
-        modules.append(_module(layer, spec.input_shape_of(i), weights, _flatten_from(spec, i)))
+        modules.append(_module(layer, spec.input_shape_of(i), weights, layouts.dense_input_order(spec, i)))
     return nn.Sequential(*modules).eval()
 
 

@@ -5,11 +5,10 @@ NHWC because TensorFlow on CPU implements Conv2D and MaxPool gradients only for 
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
-from builders import Unsupported
+from builders import Unsupported, layouts
 from spec import ir
 
 NAME = "tensorflow"
@@ -17,15 +16,12 @@ NAME = "tensorflow"
 
 def conv_kernel(w: np.ndarray) -> np.ndarray:
     """Canonical (out, in, kh, kw) -> tf.nn.conv2d's (kh, kw, in, out); both cross-correlate."""
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    return layouts.oihw_to_hwio(w)
 
 
 def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
-    if flatten_from is None:
-        return np.ascontiguousarray(w)
-    c, h, wd = flatten_from
-    return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
+    return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
 def versions() -> dict:
@@ -37,18 +33,6 @@ def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
     import tensorflow as tf
     return tf
-
-
-def _flatten_from(spec, index):
-    """The (C, H, W) shape that dense layer `index`'s input was flattened from, or None."""
-    for j in range(index - 1, -1, -1):
-        kind = spec.layers[j].kind
-        if kind == "flatten":
-            shape = spec.input_shape_of(j)
-            return tuple(shape) if len(shape) == 3 else None
-        if kind not in ("relu", "dropout"):
-            return None
-    return None
 
 
 def _nhwc_pads(top, left, bottom, right):
@@ -76,10 +60,6 @@ def _plan(layer, in_shape):
     return kind, {"kernel": kernel, "strides": strides, "padding": padding, "pad": pad, "fill": fill}
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
-
-
 def _cnn_class():
     """The tf.Module subclass, defined on first use so that importing this file stays TensorFlow-free."""
     tf = _tf()
@@ -92,12 +72,12 @@ def _cnn_class():
             for i, layer in enumerate(spec.layers):
                 kind, settings = _plan(layer, spec.input_shape_of(i))
                 if kind == "conv":
-                    self.kernels[layer.name] = tf.Variable(conv_kernel(spec.weight(layer)), name=_safe(layer.name) + "_kernel")
+                    self.kernels[layer.name] = tf.Variable(conv_kernel(spec.weight(layer)), name=layouts.safe_name(layer.name) + "_kernel")
                 elif kind == "dense":
-                    kernel = dense_kernel(spec.weight(layer), _flatten_from(spec, i))
-                    self.kernels[layer.name] = tf.Variable(kernel, name=_safe(layer.name) + "_kernel")
+                    kernel = dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i))
+                    self.kernels[layer.name] = tf.Variable(kernel, name=layouts.safe_name(layer.name) + "_kernel")
                 if kind in ("conv", "dense"):
-                    self.biases[layer.name] = tf.Variable(spec.bias(layer), name=_safe(layer.name) + "_bias")
+                    self.biases[layer.name] = tf.Variable(spec.bias(layer), name=layouts.safe_name(layer.name) + "_bias")
                 self.plan.append((layer.name, kind, settings))
 
         @tf.function
@@ -135,27 +115,8 @@ def build(spec: ir.ModelSpec):
     return _cnn_class()(spec)
 
 
-def _canonical(y: np.ndarray, flat_from) -> np.ndarray:
-    if y.ndim == 4:
-        return y.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if flat_from is not None:  # (H, W, C)-ordered features -> (C, H, W) order
-        c, h, w = flat_from
-        return y.reshape(len(y), h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1)
-    return y
-
-
 def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray) -> dict:
     tf = _tf()
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 4:
-        x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
-    ys = model(tf.constant(np.ascontiguousarray(x)))
-    outputs, flat_from = {}, None
-    for i, (layer, y) in enumerate(zip(spec.layers, ys)):
-        if layer.kind == "flatten":
-            shape = spec.input_shape_of(i)
-            flat_from = tuple(shape) if len(shape) == 3 else None
-        elif layer.kind == "dense":
-            flat_from = None
-        outputs[layer.name] = _canonical(y.numpy(), flat_from)
-    return outputs
+    ys = model(tf.constant(layouts.nchw_to_nhwc(np.asarray(x, dtype=np.float32))))
+    return {layer.name: layouts.to_canonical(y.numpy(), source)
+            for layer, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}

@@ -8,11 +8,10 @@ the KEEP probability, so every argument is passed explicitly.
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
-from builders import Unsupported
+from builders import Unsupported, layouts
 from spec import ir
 
 NAME = "tensorlayer"
@@ -20,25 +19,12 @@ NAME = "tensorlayer"
 
 def conv_kernel(w):
     """Canonical (O, I, kh, kw) -> TensorFlow (kh, kw, I, O)."""
-    return np.transpose(w, (2, 3, 1, 0))
+    return layouts.oihw_to_hwio(w)
 
 
 def dense_kernel(w, flatten_from):
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
-    if flatten_from is None:
-        return w
-    c, h, wd = flatten_from
-    return w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1)
-
-
-def to_canonical(a, flatten_from):
-    """A native (NHWC, or HWC-flattened) output -> the canonical layout."""
-    if a.ndim == 4:
-        return np.transpose(a, (0, 3, 1, 2))
-    if flatten_from is not None:
-        c, h, wd = flatten_from
-        return a.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1)
-    return a
+    return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
 def _import():
@@ -67,11 +53,10 @@ def build(spec):
     shape = spec.input_shape
     inputs = L.Input([None, shape[1], shape[2], shape[0]] if len(shape) == 3 else [None, *shape], name="input")
     net = inputs
-    outputs, loads, flat = [], [], []  # loads: (layer, kernel, bias) assigned once the layers are built
-    flat_from = None
+    outputs, loads = [], []  # loads: (layer, kernel, bias) assigned once the layers are built
     for i, layer in enumerate(spec.layers):
         in_shape = spec.input_shape_of(i)
-        a, name = layer.attrs, re.sub(r"[^A-Za-z0-9_.\-]", "_", layer.name)
+        a, name = layer.attrs, layouts.safe_name(layer.name)
         if layer.kind in ("conv", "maxpool", "avgpool"):
             mode = ir.padding_mode(in_shape[1:], a["kernel"], a["strides"], a["pads"])
         if layer.kind == "conv":
@@ -101,30 +86,25 @@ def build(spec):
         elif layer.kind == "dropout":
             net = L.Dropout(keep=1.0 - a["rate"], name=name)(net)
         elif layer.kind == "flatten":
-            if len(in_shape) == 3:
-                flat_from = tuple(in_shape)
             net = L.Flatten(name=name)(net)
         elif layer.kind == "dense":
             if len(in_shape) != 1:
                 raise Unsupported(f"{layer.name}: dense layer on an unflattened {in_shape} input")
             dense = L.Dense(a["units"], act=None, in_channels=in_shape[0], name=name)
             net = dense(net)
-            loads.append((dense, dense_kernel(spec.weight(layer), flat_from), spec.bias(layer)))
-            flat_from = None
+            loads.append((dense, dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i)),
+                          spec.bias(layer)))
         outputs.append(net)
-        flat.append(flat_from)
     model = tl.models.Model(inputs=inputs, outputs=outputs)
     for lyr, kernel, bias in loads:
         lyr.W.assign(kernel.astype(np.float32))
         lyr.b.assign(bias.astype(np.float32))
-    model.spec_flatten = flat  # per spec layer: the (C, H, W) its HWC-ordered flat output came from, or None
     return model
 
 
 def layer_outputs(model, spec, x) -> dict:
     _import()
-    if x.ndim == 4:
-        x = np.transpose(x, (0, 2, 3, 1))
     model.eval()
-    values = model(x)
-    return {l.name: to_canonical(v.numpy(), f) for l, v, f in zip(spec.layers, values, model.spec_flatten)}
+    values = model(layouts.nchw_to_nhwc(x))
+    return {layer.name: layouts.to_canonical(v.numpy(), source)
+            for layer, v, source in zip(spec.layers, values, layouts.flatten_sources(spec))}

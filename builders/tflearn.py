@@ -6,11 +6,10 @@ TF tensors). Its pooling defaults to padding 'same' and its dropout takes the KE
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
-from builders import Unsupported
+from builders import Unsupported, layouts
 from spec import ir
 
 NAME = "tflearn"
@@ -18,25 +17,12 @@ NAME = "tflearn"
 
 def conv_kernel(w):
     """Canonical (O, I, kh, kw) -> TensorFlow (kh, kw, I, O)."""
-    return np.transpose(w, (2, 3, 1, 0))
+    return layouts.oihw_to_hwio(w)
 
 
 def dense_kernel(w, flatten_from):
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
-    if flatten_from is None:
-        return w
-    c, h, wd = flatten_from
-    return w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1)
-
-
-def to_canonical(a, flatten_from):
-    """A native (NHWC, or HWC-flattened) output -> the canonical layout."""
-    if a.ndim == 4:
-        return np.transpose(a, (0, 3, 1, 2))
-    if flatten_from is not None:
-        c, h, wd = flatten_from
-        return a.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1)
-    return a
+    return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
 def _import():
@@ -67,12 +53,11 @@ def build(spec):
     tf, tflearn = _import()
     graph = tf.Graph()
     with graph.as_default():
-        net = tflearn.input_data(shape=[None, *_native_shape(spec.input_shape)], name="input")
+        net = tflearn.input_data(shape=[None, *layouts.native_shape(spec.input_shape)], name="input")
         outputs, params = {}, []  # params: (variable, value) to load once the session exists
-        flat_from = None
         for i, layer in enumerate(spec.layers):
             in_shape = spec.input_shape_of(i)
-            a, name = layer.attrs, re.sub(r"[^A-Za-z0-9_.\-]", "_", layer.name)
+            a, name = layer.attrs, layouts.safe_name(layer.name)
             if layer.kind in ("conv", "maxpool", "avgpool"):
                 mode = ir.padding_mode(in_shape[1:], a["kernel"], a["strides"], a["pads"])
             if layer.kind == "conv":
@@ -101,33 +86,26 @@ def build(spec):
             elif layer.kind == "dropout":
                 net = tflearn.dropout(net, 1.0 - a["rate"], name=name)
             elif layer.kind == "flatten":
-                if len(in_shape) == 3:
-                    flat_from = tuple(in_shape)
                 net = tflearn.flatten(net, name=name)
             elif layer.kind == "dense":
                 if len(in_shape) != 1:
                     raise Unsupported(f"{layer.name}: dense layer on an unflattened {in_shape} input")
                 net = tflearn.fully_connected(net, a["units"], activation="linear", name=name)
-                params += [(net.W, dense_kernel(spec.weight(layer), flat_from)), (net.b, spec.bias(layer))]
-                flat_from = None
-            outputs[layer.name] = (net, flat_from)
+                params += [(net.W, dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i))),
+                           (net.b, spec.bias(layer))]
+            outputs[layer.name] = net
         model = tflearn.DNN(net)
         for var, value in params:
             model.set_weights(var, value.astype(np.float32))
-    model.spec_outputs = outputs  # each spec layer's tensor and the flatten it carries, for layer_outputs
+    model.spec_outputs = outputs  # each spec layer's tensor, for layer_outputs
     return model
-
-
-def _native_shape(shape):
-    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
 def layer_outputs(model, spec, x) -> dict:
     tf, tflearn = _import()
-    if x.ndim == 4:
-        x = np.transpose(x, (0, 2, 3, 1))
     with model.session.graph.as_default():
         tflearn.is_training(False, session=model.session)
-        names = [l.name for l in spec.layers]
-        values = model.session.run([model.spec_outputs[n][0] for n in names], feed_dict={model.inputs[0]: x})
-    return {n: to_canonical(v, model.spec_outputs[n][1]) for n, v in zip(names, values)}
+        values = model.session.run([model.spec_outputs[l.name] for l in spec.layers],
+                                   feed_dict={model.inputs[0]: layouts.nchw_to_nhwc(x)})
+    return {layer.name: layouts.to_canonical(v, source)
+            for layer, v, source in zip(spec.layers, values, layouts.flatten_sources(spec))}

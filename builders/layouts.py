@@ -1,0 +1,78 @@
+"""Layout arithmetic shared by the builders of NHWC libraries (TensorFlow, Keras, tflearn, tensorlayer).
+
+Pure numpy. Each builder still owns its `conv_kernel` / `dense_kernel`, the names tests patch to
+plant bugs; these are the conversions those functions are made of.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+
+def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """Canonical (out, in, kh, kw) -> (kh, kw, in, out), the kernel layout of TensorFlow and Keras."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def chw_rows_to_hwc(w: np.ndarray, flatten_from) -> np.ndarray:
+    """Dense (in, out) weight whose rows follow a (C, H, W) flatten -> rows in the (H, W, C) order an
+    NHWC flatten produces. flatten_from is that (C, H, W) shape, or None when no reordering is due."""
+    if flatten_from is None:
+        return np.ascontiguousarray(w)
+    c, h, wd = flatten_from
+    return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def native_shape(shape: tuple) -> tuple:
+    """Canonical per-sample shape (C, H, W) or (F,) -> NHWC's (H, W, C) or (F,)."""
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
+
+
+def to_canonical(y: np.ndarray, flatten_from) -> np.ndarray:
+    """An NHWC library's layer output -> canonical layout: NHWC -> NCHW, and an (H, W, C)-ordered
+    flat vector (flatten_from = its (C, H, W) source) -> (C, H, W) order."""
+    if y.ndim == 4:
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    if flatten_from is not None:
+        c, h, w = flatten_from
+        return np.ascontiguousarray(y.reshape(len(y), h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1))
+    return y
+
+
+def flatten_sources(spec) -> list:
+    """Per layer: the (C, H, W) shape its output was flattened from while that output is still in an
+    NHWC flatten's (H, W, C) order (from a flatten up to the next dense layer), else None."""
+    result, source = [], None
+    for i, layer in enumerate(spec.layers):
+        if layer.kind == "flatten":
+            shape = spec.input_shape_of(i)
+            source = tuple(shape) if len(shape) == 3 else None
+        elif layer.kind == "dense":
+            source = None
+        result.append(source)
+    return result
+
+
+def dense_input_order(spec, index: int):
+    """flatten_from for dense layer `index`: the source of the flat vector it reads, or None."""
+    return flatten_sources(spec)[index - 1] if index else None
+
+
+def nonnegative_input(spec, index: int) -> bool:
+    """Whether layer `index` reads values >= 0 only, so zero padding equals -inf padding for max pooling."""
+    for layer in reversed(spec.layers[:index]):
+        if layer.kind in ("relu", "softmax"):
+            return True
+        if layer.kind != "dropout":
+            return False
+    return False
+
+
+def safe_name(name: str) -> str:
+    """A layer name every TensorFlow-based library accepts as a variable / scope name."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
