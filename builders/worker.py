@@ -2,13 +2,15 @@
 
 Runs in the framework's own environment and process. Reads JOB_DIR/model.json,
 weights.npz and inputs.npz (array "x"); writes JOB_DIR/outputs.npz (one array per layer,
-keyed by layer name) and JOB_DIR/worker.json (versions, timings), each complete or absent.
+keyed by layer name) as JOB_DIR/FRAMEWORK.outputs.npz and versions and timings as
+JOB_DIR/FRAMEWORK.worker.json, each complete or absent, so workers can share a job folder.
 Exit 0 on success, 3 when the builder cannot express the model, 1 on any other failure;
 the reason is the last line on stderr.
 """
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import sys
@@ -22,10 +24,14 @@ from builders import FRAMEWORKS, Unsupported
 from spec.ir import ModelSpec
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".part")
-    write(tmp)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def output_paths(job: Path, framework: str) -> tuple:
+    return job / f"{framework}.outputs.npz", job / f"{framework}.worker.json"
 
 
 def run(framework: str, job: Path) -> None:
@@ -41,11 +47,13 @@ def run(framework: str, job: Path) -> None:
     missing = [l.name for l in spec.layers if l.name not in outputs]
     if missing:
         raise RuntimeError(f"builder returned no output for layers {missing}")
-    arrays = {name: np.asarray(outputs[name], dtype=np.float32) for name in (l.name for l in spec.layers)}
-    _write_atomic(job / "outputs.npz", lambda p: np.savez(open(p, "wb"), **arrays))
+    buffer = io.BytesIO()
+    np.savez(buffer, **{layer.name: np.asarray(outputs[layer.name], dtype=np.float32) for layer in spec.layers})
     info = {"framework": framework, "versions": module.versions(),
             "build_s": t1 - t0, "forward_s": t2 - t1, "python": sys.version.split()[0]}
-    _write_atomic(job / "worker.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+    outputs_path, info_path = output_paths(job, framework)
+    _write_atomic(outputs_path, buffer.getvalue())
+    _write_atomic(info_path, json.dumps(info, indent=1).encode())
 
 
 def main(argv=None) -> int:

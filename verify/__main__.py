@@ -22,7 +22,8 @@ def parser() -> argparse.ArgumentParser:
     eq.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     eq.add_argument("--data", default=None, metavar="PATH",
                     help="CIFAR-10 archive, extracted folder or npz (default: $CIFAR10_PATH, then the usual places)")
-    eq.add_argument("--jobs", type=int, default=1, help="libraries verified at once (default 1)")
+    eq.add_argument("--jobs", type=int, default=2,
+                    help="libraries verified at once, each in its own process (default 2)")
     eq.add_argument("--timeout", type=float, default=900, help="seconds one library may take (default 900)")
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
     desc.add_argument("model")

@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,7 +57,7 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "reference": reference.versions()}
 
 
-def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900, jobs: int = 1,
+def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900, jobs: int = 2,
         log=sys.stderr) -> dict:
     """Verify each framework; returns the report as plain data. Raises ModelError/DataError on bad input."""
     started = time.perf_counter()
@@ -67,6 +68,7 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
               "environment": environment(), "frameworks": {}}
     print(f"model {model_path} ({len(spec.layers)} layers, {spec.parameter_count():,} parameters); {inputs_desc}",
           file=log, flush=True)
+    lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         job = Path(tmp)
         spec.save(job)
@@ -79,10 +81,11 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
             if result.status == "ok":
                 row.update(compare(spec, result.outputs, ref, load_policy(framework)))
                 row["status"] = row.pop("verdict")
-            done = len(report["frameworks"]) + 1
-            print(f"[{done}/{len(frameworks)}] {framework:<17} {row['status']:<11} {result.wall_s:6.1f} s"
-                  + (f"  {row['message']}" if row["message"] else ""), file=log, flush=True)
-            report["frameworks"][framework] = row
+            with lock:
+                report["frameworks"][framework] = row
+                print(f"[{len(report['frameworks'])}/{len(frameworks)}] {framework:<17} {row['status']:<11} "
+                      f"{result.wall_s:6.1f} s" + (f"  {row['message']}" if row["message"] else ""),
+                      file=log, flush=True)
             return row
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -12,6 +12,7 @@ import numpy as np
 
 import envs
 from builders import FRAMEWORKS
+from builders.worker import output_paths
 
 ROOT = envs.ROOT
 EXIT_UNSUPPORTED = 3
@@ -59,9 +60,10 @@ def run_worker(framework: str, job: Path, timeout: float) -> WorkerResult:
     if proc.returncode != 0:
         return WorkerResult(framework, "error", message=f"worker failed (exit {proc.returncode}): {_last_line(text)}",
                             wall_s=wall)
-    with np.load(job / "outputs.npz") as npz:
+    outputs_path, info_path = output_paths(job, framework)
+    with np.load(outputs_path) as npz:
         outputs = {k: npz[k] for k in npz.files}
-    info = json.loads((job / "worker.json").read_text())
-    for name in ("outputs.npz", "worker.json"):
-        (job / name).unlink()
+    info = json.loads(info_path.read_text())
+    outputs_path.unlink()
+    info_path.unlink()
     return WorkerResult(framework, "ok", outputs, info, wall_s=wall)
