@@ -18,6 +18,7 @@ def layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray) -> dic
             model.graph.output.append(onnx.ValueInfoProto(name=layer.onnx_output))
             existing.add(layer.onnx_output)
     options = ort.SessionOptions()
+    # unfused: each exposed tensor is the plain result of its own op, as the builders' layers are
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     names = [layer.onnx_output for layer in spec.layers]

@@ -43,8 +43,11 @@ def worker_env() -> dict:
 
 def run_worker(framework: str, job: Path, timeout: float) -> WorkerResult:
     """Run the worker of `framework` on the job folder, which holds model.json, weights.npz, inputs.npz."""
-    python = envs.ensure(FRAMEWORKS[framework][1])
     started = time.perf_counter()
+    try:
+        python = envs.ensure(FRAMEWORKS[framework][1])
+    except envs.EnvError as exc:
+        return WorkerResult(framework, "error", message=str(exc))
     log = job / f"{framework}.log"
     try:
         with open(log, "w") as handle:
