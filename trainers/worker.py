@@ -1,0 +1,125 @@
+"""Training worker: `python -m trainers.worker FRAMEWORK JOB_DIR`, in the library's own environment.
+
+Reads JOB_DIR/model.json, weights.npz, data.npz, config.json. Streams events to stdout as lines
+starting with EVENT_PREFIX followed by JSON (the orchestrator draws progress from them and keeps
+every finished epoch even if the worker dies later), and ends with JOB_DIR/FRAMEWORK.train.json
+(complete or absent). Exit 0 on success, 4 on a non-finite loss, 1 on any other failure.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spec.ir import ModelSpec
+from trainers import FRAMEWORKS
+
+EVENT_PREFIX = "@@event "
+EXIT_NAN = 4
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainingData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    order: np.ndarray
+
+    def batches(self, epoch: int, batch_size: int):
+        """Index arrays of the optimizer steps of `epoch`, in the harness's order."""
+        row = self.order[epoch]
+        return [row[i:i + batch_size] for i in range(0, len(row), batch_size)]
+
+
+class Reporter:
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.record = {"optimizer": None, "steps": [], "epochs": []}
+
+    def _emit(self, event: dict) -> None:
+        self.stream.write(EVENT_PREFIX + json.dumps(event) + "\n")
+        self.stream.flush()
+
+    def optimizer(self, impl: str, lr: float, rho: float, eps: float, ms_init: float, eps_placement: str,
+                  how: str = "") -> None:
+        """What the library's RMSprop does: impl (class/kernel used), hyperparameters, where the mean
+        square starts, 'inside sqrt' or 'outside sqrt', and how it was made to match canonical."""
+        self.record["optimizer"] = dict(impl=impl, lr=lr, rho=rho, eps=eps, ms_init=ms_init,
+                                        eps_placement=eps_placement, how=how)
+        self._emit({"type": "optimizer", **self.record["optimizer"]})
+
+    def step(self, epoch: int, step: int, loss: float, batch_size: int) -> None:
+        """The loss of optimizer step `step` of `epoch` (0-based), on that batch, before its update."""
+        loss = float(loss)
+        self.record["steps"].append({"epoch": epoch, "step": step, "loss": loss, "batch_size": batch_size})
+        self._emit({"type": "step", "epoch": epoch, "step": step, "loss": loss})
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}")
+
+    def epoch(self, epoch: int, train_s: float, train_loss: float, train_acc: float, eval_s: float,
+              val_loss: float, val_acc: float) -> None:
+        """One epoch: wall time of its training steps alone, training loss/accuracy as the library
+        computed them during training, then evaluation time and validation loss/accuracy."""
+        row = dict(epoch=epoch, train_s=train_s, train_loss=float(train_loss), train_acc=float(train_acc),
+                   eval_s=eval_s, val_loss=float(val_loss), val_acc=float(val_acc))
+        self.record["epochs"].append(row)
+        self._emit({"type": "epoch", **row})
+        if not math.isfinite(row["train_loss"]):
+            raise NonFiniteLoss(f"training loss became {row['train_loss']} in epoch {epoch + 1}")
+
+
+def load_job(job: Path):
+    spec = ModelSpec.load(job)
+    with np.load(job / "data.npz") as npz:
+        data = TrainingData(*(npz[k] for k in ("x_train", "y_train", "x_val", "y_val", "order")))
+    return spec, data, json.loads((job / "config.json").read_text())
+
+
+def result_path(job: Path, framework: str) -> Path:
+    return job / f"{framework}.train.json"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in FRAMEWORKS:
+        print(f"usage: python -m trainers.worker {{{','.join(FRAMEWORKS)}}} JOB_DIR", file=sys.stderr)
+        return 2
+    framework, job = argv[0], Path(argv[1])
+    reporter = Reporter()
+    started = time.perf_counter()
+    try:
+        spec, data, config = load_job(job)
+        module = importlib.import_module(FRAMEWORKS[framework][0])
+        module.train(spec, data, config, reporter)
+        builder = importlib.import_module(FRAMEWORKS[framework][0].replace("trainers.", "builders."))
+        record = {**reporter.record, "versions": builder.versions(), "wall_s": time.perf_counter() - started,
+                  "python": sys.version.split()[0]}
+    except NonFiniteLoss as exc:
+        print(f"non-finite loss: {exc}", file=sys.stderr)
+        return EXIT_NAN
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    path = result_path(job, framework)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
