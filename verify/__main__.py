@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import cifar10
+    import results
     from spec import experiments
     from spec.onnx_import import ModelError, describe, import_model
     from verify import equivalence
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     passed = sum(r["status"] == "pass" for r in report["frameworks"].values())
     print(f"\n{passed}/{len(report['frameworks'])} libraries match onnxruntime; {report['wall_s']:.1f} s")
     if args.json:
-        equivalence.write_json(report, args.json)
+        results.write_json(args.json, report)
     return EXIT_PASS if report["passed"] else EXIT_MISMATCH
 
 

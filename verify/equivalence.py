@@ -1,7 +1,6 @@
 """Forward-pass equivalence: every library's builder against onnxruntime on the same inputs."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -115,10 +114,3 @@ def table(report: dict) -> str:
                     f"| {agree} | {where_text} | {r['wall_s']:.1f} s |")
     return "\n".join([head, *rows])
 
-
-def write_json(report: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(report, indent=1, default=float))
-    os.replace(tmp, path)

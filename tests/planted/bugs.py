@@ -27,5 +27,68 @@ def _padding():
 BUGS = {"flatten-order": _flatten_order, "kernel-flip": _kernel_flip, "padding": _padding}
 
 
+# --- training faults, each aimed at one library: XV_PLANTED_BUG="<fault>:<framework>" ---------------
+
+def _worker_is(framework: str) -> bool:
+    import sys
+
+    return len(sys.argv) > 1 and sys.argv[1] == framework
+
+
+def _patch_load_job(framework: str, change):
+    from trainers import worker
+
+    original = worker.load_job
+
+    def load_job(job):
+        spec, data, config = original(job)
+        if _worker_is(framework):
+            change(data, config)
+        return spec, data, config
+    worker.load_job = load_job
+
+
+def _patch_step(framework: str, action):
+    from trainers import worker
+
+    original = worker.Reporter.step
+
+    def step(self, epoch, step, loss, batch_size):
+        if _worker_is(framework) and step == 1:
+            action()
+        return original(self, epoch, step, loss, batch_size)
+    worker.Reporter.step = step
+
+
+def _lr_off(framework):
+    # a learning rate 10 % too high: the optimizer arithmetic no longer matches canonical
+    _patch_load_job(framework, lambda data, config: config["optimizer"].update(lr=config["optimizer"]["lr"] * 1.1))
+
+
+def _nan(framework):
+    # poisoned inputs: the library's own forward pass produces a NaN loss
+    _patch_load_job(framework, lambda data, config: data.x_train.fill(float("nan")))
+
+
+def _crash(framework):
+    import os
+    import signal
+
+    _patch_step(framework, lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def _hang(framework):
+    import time
+
+    _patch_step(framework, lambda: time.sleep(3600))
+
+
+TRAINING_FAULTS = {"lr-off": _lr_off, "nan": _nan, "crash": _crash, "hang": _hang}
+
+
 def plant(name: str) -> None:
-    BUGS[name]()
+    fault, _, framework = name.partition(":")
+    if framework:
+        TRAINING_FAULTS[fault](framework)
+    else:
+        BUGS[name]()

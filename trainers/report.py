@@ -1,0 +1,172 @@
+"""From per-library training rows to the results: summary figures, Markdown table, JSON, plots."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import results
+from trainers import CANONICAL_RMSPROP
+
+TOLERANCES = Path(__file__).with_name("tolerances.json")
+
+
+def summarize(row: dict, images_per_epoch: int) -> dict:
+    epochs = row["record"]["epochs"]
+    times = [e["train_s"] for e in epochs]
+    steady = statistics.median(times[1:]) if len(times) > 1 else None
+    last = epochs[-1] if epochs else {}
+    return {
+        "epochs_done": len(epochs),
+        "first_epoch_s": times[0] if times else None,
+        "steady_epoch_s": steady,
+        "images_per_s": images_per_epoch / steady if steady else None,
+        "first_epoch_images_per_s": images_per_epoch / times[0] if times else None,
+        **{k: last.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+    }
+
+
+def departures(optimizer: dict | None, canonical: dict) -> list:
+    """How a library's RMSprop differs from canonical, one phrase per difference."""
+    if not optimizer:
+        return ["unknown (the worker reported no optimizer)"]
+    want = {**canonical, **CANONICAL_RMSPROP}
+    out = []
+    for key, label in (("lr", "lr"), ("rho", "rho"), ("eps", "eps"), ("ms_init", "mean-square starts at"),
+                       ("eps_placement", "eps")):
+        got = optimizer.get(key)
+        same = got == want[key] if isinstance(got, str) else np.isclose(got, want[key], rtol=1e-9, atol=0)
+        if not same:
+            out.append(f"{label} {got:g}" if not isinstance(got, str) else f"{label} {got}")
+            out[-1] += f" (canonical {want[key]:g})" if not isinstance(want[key], str) else f" (canonical {want[key]})"
+    return out
+
+
+def step_agreement(rows: dict, steps: int, rtol: float) -> dict:
+    """Losses of the first `steps` optimizer steps across libraries, against their median."""
+    losses = {f: [s["loss"] for s in r["record"]["steps"][:steps]] for f, r in rows.items() if r["status"] == "ok"}
+    losses = {f: v for f, v in losses.items() if len(v) == steps}
+    if len(losses) < 2:
+        return {"steps": steps, "rtol": rtol, "libraries": {}, "agree": None}
+    median = np.median(np.array(list(losses.values())), axis=0)
+    per_lib = {}
+    for f, v in losses.items():
+        rel = np.abs(np.array(v) - median) / np.abs(median)
+        first_bad = next((k for k, r in enumerate(rel) if r > rtol), None)
+        per_lib[f] = {"losses": v, "max_rel_dev": float(rel.max()), "agrees": first_bad is None,
+                      "first_bad_step": None if first_bad is None else first_bad + 1}
+    return {"steps": steps, "rtol": rtol, "median": median.tolist(), "libraries": per_lib,
+            "agree": all(p["agrees"] for p in per_lib.values())}
+
+
+def environment(threads: int) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        blas = "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": sys.version.split()[0],
+            "platform": platform.platform(), "numpy_blas (orchestrator)": blas}
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(run: dict) -> str:
+    mode = run["config"]["optimizer"]["mode"]
+    lines = [f"# Training results: {run['experiment']}, {mode} RMSprop, dropout {'on' if run['config']['dropout'] else 'off'}",
+             "",
+             f"{run['images_per_epoch']} training images per epoch, batch {run['config']['batch_size']}, "
+             f"{run['config']['epochs']} epoch(s), {run['config']['threads']} thread(s); {run['validation']}. "
+             f"CPU: {run['environment']['cpu']} ({run['environment']['cores']} cores).",
+             "",
+             "| library | status | first epoch s | steady epoch s | images/s | train loss | train acc | val loss "
+             "| val acc | RMSprop |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in run["libraries"].items():
+        s = row["summary"]
+        if row["status"] != "ok":
+            opt = row["reason"]
+        elif mode == "native":
+            opt = "; ".join(row["departures"]) or "canonical"
+        else:
+            opt = (row["record"]["optimizer"] or {}).get("how") or "library's own, already canonical"
+        lines.append(f"| {name} | {row['status']} | {_fmt(s['first_epoch_s'], '.2f')} | {_fmt(s['steady_epoch_s'], '.2f')} "
+                     f"| {_fmt(s['images_per_s'] or s['first_epoch_images_per_s'], '.0f')} "
+                     f"| {_fmt(s['train_loss'], '.4f')} | {_fmt(s['train_acc'], '.3f')} | {_fmt(s['val_loss'], '.4f')} "
+                     f"| {_fmt(s['val_acc'], '.3f')} | {opt} |")
+    agreement = run.get("step_agreement")
+    if agreement and agreement["libraries"]:
+        lines += ["", f"First {agreement['steps']} optimizer-step losses (tolerance {agreement['rtol']:g} relative "
+                      f"to the median of the libraries): " + ("all agree" if agreement["agree"] else "DISAGREE"), ""]
+        lines += [f"- {f}: {', '.join(f'{v:.7f}' for v in a['losses'])} (max deviation {a['max_rel_dev']:.1e})"
+                  + ("" if a["agrees"] else f" — departs at step {a['first_bad_step']}")
+                  for f, a in agreement["libraries"].items()]
+    lines += ["", "Images/s is steady-state (median of epochs after the first) when there is more than one epoch, "
+                  "else the first epoch's. The first epoch includes graph building, tracing and compilation."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(run: dict, folder: Path) -> list:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for (key, title), ax in zip((("train_loss", "training loss"), ("val_loss", "validation loss"),
+                                 ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")),
+                                axes.flat):
+        for name, row in run["libraries"].items():
+            epochs = row["record"]["epochs"]
+            if epochs:
+                ax.plot([e["epoch"] + 1 for e in epochs], [e[key] for e in epochs], marker="o", label=name)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{run['experiment']}, {run['config']['optimizer']['mode']} RMSprop")
+    fig.tight_layout()
+    written.append(_save(fig, folder / "curves.png"))
+
+    names = [n for n, r in run["libraries"].items() if r["summary"]["first_epoch_images_per_s"]]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    steady = [run["libraries"][n]["summary"]["images_per_s"] or 0 for n in names]
+    first = [run["libraries"][n]["summary"]["first_epoch_images_per_s"] for n in names]
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, steady, 0.4, label="steady state")
+    ax.bar(x + 0.2, first, 0.4, label="first epoch")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("training images / s")
+    ax.set_title(f"Training speed, {run['environment']['threads']} thread(s)")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / "speed.png"))
+    plt.close("all")
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return results.write_atomic(path, buffer.getvalue())
+
+
+def load_tolerances() -> dict:
+    return json.loads(TOLERANCES.read_text())

@@ -1,0 +1,88 @@
+"""Runs one library's training worker: progress bar from its events, time limit, failure reasons.
+
+Whatever happens to the worker (crash, signal, hang, non-finite loss), the caller gets a row with
+every epoch the worker finished and the reason it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+import envs
+from trainers import FRAMEWORKS
+from trainers.worker import EVENT_PREFIX, EXIT_NAN, result_path
+from verify.runner import worker_env
+
+
+def thread_env(threads: int) -> dict:
+    env = worker_env()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def _last_line(path: Path) -> str:
+    lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout: float, log_dir: Path) -> dict:
+    """Train `framework` on the job folder; returns its row (status, record, reason, wall_s)."""
+    row = {"status": "ok", "reason": "", "record": {"optimizer": None, "steps": [], "epochs": []}}
+    try:
+        python = envs.ensure(FRAMEWORKS[framework][1])
+    except envs.EnvError as exc:
+        return {**row, "status": "failed", "reason": str(exc), "wall_s": 0.0}
+    stderr_path = log_dir / f"{framework}.stderr.log"
+    started = time.perf_counter()
+    with open(stderr_path, "w") as stderr, tqdm(total=steps_total, desc=f"{framework:<17}", unit="step",
+                                                  leave=True, dynamic_ncols=True) as bar:
+        proc = subprocess.Popen([str(python), "-m", "trainers.worker", framework, str(job)], cwd=envs.ROOT,
+                                env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)
+        events = row["record"]
+
+        def pump():
+            for line in proc.stdout:
+                if not line.startswith(EVENT_PREFIX):
+                    continue
+                event = json.loads(line[len(EVENT_PREFIX):])
+                kind = event.pop("type")
+                if kind == "step":
+                    events["steps"].append(event)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+                elif kind == "epoch":
+                    events["epochs"].append(event)
+                elif kind == "optimizer":
+                    events["optimizer"] = event
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        reader.join(timeout=10)
+    row["wall_s"] = time.perf_counter() - started
+    result = result_path(job, framework)
+    if code is None:
+        row.update(status="timeout", reason=f"no result within {timeout:.0f} s; worker killed")
+    elif code == EXIT_NAN:
+        row.update(status="nan", reason=_last_line(stderr_path))
+    elif code < 0:
+        row.update(status="crashed", reason=f"worker killed by {signal.Signals(-code).name}")
+    elif code != 0 or not result.exists():
+        row.update(status="crashed", reason=f"worker exit {code}: {_last_line(stderr_path)}")
+    else:
+        row["record"] = json.loads(result.read_text())
+    return row
