@@ -74,12 +74,14 @@ def test_native_mode_shows_who_departs_from_canonical(native_run):
     assert "lr 0.01" in dep["pytorch"] and "rho 0.99" in dep["pytorch"] and "outside sqrt" in dep["pytorch"]
     assert "outside sqrt" in dep["keras-theano"]
     assert "mean-square starts at 1" in dep["tflearn"] and "mean-square starts at 1" in dep["tensorflow"]
+    assert "gradients clipped to global norm 5" in dep["tflearn"]
     assert dep["keras-tensorflow"] == "" and dep["tensorlayer"] == ""
     assert "lr 0.01 (canonical 0.001)" in (folder / "results.md").read_text()
 
 
-def test_a_library_with_a_wrong_learning_rate_breaks_step_agreement(tmp_path):
-    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "lr-off:pytorch"}
+@pytest.mark.parametrize("bug", ["lr-off", "eps-outside"])
+def test_wrong_optimizer_arithmetic_in_one_library_breaks_step_agreement(tmp_path, bug):
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{bug}:pytorch"}
     proc, folder, run = _run(tmp_path, "pytorch", "tensorflow", "keras-tensorflow", "--epochs", "1",
                              "--max-batches", "3", "--no-dropout", env=env)
     agreement = run["step_agreement"]

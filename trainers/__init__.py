@@ -18,5 +18,5 @@ from builders import FRAMEWORKS as _BUILDERS
 # framework name -> (trainer module, worker environment)
 FRAMEWORKS = {name: (f"trainers.{module.split('.')[-1]}", env) for name, (module, env) in _BUILDERS.items()}
 
-CANONICAL_RMSPROP = {"ms_init": 0.0, "eps_placement": "inside sqrt"}
+CANONICAL_RMSPROP = {"ms_init": 0.0, "eps_placement": "inside sqrt", "grad_clip_norm": 0.0}
 LOSS_CLIP = 1e-7

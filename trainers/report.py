@@ -38,8 +38,8 @@ def departures(optimizer: dict | None, canonical: dict) -> list:
     want = {**canonical, **CANONICAL_RMSPROP}
     out = []
     for key, label in (("lr", "lr"), ("rho", "rho"), ("eps", "eps"), ("ms_init", "mean-square starts at"),
-                       ("eps_placement", "eps")):
-        got = optimizer.get(key)
+                       ("eps_placement", "eps"), ("grad_clip_norm", "gradients clipped to global norm")):
+        got = optimizer.get(key, 0.0)
         same = got == want[key] if isinstance(got, str) else np.isclose(got, want[key], rtol=1e-9, atol=0)
         if not same:
             out.append(f"{label} {got:g}" if not isinstance(got, str) else f"{label} {got}")

@@ -54,11 +54,12 @@ class Reporter:
         self.stream.flush()
 
     def optimizer(self, impl: str, lr: float, rho: float, eps: float, ms_init: float, eps_placement: str,
-                  how: str = "") -> None:
+                  how: str = "", grad_clip_norm: float = 0.0) -> None:
         """What the library's RMSprop does: impl (class/kernel used), hyperparameters, where the mean
-        square starts, 'inside sqrt' or 'outside sqrt', and how it was made to match canonical."""
+        square starts, 'inside sqrt' or 'outside sqrt', how it was made to match canonical, and any
+        gradient clipping the library applies on its own (a global norm; 0 for none)."""
         self.record["optimizer"] = dict(impl=impl, lr=lr, rho=rho, eps=eps, ms_init=ms_init,
-                                        eps_placement=eps_placement, how=how)
+                                        eps_placement=eps_placement, how=how, grad_clip_norm=grad_clip_norm)
         self._emit({"type": "optimizer", **self.record["optimizer"]})
 
     def step(self, epoch: int, step: int, loss: float, batch_size: int) -> None:

@@ -92,3 +92,15 @@ def plant(name: str) -> None:
         TRAINING_FAULTS[fault](framework)
     else:
         BUGS[name]()
+
+
+def _eps_outside(framework):
+    # PyTorch's own RMSprop step (eps outside the square root) in place of the canonical one
+    assert framework == "pytorch", "this fault is written for the PyTorch trainer"
+    import importlib
+
+    module = importlib.import_module("trainers.pytorch")
+    module._canonical_rmsprop = lambda: importlib.import_module("torch").optim.RMSprop
+
+
+TRAINING_FAULTS["eps-outside"] = _eps_outside
