@@ -42,6 +42,8 @@ def _nhwc_pads(top, left, bottom, right):
 def _plan(layer, in_shape):
     """How one spec layer runs: (kind, settings) for _CNN.__call__."""
     a, kind = layer.attrs, layer.kind
+    if kind == "dropout":
+        return kind, {"rate": float(a["rate"])}  # used only by training=True
     if kind not in ("conv", "maxpool", "avgpool"):
         return kind, {}
     kernel, strides = list(a["kernel"]), list(a["strides"])
@@ -81,8 +83,9 @@ def _cnn_class():
                 self.plan.append((layer.name, kind, settings))
 
         @tf.function
-        def __call__(self, x):
-            """x: NHWC (or (N, F)); returns every layer's output, native layout."""
+        def __call__(self, x, training=False):
+            """x: NHWC (or (N, F)); returns every layer's output, native layout.
+            training=True (a Python bool) applies dropout at the layer's rate; the default is inference."""
             outputs = []
             for name, kind, s in self.plan:
                 if s.get("pad") is not None:
@@ -95,6 +98,8 @@ def _cnn_class():
                     x = tf.nn.avg_pool2d(x, s["kernel"], s["strides"], s["padding"])
                 elif kind == "relu":
                     x = tf.nn.relu(x)
+                elif kind == "dropout" and training and s["rate"] > 0:
+                    x = tf.nn.dropout(x, rate=s["rate"])
                 elif kind == "dropout":
                     x = tf.identity(x)  # inference: dropout is the identity
                 elif kind == "flatten":

@@ -1,0 +1,109 @@
+"""PyTorch: a plain training loop (model.train(), zero_grad, backward, step) on the builder's nn.Sequential."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import builders.pytorch as builder
+from trainers import LOSS_CLIP
+
+NAME = "pytorch"
+
+
+def _canonical_rmsprop():
+    """torch.optim.RMSprop with epsilon inside the square root: v = rho*v + (1-rho)*g^2; w -= lr*g/sqrt(v+eps).
+    torch's own step divides by sqrt(v) + eps; only the step differs, the state ('square_avg', from 0) is its own."""
+    import torch
+
+    class CanonicalRMSprop(torch.optim.RMSprop):
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self.state[p]
+                    if not state:
+                        state["step"] = torch.tensor(0.0)
+                        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["step"] += 1
+                    v = state["square_avg"]
+                    v.mul_(alpha).addcmul_(p.grad, p.grad, value=1 - alpha)
+                    p.addcdiv_(p.grad, v.add(eps).sqrt_(), value=-lr)
+
+    return CanonicalRMSprop
+
+
+def _optimizer(params, opt: dict, report):
+    import torch
+    if opt["mode"] == "canonical":
+        optimizer = _canonical_rmsprop()(params, lr=opt["lr"], alpha=opt["rho"], eps=opt["eps"])
+        how = "torch.optim.RMSprop subclass whose step() adds eps inside the sqrt (torch adds it outside)"
+        placement = "inside sqrt"
+    elif opt["mode"] == "native":
+        optimizer = torch.optim.RMSprop(params)  # torch's defaults: lr 1e-2, alpha 0.99, eps 1e-8
+        how, placement = "", "outside sqrt"
+    else:
+        raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
+    g = optimizer.defaults
+    impl = "torch.optim.RMSprop" if opt["mode"] == "native" else "CanonicalRMSprop(torch.optim.RMSprop)"
+    report.optimizer(impl, g["lr"], g["alpha"], g["eps"],
+                     0.0, placement, how)
+    return optimizer
+
+
+def _loss(p, y):
+    """Canonical mean categorical cross-entropy on probabilities: -mean(log(clip(p_y, 1e-7, 1 - 1e-7)))."""
+    import torch
+    p_y = p.gather(1, y.unsqueeze(1)).squeeze(1)
+    return -torch.log(p_y.clamp(LOSS_CLIP, 1 - LOSS_CLIP)).mean()
+
+
+def train(spec, data, config, report) -> None:
+    import torch
+    torch.set_num_threads(config["threads"])
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first inter-op parallel work of the process
+        pass
+    torch.manual_seed(config["seed"])  # dropout masks
+
+    model = builder.build(spec)
+    optimizer = _optimizer(model.parameters(), config["optimizer"], report)
+    x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
+    x_val, y_val = torch.from_numpy(np.ascontiguousarray(data.x_val)), torch.from_numpy(data.y_val)
+    batch_size = config["batch_size"]
+
+    for epoch in range(config["epochs"]):
+        loss_sum, correct, seen = 0.0, 0, 0
+        model.train()
+        started = time.perf_counter()
+        for step, idx in enumerate(data.batches(epoch, batch_size)):
+            idx = torch.from_numpy(idx)
+            x, y = x_train[idx], y_train[idx]
+            optimizer.zero_grad()
+            p = model(x)
+            loss = _loss(p, y)
+            loss.backward()
+            optimizer.step()
+            batch_loss, n = loss.item(), len(y)
+            report.step(epoch, step, batch_loss, n)
+            loss_sum += batch_loss * n
+            correct += int((p.detach().argmax(1) == y).sum())
+            seen += n
+        train_s = time.perf_counter() - started
+
+        model.eval()
+        started = time.perf_counter()
+        val_loss, val_correct = 0.0, 0
+        with torch.inference_mode():
+            for i in range(0, len(y_val), batch_size):
+                x, y = x_val[i:i + batch_size], y_val[i:i + batch_size]
+                p = model(x)
+                val_loss += _loss(p, y).item() * len(y)
+                val_correct += int((p.argmax(1) == y).sum())
+        eval_s = time.perf_counter() - started
+        report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,
+                     val_loss / len(y_val), val_correct / len(y_val))

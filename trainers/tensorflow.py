@@ -1,0 +1,103 @@
+"""Raw TensorFlow 2: a tf.function train step with tf.GradientTape on the builder's tf.Module, RMSprop applied
+with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp), NHWC."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import builders.tensorflow as builder
+from builders import layouts
+from trainers import LOSS_CLIP
+
+NAME = "tensorflow"
+
+
+class _RMSprop:
+    """The ResourceApplyRMSProp kernel (what tf.compat.v1.train.RMSPropOptimizer runs for resource variables):
+        ms = rho*ms + (1-rho)*g^2;  mom = momentum*mom + lr*g/sqrt(ms+eps);  w -= mom
+    with momentum 0 and the mean-square slots starting at `ms_init` (0: canonical; 1: TF1's own)."""
+
+    def __init__(self, tf, variables, lr, rho, eps, ms_init):
+        self.tf, self.variables = tf, list(variables)
+        self.ms = [tf.Variable(tf.fill(v.shape, tf.constant(ms_init, v.dtype)), trainable=False) for v in self.variables]
+        self.mom = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
+        self.lr, self.rho, self.eps = (tf.constant(x, tf.float32) for x in (lr, rho, eps))
+        self.momentum = tf.constant(0.0, tf.float32)
+
+    def apply(self, grads):
+        for var, ms, mom, grad in zip(self.variables, self.ms, self.mom, grads):
+            self.tf.raw_ops.ResourceApplyRMSProp(var=var.handle, ms=ms.handle, mom=mom.handle, lr=self.lr,
+                                                 rho=self.rho, momentum=self.momentum, epsilon=self.eps, grad=grad)
+
+
+def _optimizer(tf, variables, opt: dict, report) -> _RMSprop:
+    impl = "tf.raw_ops.ResourceApplyRMSProp"
+    if opt["mode"] == "canonical":
+        lr, rho, eps, ms_init = opt["lr"], opt["rho"], opt["eps"], 0.0
+        how = "TensorFlow's own RMSProp kernel with momentum 0 and the mean-square slots initialised to 0"
+    elif opt["mode"] == "native":
+        # tf.compat.v1.train.RMSPropOptimizer(learning_rate) semantics: lr has no default (the experiment's is
+        # used), decay 0.9, momentum 0, epsilon 1e-10, ms slots initialised to ones
+        lr, rho, eps, ms_init = opt["lr"], 0.9, 1e-10, 1.0
+        how = "tf.compat.v1.train.RMSPropOptimizer defaults (decay 0.9, eps 1e-10, ms starts at 1) on its kernel"
+    else:
+        raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
+    report.optimizer(impl, lr, rho, eps, ms_init, "inside sqrt", how)
+    return _RMSprop(tf, variables, lr, rho, eps, ms_init)
+
+
+def train(spec, data, config, report) -> None:
+    tf = builder._tf()
+    tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.random.set_seed(config["seed"])  # dropout masks
+
+    model = builder.build(spec)
+    variables = [*model.kernels.values(), *model.biases.values()]
+    optimizer = _optimizer(tf, variables, config["optimizer"], report)
+
+    x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
+    x_sig = tf.TensorSpec((None, *x_train.shape[1:]), tf.float32)
+    y_sig = tf.TensorSpec((None,), tf.int64)
+
+    def loss_and_correct(p, y):
+        """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
+        p_y = tf.gather(p, y, axis=1, batch_dims=1)
+        loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
+        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))
+
+    @tf.function(input_signature=[x_sig, y_sig])
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss, correct = loss_and_correct(model(x, training=True)[-1], y)
+        optimizer.apply(tape.gradient(loss, variables))
+        return loss, correct
+
+    @tf.function(input_signature=[x_sig, y_sig])
+    def eval_step(x, y):
+        return loss_and_correct(model(x)[-1], y)
+
+    batch_size = config["batch_size"]
+    for epoch in range(config["epochs"]):
+        loss_sum, correct, seen = 0.0, 0, 0
+        started = time.perf_counter()
+        for step, idx in enumerate(data.batches(epoch, batch_size)):
+            loss, n_correct = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+            batch_loss, n = float(loss), len(idx)
+            report.step(epoch, step, batch_loss, n)
+            loss_sum += batch_loss * n
+            correct += int(n_correct)
+            seen += n
+        train_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        val_loss, val_correct = 0.0, 0
+        for i in range(0, len(x_val), batch_size):
+            y = data.y_val[i:i + batch_size]
+            loss, n_correct = eval_step(tf.constant(x_val[i:i + batch_size]), tf.constant(y))
+            val_loss += float(loss) * len(y)
+            val_correct += int(n_correct)
+        eval_s = time.perf_counter() - started
+        report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,
+                     val_loss / len(x_val), val_correct / len(x_val))

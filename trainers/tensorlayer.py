@@ -1,0 +1,94 @@
+"""tensorlayer 2 (eager TensorFlow 2): the tensorlayer 2 idiom of a tf.function train step with tf.GradientTape
+over model.trainable_weights, model.train() for training and model.eval() for evaluation, on the builder's
+static tl.models.Model, NHWC. tensorlayer has no RMSprop of its own: its users take tf.optimizers.RMSprop."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import builders.tensorlayer as builder
+from builders import layouts
+from trainers import LOSS_CLIP
+
+NAME = "tensorlayer"
+
+
+def _optimizer(tf, opt: dict, report):
+    if opt["mode"] == "canonical":
+        # Keras 3's RMSprop is the canonical update itself: v = rho*v + (1-rho)*g^2 from 0; w -= lr*g/sqrt(v+eps)
+        optimizer = tf.optimizers.RMSprop(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
+        how = "tf.optimizers.RMSprop (Keras 3) already is the canonical update; the experiment's lr/rho/eps passed"
+    elif opt["mode"] == "native":
+        optimizer = tf.optimizers.RMSprop()  # what a tensorlayer 2 user writes: lr 1e-3, rho 0.9, eps 1e-7
+        how = ""
+    else:
+        raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
+    if optimizer.centered or optimizer.momentum or optimizer.get_config()["weight_decay"]:
+        raise ValueError("expected a plain RMSprop: uncentered, no momentum, no weight decay")
+    lr = float(str(np.float32(optimizer.learning_rate)))  # a float32 variable: 0.001, not 0.0010000000474974513
+    report.optimizer(f"{type(optimizer).__module__}.{type(optimizer).__name__} (tf.optimizers.RMSprop)",
+                     lr, float(optimizer.rho), float(optimizer.epsilon), 0.0, "inside sqrt", how)
+    return optimizer
+
+
+def train(spec, data, config, report) -> None:
+    import tensorflow as tf
+    # before tensorlayer is imported: its import runs TensorFlow ops, after which the thread pools are fixed
+    tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf, tl = builder._import()
+    tf.random.set_seed(config["seed"])  # dropout masks
+
+    model = builder.build(spec)
+    optimizer = _optimizer(tf, config["optimizer"], report)
+    weights = model.trainable_weights
+
+    x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
+    x_sig = tf.TensorSpec((None, *x_train.shape[1:]), tf.float32)
+    y_sig = tf.TensorSpec((None,), tf.int64)
+
+    def loss_and_correct(p, y):
+        """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
+        p_y = tf.gather(p, y, axis=1, batch_dims=1)
+        loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
+        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))
+
+    # The model's mode is a Python attribute read while tracing: each function is traced once (fixed signature)
+    # in the mode it is meant for, train_step after model.train(), eval_step after model.eval().
+    @tf.function(input_signature=[x_sig, y_sig])
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss, correct = loss_and_correct(model(x)[-1], y)  # the builder's model outputs every layer
+        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return loss, correct
+
+    @tf.function(input_signature=[x_sig, y_sig])
+    def eval_step(x, y):
+        return loss_and_correct(model(x)[-1], y)
+
+    batch_size = config["batch_size"]
+    for epoch in range(config["epochs"]):
+        loss_sum, correct, seen = 0.0, 0, 0
+        model.train()
+        started = time.perf_counter()
+        for step, idx in enumerate(data.batches(epoch, batch_size)):
+            loss, n_correct = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+            batch_loss, n = float(loss), len(idx)
+            report.step(epoch, step, batch_loss, n)
+            loss_sum += batch_loss * n
+            correct += int(n_correct)
+            seen += n
+        train_s = time.perf_counter() - started
+
+        model.eval()
+        started = time.perf_counter()
+        val_loss, val_correct = 0.0, 0
+        for i in range(0, len(x_val), batch_size):
+            y = data.y_val[i:i + batch_size]
+            loss, n_correct = eval_step(tf.constant(x_val[i:i + batch_size]), tf.constant(y))
+            val_loss += float(loss) * len(y)
+            val_correct += int(n_correct)
+        eval_s = time.perf_counter() - started
+        report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,
+                     val_loss / len(x_val), val_correct / len(x_val))

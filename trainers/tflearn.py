@@ -1,0 +1,171 @@
+"""tflearn 0.5.0 (TF1 graph mode, in a process of its own): tflearn.regression on the builder's network, then
+tflearn.DNN(...).fit(n_epoch=1, shuffle=False) once per epoch, NHWC.
+
+tflearn facts this module works around (tflearn 0.5.0 sources, checked numerically):
+- its categorical_crossentropy renormalises and clips at 1e-10: the loss is a custom function, the canonical one;
+- DNN clips gradients to a global norm of 5.0 by default: canonical mode turns that off, native keeps it;
+- importing tflearn turns resource variables off, and reference variables make a training step racy: they are
+  turned back on before the builder runs;
+- its RMSProp is tf.compat.v1.train.RMSPropOptimizer, whose mean square starts at 1: canonical mode uses a
+  subclass whose slot starts at 0, wrapped as a tflearn Optimizer;
+- the loss its callbacks see (training_state.loss_value) is an exponential moving average read from the summary
+  string, not the batch loss, and its training accuracy likewise: the batch loss and correct count of each step's
+  own forward pass are kept in a variable by the loss function, and a tflearn Callback reads them after the step;
+- DNN.evaluate averages per-batch means without weighting the smaller last batch: validation runs the loss
+  tensor batch by batch in inference mode (tflearn.is_training(False)).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import builders.tflearn as builder
+from builders import layouts
+from trainers import LOSS_CLIP
+
+NAME = "tflearn"
+
+
+def _canonical_rmsprop(tf, tflearn):
+    """tflearn's RMSProp optimizer building a TF1 RMSPropOptimizer whose mean-square slot ('rms') starts at 0
+    (TF1 starts it at 1). The update is TF1's own kernel: ms = rho*ms + (1-rho)*g^2; w -= lr*g/sqrt(ms+eps)."""
+
+    class ZeroInitRMSPropOptimizer(tf.train.RMSPropOptimizer):
+        def _create_slots(self, var_list):
+            for v in var_list:
+                self._zeros_slot(v, "rms", self._name)
+                if self._centered:
+                    self._zeros_slot(v, "mg", self._name)
+                self._zeros_slot(v, "momentum", self._name)
+
+    class CanonicalRMSProp(tflearn.optimizers.RMSProp):
+        def build(self, step_tensor=None):
+            self.built = True
+            self.tensor = ZeroInitRMSPropOptimizer(
+                learning_rate=self.learning_rate, decay=self.decay, momentum=self.momentum, epsilon=self.epsilon,
+                use_locking=self.use_locking, name=self.name)
+
+    return CanonicalRMSProp
+
+
+NATIVE_CLIP_NORM = 5.0  # tflearn.DNN's default clip_gradients
+
+
+def _optimizer(tf, tflearn, opt: dict, report):
+    if opt["mode"] == "canonical":
+        optimizer = _canonical_rmsprop(tf, tflearn)(learning_rate=opt["lr"], decay=opt["rho"], epsilon=opt["eps"])
+        ms_init = 0.0
+        how = ("tflearn RMSProp building a tf.compat.v1.train.RMSPropOptimizer subclass whose _create_slots "
+               "starts the mean square at 0 (TF1: 1)")
+    elif opt["mode"] == "native":
+        optimizer = tflearn.optimizers.RMSProp()  # tflearn's defaults: lr 1e-3, decay 0.9, momentum 0, eps 1e-10
+        ms_init, how = 1.0, ""
+    else:
+        raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
+    if optimizer.momentum:
+        raise ValueError("expected RMSProp without momentum")
+    report.optimizer(f"{type(optimizer).__name__}(tflearn.optimizers.RMSProp) -> "
+                     f"tf.compat.v1.train.RMSPropOptimizer" + (" subclass" if ms_init == 0.0 else ""),
+                     float(optimizer.learning_rate), float(optimizer.decay), float(optimizer.epsilon), ms_init,
+                     "inside sqrt", how, grad_clip_norm=0.0 if ms_init == 0.0 else NATIVE_CLIP_NORM)
+    return optimizer
+
+
+def _loss_and_correct(tf, p, y_onehot):
+    """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
+    p_y = tf.reduce_sum(p * y_onehot, axis=1)  # exactly p[label]: one-hot rows hold a single 1
+    loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), tf.argmax(y_onehot, axis=1)), tf.float32))
+    return loss, correct
+
+
+def train(spec, data, config, report) -> None:
+    import tensorflow as tf2
+    # before tflearn's import and the builder's session: the first session fixes the process's thread pools,
+    # and a tf.compat.v1.Session created without a config (tflearn.DNN's) takes this global one
+    tf2.config.threading.set_intra_op_parallelism_threads(config["threads"])
+    tf2.config.threading.set_inter_op_parallelism_threads(1)
+    tf, tflearn = builder._import()
+    # Importing tflearn disables resource variables (tf.disable_v2_behavior). A TF1 reference variable's read
+    # aliases its buffer, so within one step the in-place RMSProp update of an upper layer races the backward pass
+    # that still reads those weights: measured, lower-layer gradients changed from run to run and the 2nd step's
+    # loss was 6.44 instead of 2.5527725. Resource variables give the backward pass the forward pass's values.
+    tf.enable_resource_variables()
+
+    built = builder.build(spec)  # the network in its own graph; weights loaded in the builder's DNN session
+    graph, net = built.session.graph, built.net
+    with graph.as_default():
+        weights = tf.trainable_variables()
+        values = built.session.run(weights)
+    built.session.close()
+
+    batch_size = config["batch_size"]
+    with graph.as_default():
+        tf.set_random_seed(config["seed"])  # ops created from here on (the builder's dropout ops are not)
+        stats = tf.Variable([0.0, 0.0], trainable=False, name="batch_loss_and_correct")
+
+        def canonical_loss(y_pred, y_true):
+            loss, correct = _loss_and_correct(tf, y_pred, y_true)
+            with tf.control_dependencies([tf.assign(stats, tf.stack([loss, correct]))]):
+                return tf.identity(loss)
+
+        optimizer = _optimizer(tf, tflearn, config["optimizer"], report)
+        targets = tf.placeholder(tf.float32, net.get_shape().as_list(), name="targets")  # one-hot labels
+        net = tflearn.regression(net, placeholder=targets, optimizer=optimizer, loss=canonical_loss, metric=None,
+                                 batch_size=batch_size, shuffle_batches=False)
+        eval_loss, eval_correct = _loss_and_correct(tf, net, targets)
+        logs = tempfile.TemporaryDirectory(prefix="tflearn_logs_")
+        clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
+        model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
+        for var, value in zip(weights, values):
+            model.set_weights(var, value)
+    session, x_in, y_in = model.session, model.inputs[0], targets
+
+    class StepReporter(tflearn.callbacks.Callback):
+        """Each optimizer step's loss and correct count, from that step's own forward pass."""
+
+        def on_epoch_begin(self, training_state):
+            self.step, self.loss_sum, self.correct, self.seen = 0, 0.0, 0.0, 0
+
+        def on_batch_end(self, training_state, snapshot=False):
+            loss, correct = session.run(stats)
+            n = sizes[self.step]
+            report.step(epoch, self.step, loss, n)
+            self.loss_sum += float(loss) * n
+            self.correct += float(correct)
+            self.seen += n
+            self.step += 1
+
+    x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
+    eye = np.eye(net.get_shape().as_list()[-1], dtype=np.float32)
+    callback = StepReporter()
+    with logs, open(os.devnull, "w") as quiet:
+        for epoch in range(config["epochs"]):
+            order = data.order[epoch]
+            sizes = [len(idx) for idx in data.batches(epoch, batch_size)]
+            x, y = x_train[order], eye[data.y_train[order]]
+            with contextlib.redirect_stdout(quiet):  # tflearn prints its run id and progress to stdout
+                started = time.perf_counter()
+                model.fit(x, y, n_epoch=1, batch_size=batch_size, shuffle=False, show_metric=False,
+                          snapshot_epoch=False, snapshot_step=None, callbacks=callback)
+                train_s = time.perf_counter() - started
+            if callback.step != len(sizes):
+                raise RuntimeError(f"tflearn ran {callback.step} steps, the epoch has {len(sizes)} batches")
+
+            started = time.perf_counter()
+            with graph.as_default():
+                tflearn.is_training(False, session=session)
+            val_loss, val_correct = 0.0, 0.0
+            for i in range(0, len(x_val), batch_size):
+                labels = data.y_val[i:i + batch_size]
+                loss, correct = session.run([eval_loss, eval_correct],
+                                            feed_dict={x_in: x_val[i:i + batch_size], y_in: eye[labels]})
+                val_loss += float(loss) * len(labels)
+                val_correct += float(correct)
+            eval_s = time.perf_counter() - started
+            report.epoch(epoch, train_s, callback.loss_sum / callback.seen, callback.correct / callback.seen,
+                         eval_s, val_loss / len(x_val), val_correct / len(x_val))
