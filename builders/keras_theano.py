@@ -84,9 +84,36 @@ def _theano_same_matches(kind, in_hw, kernel, strides, pads) -> bool:
     return True
 
 
-def build(spec):
+def _single_max_pooling_2d(keras):
+    """keras.layers.MaxPooling2D whose gradient goes to one maximum per window, the first in row-major window
+    order, as in TensorFlow and PyTorch; Theano's own max-pool gradient goes to every tied maximum. Forward
+    values are the same max. Only padding='valid' channels_first pooling is rewritten; the rest is stock."""
+    import theano.tensor as T
+
+    class SingleMaxPooling2D(keras.layers.MaxPooling2D):
+        def _pooling_function(self, inputs, pool_size, strides, padding, data_format):
+            if padding != "valid" or data_format != "channels_first":
+                return super()._pooling_function(inputs, pool_size, strides, padding, data_format)
+            (kh, kw), (sh, sw) = pool_size, strides
+            oh, ow = (inputs.shape[2] - kh) // sh + 1, (inputs.shape[3] - kw) // sw + 1
+            # the kh*kw elements of every window along a new leading axis, in row-major window order
+            windows = T.stack([inputs[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                               for i in range(kh) for j in range(kw)])
+            # one-hot of the first maximum (argmax picks the first); an integer mask, so no gradient through it
+            first = T.eq(T.arange(kh * kw).reshape((-1, 1, 1, 1, 1)), T.argmax(windows, axis=0, keepdims=True))
+            return (windows * first).sum(axis=0)
+
+    return SingleMaxPooling2D
+
+
+def build(spec, pool_gradient="theano"):
+    """pool_gradient: "theano" keeps Keras's MaxPooling2D (gradient to every tied maximum of a window);
+    "single" uses SingleMaxPooling2D (gradient to the first maximum only). Forward outputs are the same."""
     keras = _keras()
     L = keras.layers
+    if pool_gradient not in ("theano", "single"):
+        raise ValueError(f"unknown pool_gradient {pool_gradient!r}")
+    max_pool = _single_max_pooling_2d(keras) if pool_gradient == "single" else L.MaxPooling2D
     cf = "channels_first"
     model = keras.models.Sequential([L.InputLayer(input_shape=tuple(spec.input_shape))])
 
@@ -124,7 +151,7 @@ def build(spec):
                     else "average pooling with count_include_pad=False"
                 raise Unsupported(f"{layer.name}: Keras 2 on Theano cannot express {what} with pads {pads} "
                                   f"(its padding='same' pads symmetrically)")
-            pool = L.MaxPooling2D if layer.kind == "maxpool" else L.AveragePooling2D
+            pool = max_pool if layer.kind == "maxpool" else L.AveragePooling2D
             model.add(pool(a["kernel"], strides=a["strides"], padding=padding, data_format=cf, name=layer.name))
         elif layer.kind == "relu":
             model.add(L.ReLU(name=layer.name))

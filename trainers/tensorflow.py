@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 import builders.tensorflow as builder
 from builders import layouts

@@ -1,0 +1,115 @@
+"""Keras 2.3.1 on Theano: model.compile + model.fit, one fit call per epoch on NCHW (channels_first) arrays in
+the harness's order."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from builders import keras_theano as builder
+
+NAME = "keras-theano"
+
+
+def _canonical_rmsprop_class(keras):
+    """Keras 2.3.1's RMSprop with epsilon inside the square root: w -= lr * g / sqrt(v + eps)."""
+    from keras import backend as K
+    from keras.legacy import interfaces
+
+    class CanonicalRMSprop(keras.optimizers.RMSprop):
+        @interfaces.legacy_get_updates_support
+        @K.symbolic
+        def get_updates(self, loss, params):
+            # Keras 2.3.1's RMSprop.get_updates with one change: K.sqrt(new_a + eps), not K.sqrt(new_a) + eps.
+            grads = self.get_gradients(loss, params)
+            accumulators = [K.zeros(K.int_shape(p), dtype=K.dtype(p), name='accumulator_' + str(i))
+                            for (i, p) in enumerate(params)]
+            self.weights = [self.iterations] + accumulators
+            self.updates = [K.update_add(self.iterations, 1)]
+
+            lr = self.learning_rate
+            if self.initial_decay > 0:
+                lr = lr * (1. / (1. + self.decay * K.cast(self.iterations, K.dtype(self.decay))))
+
+            for p, g, a in zip(params, grads, accumulators):
+                new_a = self.rho * a + (1. - self.rho) * K.square(g)
+                self.updates.append(K.update(a, new_a))
+                new_p = p - lr * g / K.sqrt(new_a + self.epsilon)
+                if getattr(p, 'constraint', None) is not None:
+                    new_p = p.constraint(new_p)
+                self.updates.append(K.update(p, new_p))
+            return self.updates
+
+    return CanonicalRMSprop
+
+
+def _optimizer(keras, opt: dict, report):
+    from keras import backend as K
+
+    if opt["mode"] == "canonical":
+        cls = _canonical_rmsprop_class(keras)
+        optimizer = cls(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
+        impl, placement = "keras.optimizers.RMSprop subclass (CanonicalRMSprop)", "inside sqrt"
+        how = ("subclass of Keras 2.3.1 RMSprop whose get_updates puts epsilon inside the sqrt "
+               "(stock: sqrt(v) + eps); max pooling is a MaxPooling2D subclass sending each window's gradient "
+               "to its first maximum only, as the other libraries do (Theano's goes to every tied maximum)")
+    elif opt["mode"] == "native":
+        optimizer = keras.optimizers.RMSprop()
+        impl, placement, how = "keras.optimizers.RMSprop", "outside sqrt", ""
+    else:
+        raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
+    if optimizer.initial_decay:
+        raise RuntimeError("Keras RMSprop unexpectedly has learning-rate decay on")
+    # hyperparameters live in float32 variables: report them as the float32 they are, shortest form
+    as_f32 = lambda v: float(str(np.float32(v)))  # noqa: E731
+    report.optimizer(impl, as_f32(K.get_value(optimizer.learning_rate)), as_f32(K.get_value(optimizer.rho)),
+                     float(optimizer.epsilon), 0.0, placement, how)
+    return optimizer
+
+
+def _step_reporter(keras, report, epoch: int):
+    """Keras 2.3.1 gives each batch's own loss (computed before that batch's update) in on_batch_end."""
+
+    class StepLosses(keras.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            report.step(epoch, batch, logs["loss"], int(logs["size"]))
+
+    return StepLosses()
+
+
+def train(spec, data, config, report):
+    # Theano's thread knob is OMP_NUM_THREADS, read when Theano is imported (the builder imports it). Its
+    # OpenMP stays off (Theano's default; openmp=True aborts here: CorrMM's OpenMP threads call the NumPy
+    # C-API BLAS without the GIL), so the threads that run are those of NumPy's OpenBLAS, which read
+    # OMP_NUM_THREADS when NumPy was imported: the harness sets it for the process.
+    os.environ["OMP_NUM_THREADS"] = str(int(config["threads"]))
+    # Keras 2 seeds each Dropout layer's Theano RandomStreams from numpy's global generator at build time.
+    np.random.seed(int(config["seed"]))
+    keras = builder._keras()
+    from keras.utils import to_categorical
+
+    canonical = config["optimizer"]["mode"] == "canonical"
+    model = builder.build(spec, pool_gradient="single" if canonical else "theano")
+    optimizer = _optimizer(keras, config["optimizer"], report)
+    # Keras 2's categorical_crossentropy: renormalise, clip to [1e-7, 1 - 1e-7], -sum(y * log(p)); batch mean.
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+
+    classes = model.output_shape[-1]
+    bs = int(config["batch_size"])
+    y_val = to_categorical(data.y_val, classes).astype(np.float32)
+    for epoch in range(int(config["epochs"])):
+        idx = data.order[epoch]
+        x = np.ascontiguousarray(data.x_train[idx])  # already NCHW, the builder's channels_first
+        y = to_categorical(data.y_train[idx], classes).astype(np.float32)
+        callback = _step_reporter(keras, report, epoch)
+
+        started = time.perf_counter()
+        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+        train_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        val_loss, val_acc = model.evaluate(data.x_val, y_val, batch_size=bs, verbose=0)
+        eval_s = time.perf_counter() - started
+        logs = history.history
+        report.epoch(epoch, train_s, logs["loss"][-1], logs["accuracy"][-1], eval_s, val_loss, val_acc)
