@@ -123,4 +123,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, not this __main__ copy, so that there is one Reporter and one
+    # load_job in the process (instrumentation that patches trainers.worker then sees every call)
+    from trainers.worker import main as module_main
+
+    sys.exit(module_main())
