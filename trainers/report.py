@@ -123,6 +123,7 @@ def markdown(run: dict) -> str:
 
 def plots(run: dict, folder: Path) -> list:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -137,6 +138,7 @@ def plots(run: dict, folder: Path) -> list:
                 ax.plot([e["epoch"] + 1 for e in epochs], [e[key] for e in epochs], marker="o", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"{run['experiment']}, {run['config']['optimizer']['mode']} RMSprop")
