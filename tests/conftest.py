@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -33,3 +34,19 @@ def assert_one_line_error(proc, *fragments):
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def run_training(tmp_path, *args, env=None):
+    """`python -m trainers.run ARGS --out tmp_path/results`: (process, its results folder, results.json)."""
+    out = tmp_path / "results"
+    proc = run_cli("trainers.run", *args, "--out", out, env=env)
+    folders = list(out.iterdir()) if out.exists() else []
+    assert len(folders) == 1, proc.stdout + proc.stderr
+    return proc, folders[0], json.loads((folders[0] / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def canonical_run(tmp_path_factory):
+    """All six libraries, canonical RMSprop, dropout off, one epoch of 3 batches."""
+    return run_training(tmp_path_factory.mktemp("canonical"), "all", "--epochs", "1", "--max-batches", "3",
+                        "--no-dropout")

@@ -5,23 +5,9 @@ import math
 import pytest
 
 from builders import FRAMEWORKS
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_training as _run
 
 PLANT = str(ROOT / "tests" / "planted")
-
-
-def _run(tmp_path, *args, env=None):
-    out = tmp_path / "results"
-    proc = run_cli("trainers.run", *args, "--out", out, env=env)
-    folders = list(out.iterdir()) if out.exists() else []
-    assert len(folders) == 1, proc.stdout + proc.stderr
-    return proc, folders[0], json.loads((folders[0] / "results.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def canonical_run(tmp_path_factory):
-    """All six, canonical RMSprop, dropout off, one epoch of 3 batches."""
-    return _run(tmp_path_factory.mktemp("canonical"), "all", "--epochs", "1", "--max-batches", "3", "--no-dropout")
 
 
 @pytest.fixture(scope="session")

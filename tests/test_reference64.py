@@ -1,0 +1,70 @@
+"""The float64 training-step reference: gradients against finite differences, steps against the libraries."""
+import numpy as np
+import pytest
+
+import cifar10
+from spec import experiments
+from spec.onnx_import import import_model, load_onnx
+from tests.conftest import SEED_MODEL
+from trainers import harness
+from verify import reference64
+from verify.reference import layer_outputs
+
+
+@pytest.fixture(scope="module")
+def seed():
+    spec = import_model(SEED_MODEL)
+    return spec, harness.datasets(cifar10.find(), experiments.load("seed-2017"))
+
+
+def _finite_difference_errors(spec, x, y, probes):
+    ref = reference64.Reference(spec, spec.weights)
+    _, grads = ref.loss_and_grads(x, y)
+    errors = []
+    for name, index in probes:
+        h = 1e-6
+        ref.params[name][index] += h
+        up, _ = ref.loss_and_grads(x, y)
+        ref.params[name][index] -= 2 * h
+        down, _ = ref.loss_and_grads(x, y)
+        ref.params[name][index] += h
+        numeric = (up - down) / (2 * h)
+        errors.append(abs(grads[name][index] - numeric) / max(abs(numeric), 1e-6))
+    return errors
+
+
+PROBES = [("conv1.weight", (3, 1, 2, 0)), ("conv2.bias", (4,)), ("conv4.weight", (10, 5, 1, 1)),
+          ("dense1.weight", (100, 7)), ("dense2.bias", (3,))]
+
+
+def test_gradients_match_finite_differences(seed):
+    spec, (x, y, _, _) = seed
+    assert max(_finite_difference_errors(spec, x[:4], y[:4], PROBES)) < 1e-5
+
+
+def test_gradient_check_catches_a_wrong_max_pool_gradient(seed, monkeypatch):
+    spec, (x, y, _, _) = seed
+    original = reference64.Reference._backward
+
+    def wrong(self, layer, cache, g, grads):  # planted bug: gradient to the window's first element
+        if layer.kind == "maxpool":
+            cache = {**cache, "pool": np.zeros_like(cache["pool"])}
+        return original(self, layer, cache, g, grads)
+    monkeypatch.setattr(reference64.Reference, "_backward", wrong)
+    assert max(_finite_difference_errors(spec, x[:4], y[:4], PROBES)) > 1e-2
+
+
+def test_forward_and_first_steps_match_onnxruntime_and_the_libraries(seed, canonical_run):
+    spec, (x, y, _, _) = seed
+    ref = reference64.Reference(spec, spec.weights)
+    p, _ = ref.forward(x[:16])
+    assert np.abs(p - layer_outputs(load_onnx(SEED_MODEL), spec, x[:16])["softmax"]).max() < 1e-6
+    state, losses = {}, []
+    for k in range(3):
+        loss, grads = ref.loss_and_grads(x[k * 128:(k + 1) * 128], y[k * 128:(k + 1) * 128])
+        ref.rmsprop_step(grads, state, 1e-3, 0.9, 1e-7)
+        losses.append(loss)
+    _, _, run = canonical_run  # the same three steps in all six libraries
+    for name, row in run["libraries"].items():
+        got = [s["loss"] for s in row["record"]["steps"]]
+        assert np.allclose(got, losses, rtol=1e-5, atol=0), (name, got, losses)
