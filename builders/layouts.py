@@ -24,6 +24,19 @@ def chw_rows_to_hwc(w: np.ndarray, flatten_from) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1))
 
 
+def hwio_to_oihw(w: np.ndarray) -> np.ndarray:
+    """Inverse of oihw_to_hwio."""
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+
+
+def hwc_rows_to_chw(w: np.ndarray, flatten_from) -> np.ndarray:
+    """Inverse of chw_rows_to_hwc: rows (or a gradient's rows) back to the canonical (C, H, W) order."""
+    if flatten_from is None:
+        return np.ascontiguousarray(w)
+    c, h, wd = flatten_from
+    return np.ascontiguousarray(w.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(c * h * wd, -1))
+
+
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
 

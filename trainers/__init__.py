@@ -7,7 +7,8 @@ Each trainer module defines:
         data    trainers.worker.TrainingData: x_train/x_val float32 NCHW, y_train/y_val int64, and
                 order: int array (epochs, m), row e = the training indices of epoch e in batch order;
                 batches are consecutive chunks of config["batch_size"] (the last may be smaller)
-        config  dict: epochs, batch_size, threads, seed, optimizer {mode: canonical|native, lr, rho, eps}
+        config  dict: epochs, batch_size, threads, seed, optimizer {mode: canonical|native, lr, rho, eps},
+                dump_steps (optional, default 0): call report.step_tensors for the first dump_steps steps
         report  trainers.worker.Reporter: report.optimizer(...) once, report.step(...) per optimizer
                 step, report.epoch(...) per epoch (see its docstrings)
 The model comes from the library's builder (builders.<lib>.build); the loss is the canonical mean

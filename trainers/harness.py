@@ -46,7 +46,8 @@ def write_job(job: Path, spec: ModelSpec, arrays: tuple, order: np.ndarray, conf
 
 
 def config_for(experiment: dict, epochs: int, batch_size: int, mode: str, threads: int, seed: int,
-               dropout: bool) -> dict:
+               dropout: bool, dump_steps: int = 0) -> dict:
     opt = experiment["optimizer"]
     return {"epochs": epochs, "batch_size": batch_size, "threads": threads, "seed": seed, "dropout": dropout,
+            "dump_steps": dump_steps,
             "optimizer": {"mode": mode, "lr": opt["lr"], "rho": opt["rho"], "eps": opt["eps"]}}

@@ -48,6 +48,7 @@ class Reporter:
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self.record = {"optimizer": None, "steps": [], "epochs": []}
+        self.tensors = {}  # "grad/<step>/<param>" and "param/<step>/<param>" -> float32, canonical layout
 
     def _emit(self, event: dict) -> None:
         self.stream.write(EVENT_PREFIX + json.dumps(event) + "\n")
@@ -69,6 +70,13 @@ class Reporter:
         self._emit({"type": "step", "epoch": epoch, "step": step, "loss": loss})
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}")
+
+    def step_tensors(self, step: int, grads: dict, params: dict) -> None:
+        """For config["dump_steps"] runs: the gradient the optimizer applied at global step `step` (0-based)
+        and every parameter after that update, keyed "<layer>.weight"/"<layer>.bias", canonical layout."""
+        for kind, tensors in (("grad", grads), ("param", params)):
+            for name, value in tensors.items():
+                self.tensors[f"{kind}/{step}/{name}"] = np.asarray(value, dtype=np.float32)
 
     def epoch(self, epoch: int, train_s: float, train_loss: float, train_acc: float, eval_s: float,
               val_loss: float, val_acc: float) -> None:
@@ -93,6 +101,10 @@ def result_path(job: Path, framework: str) -> Path:
     return job / f"{framework}.train.json"
 
 
+def tensors_path(job: Path, framework: str) -> Path:
+    return job / f"{framework}.steps.npz"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in FRAMEWORKS:
@@ -115,6 +127,10 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 1
+    if reporter.tensors:
+        tmp = tensors_path(job, framework).with_name(f"{framework}.steps.part.npz")
+        np.savez(tmp, **reporter.tensors)
+        os.replace(tmp, tensors_path(job, framework))
     path = result_path(job, framework)
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(record, indent=1))
