@@ -60,6 +60,66 @@ def _step_reporter(keras, report, epoch: int, sizes: list):
     return StepLosses()
 
 
+def _canonical_tensors(spec, native: dict) -> dict:
+    """{layer name: (kernel, bias)} in Keras's layout -> {"<layer>.weight"/"<layer>.bias": float32} canonical,
+    by the inverses of builder.conv_kernel and builder.dense_kernel."""
+    out = {}
+    for i, layer in enumerate(spec.layers):
+        if layer.name not in native:
+            continue
+        kernel, bias = (np.asarray(v, dtype=np.float32) for v in native[layer.name])
+        if layer.kind == "conv":
+            kernel = layouts.hwio_to_oihw(kernel)
+        else:
+            kernel = layouts.hwc_rows_to_chw(kernel, layouts.dense_input_order(spec, i))
+        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = kernel, bias
+    return out
+
+
+def _step_dumper(keras, spec, model, report, steps: int):
+    """For config["dump_steps"]: wraps model.optimizer.apply_gradients to capture the (gradient, variable)
+    pairs fit's train step hands the optimizer (run_eagerly, so they are concrete tensors), and reads every
+    parameter in on_train_batch_end, after the update. One callback for all epochs: steps count across them."""
+    layers = [l for l in spec.layers if l.kind in ("conv", "dense")]
+    slot = {}  # id(variable) -> (layer name, 0 kernel | 1 bias)
+    for layer in layers:
+        native = model.get_layer(layer.name)
+        slot[id(native.kernel)], slot[id(native.bias)] = (layer.name, 0), (layer.name, 1)
+    optimizer = model.optimizer
+    apply_gradients = optimizer.apply_gradients
+    captured = []
+
+    def capturing_apply_gradients(grads_and_vars):
+        grads_and_vars = list(grads_and_vars)
+        captured.append({slot[id(v)]: keras.ops.convert_to_numpy(g) for g, v in grads_and_vars})
+        return apply_gradients(grads_and_vars)
+
+    optimizer.apply_gradients = capturing_apply_gradients
+
+    class StepTensors(keras.callbacks.Callback):
+        step = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.step >= steps:
+                return
+            if len(captured) != 1:
+                raise RuntimeError(f"expected one optimizer update in step {self.step}, saw {len(captured)}")
+            grads = captured.pop()
+            missing = {(l.name, k) for l in layers for k in (0, 1)} - set(grads)
+            if missing:
+                raise RuntimeError(f"no gradient captured for {sorted(missing)}")
+            report.step_tensors(self.step,
+                                _canonical_tensors(spec, {l.name: (grads[l.name, 0], grads[l.name, 1])
+                                                          for l in layers}),
+                                _canonical_tensors(spec, {l.name: model.get_layer(l.name).get_weights()
+                                                          for l in layers}))
+            self.step += 1
+            if self.step >= steps:
+                optimizer.apply_gradients = apply_gradients  # done: unwrap
+
+    return StepTensors()
+
+
 def train(spec, data, config, report):
     keras = builder._keras()
     import tensorflow as tf
@@ -70,7 +130,11 @@ def train(spec, data, config, report):
 
     model = builder.build(spec)
     optimizer = _optimizer(keras, config["optimizer"], report)
-    model.compile(optimizer=optimizer, loss=_canonical_loss(keras), metrics=["accuracy"])
+    dump_steps = int(config.get("dump_steps", 0))
+    # dump mode runs the train step eagerly, so that the gradients reaching the optimizer are concrete tensors
+    model.compile(optimizer=optimizer, loss=_canonical_loss(keras), metrics=["accuracy"],
+                  **({"run_eagerly": True} if dump_steps > 0 else {}))
+    dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 
     classes = model.output_shape[-1]
     bs = int(config["batch_size"])
@@ -84,7 +148,7 @@ def train(spec, data, config, report):
         callback = _step_reporter(keras, report, epoch, sizes)
 
         started = time.perf_counter()
-        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback, *dumper])
         train_s = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from builders import keras_theano as builder
+from builders import layouts
 
 NAME = "keras-theano"
 
@@ -78,6 +79,93 @@ def _step_reporter(keras, report, epoch: int):
     return StepLosses()
 
 
+def _canonical_tensors(spec, native: dict) -> dict:
+    """{layer name: (kernel, bias)} as Keras 2 stores them -> {"<layer>.weight"/"<layer>.bias": float32}
+    canonical, by the inverses of builder.conv_kernel (undo the spatial flip, then HWIO -> OIHW) and
+    builder.dense_kernel."""
+    out = {}
+    for i, layer in enumerate(spec.layers):
+        if layer.name not in native:
+            continue
+        kernel, bias = (np.asarray(v, dtype=np.float32) for v in native[layer.name])
+        if layer.kind == "conv":
+            kernel = layouts.hwio_to_oihw(kernel[::-1, ::-1, :, :])
+        else:
+            kernel = layouts.hwc_rows_to_chw(kernel, layouts.dense_input_order(spec, i))
+        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = kernel, bias
+    return out
+
+
+def _step_dumper(keras, spec, model, report, steps: int):
+    """For config["dump_steps"]: the optimizer's own symbolic gradients (captured from its get_gradients while
+    Keras builds the train function, the same expression its updates use) compiled into a K.function that is
+    fed each step's exact inputs just before the train function runs on them; parameters are read in
+    on_batch_end, after the update. Call after compile, before fit; one callback serves all epochs."""
+    from keras import backend as K
+
+    optimizer = model.optimizer
+    get_gradients = optimizer.get_gradients
+    captured = []
+
+    def capturing_get_gradients(loss, params):
+        grads = get_gradients(loss, params)
+        captured.append((list(params), list(grads)))
+        return grads
+
+    optimizer.get_gradients = capturing_get_gradients
+    try:
+        model._make_train_function()  # what fit does first; builds the updates (and gradients) now
+    finally:
+        optimizer.get_gradients = get_gradients
+    if len(captured) != 1:
+        raise RuntimeError(f"expected the optimizer to take gradients once, it did {len(captured)} times")
+    params, grads = captured[0]
+
+    layers = [l for l in spec.layers if l.kind in ("conv", "dense")]
+    slot = {}  # id(variable) -> (layer name, 0 kernel | 1 bias)
+    for layer in layers:
+        native = model.get_layer(layer.name)
+        slot[id(native.kernel)], slot[id(native.bias)] = (layer.name, 0), (layer.name, 1)
+    missing = {(l.name, k) for l in layers for k in (0, 1)} - {slot.get(id(p)) for p in params}
+    if missing:
+        raise RuntimeError(f"the optimizer takes no gradient for {sorted(missing)}")
+    # the train function's own inputs, as Keras 2.3.1's _make_train_function lists them
+    inputs = model._feed_inputs + model._feed_targets + model._feed_sample_weights
+    if model._uses_dynamic_learning_phase():
+        inputs += [K.learning_phase()]
+    gradient_function = K.function(inputs, grads, name="step_gradients")
+    train_function = model.train_function
+    pending = []
+
+    class StepTensors(keras.callbacks.Callback):
+        step = 0
+
+        def on_batch_end(self, batch, logs=None):
+            if self.step >= steps:
+                return
+            if len(pending) != 1:
+                raise RuntimeError(f"expected one optimizer update in step {self.step}, saw {len(pending)}")
+            values = {slot[id(p)]: g for p, g in zip(params, pending.pop())}
+            report.step_tensors(self.step,
+                                _canonical_tensors(spec, {l.name: (values[l.name, 0], values[l.name, 1])
+                                                          for l in layers}),
+                                _canonical_tensors(spec, {l.name: model.get_layer(l.name).get_weights()
+                                                          for l in layers}))
+            self.step += 1
+            if self.step >= steps:
+                model.train_function = train_function  # done: unwrap
+
+    dumper = StepTensors()
+
+    def gradients_then_train(ins):
+        if dumper.step < steps:
+            pending.append(gradient_function(ins))  # same batch, weights before this step's update
+        return train_function(ins)
+
+    model.train_function = gradients_then_train
+    return dumper
+
+
 def train(spec, data, config, report):
     # Theano's thread knob is OMP_NUM_THREADS, read when Theano is imported (the builder imports it). Its
     # OpenMP stays off (Theano's default; openmp=True aborts here: CorrMM's OpenMP threads call the NumPy
@@ -94,6 +182,8 @@ def train(spec, data, config, report):
     optimizer = _optimizer(keras, config["optimizer"], report)
     # Keras 2's categorical_crossentropy: renormalise, clip to [1e-7, 1 - 1e-7], -sum(y * log(p)); batch mean.
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    dump_steps = int(config.get("dump_steps", 0))
+    dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 
     classes = model.output_shape[-1]
     bs = int(config["batch_size"])
@@ -105,7 +195,7 @@ def train(spec, data, config, report):
         callback = _step_reporter(keras, report, epoch)
 
         started = time.perf_counter()
-        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback, *dumper])
         train_s = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -61,6 +61,43 @@ def _loss(p, y):
     return -torch.log(p_y.clamp(LOSS_CLIP, 1 - LOSS_CLIP)).mean()
 
 
+def _layer_params(spec, model) -> list:
+    """(spec layer, its nn.Conv2d / nn.Linear) for every conv and dense layer; model[i] is spec layer i
+    (a conv with asymmetric pads is nn.Sequential(pad, conv))."""
+    import torch.nn as nn
+    pairs = []
+    for layer, module in zip(spec.layers, model):
+        if layer.kind in ("conv", "dense"):
+            pairs.append((layer, module[-1] if isinstance(module, nn.Sequential) else module))
+    if 2 * len(pairs) != len(list(model.parameters())):
+        raise RuntimeError("the model has parameters outside its spec's conv and dense layers")
+    return pairs
+
+
+def _canonical(layer, weight: np.ndarray) -> np.ndarray:
+    """Inverse of the builder's conversion: conv weights are already (O, I, kh, kw) cross-correlation;
+    nn.Linear's (out, in) -> canonical (in, out), rows already in (C, H, W) order (the inverse of
+    builder.dense_kernel)."""
+    return np.ascontiguousarray(weight.T) if layer.kind == "dense" else weight
+
+
+def _grads(pairs) -> dict:
+    """The gradients backward() left in p.grad (what the optimizer is about to apply), canonical layout."""
+    out = {}
+    for layer, module in pairs:
+        out[f"{layer.name}.weight"] = _canonical(layer, module.weight.grad.detach().numpy().copy())
+        out[f"{layer.name}.bias"] = module.bias.grad.detach().numpy().copy()
+    return out
+
+
+def _params(pairs) -> dict:
+    out = {}
+    for layer, module in pairs:
+        out[f"{layer.name}.weight"] = _canonical(layer, module.weight.detach().numpy().copy())
+        out[f"{layer.name}.bias"] = module.bias.detach().numpy().copy()
+    return out
+
+
 def train(spec, data, config, report) -> None:
     import torch
     torch.set_num_threads(config["threads"])
@@ -75,6 +112,8 @@ def train(spec, data, config, report) -> None:
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     x_val, y_val = torch.from_numpy(np.ascontiguousarray(data.x_val)), torch.from_numpy(data.y_val)
     batch_size = config["batch_size"]
+    dump_steps, global_step = config.get("dump_steps", 0), 0
+    dumped = _layer_params(spec, model) if dump_steps > 0 else None
 
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
@@ -87,7 +126,13 @@ def train(spec, data, config, report) -> None:
             p = model(x)
             loss = _loss(p, y)
             loss.backward()
+            dump = global_step < dump_steps
+            if dump:
+                grads = _grads(dumped)
             optimizer.step()
+            if dump:
+                report.step_tensors(global_step, grads, _params(dumped))
+            global_step += 1
             batch_loss, n = loss.item(), len(y)
             report.step(epoch, step, batch_loss, n)
             loss_sum += batch_loss * n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 
 import builders.tensorflow as builder
 from builders import layouts
@@ -46,6 +47,23 @@ def _optimizer(tf, variables, opt: dict, report) -> _RMSprop:
     return _RMSprop(tf, variables, lr, rho, eps, ms_init)
 
 
+def _canonical_tensors(spec, values: dict) -> dict:
+    """{spec layer name: (kernel, bias)} as numpy in the builder's layout -> {"<layer>.weight"/"<layer>.bias":
+    float32} in the canonical layout (the inverses of builder.conv_kernel / builder.dense_kernel)."""
+    out = {}
+    for i, layer in enumerate(spec.layers):
+        if layer.name not in values:
+            continue
+        kernel, bias = values[layer.name]
+        if layer.kind == "conv":
+            kernel = layouts.hwio_to_oihw(kernel)
+        else:
+            kernel = layouts.hwc_rows_to_chw(kernel, layouts.dense_input_order(spec, i))
+        out[f"{layer.name}.weight"] = np.asarray(kernel, dtype=np.float32)
+        out[f"{layer.name}.bias"] = np.asarray(bias, dtype=np.float32)
+    return out
+
+
 def train(spec, data, config, report) -> None:
     tf = builder._tf()
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
@@ -74,6 +92,26 @@ def train(spec, data, config, report) -> None:
         return loss, correct
 
     @tf.function(input_signature=[x_sig, y_sig])
+    def train_step_with_grads(x, y):
+        """train_step that also returns the tape's gradients it applied (dump_steps runs only)."""
+        with tf.GradientTape() as tape:
+            loss, correct = loss_and_correct(model(x, training=True)[-1], y)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply(grads)
+        return loss, correct, grads
+
+    names = [*model.kernels, *model.biases]  # layer names, in the order of `variables`
+    n_kernels = len(model.kernels)
+
+    def by_layer(values):
+        """Values in the order of `variables` -> {layer name: (kernel, bias)} as numpy."""
+        kernels = dict(zip(names[:n_kernels], values[:n_kernels]))
+        biases = dict(zip(names[n_kernels:], values[n_kernels:]))
+        return {name: (np.asarray(kernels[name]), np.asarray(biases[name])) for name in kernels}
+
+    dump_steps, global_step = config.get("dump_steps", 0), 0
+
+    @tf.function(input_signature=[x_sig, y_sig])
     def eval_step(x, y):
         return loss_and_correct(model(x)[-1], y)
 
@@ -82,7 +120,14 @@ def train(spec, data, config, report) -> None:
         loss_sum, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
-            loss, n_correct = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+            x, y = tf.constant(x_train[idx]), tf.constant(data.y_train[idx])
+            if global_step < dump_steps:
+                loss, n_correct, grads = train_step_with_grads(x, y)
+                report.step_tensors(global_step, _canonical_tensors(spec, by_layer([g.numpy() for g in grads])),
+                                    _canonical_tensors(spec, by_layer([v.numpy() for v in variables])))
+            else:
+                loss, n_correct = train_step(x, y)
+            global_step += 1
             batch_loss, n = float(loss), len(idx)
             report.step(epoch, step, batch_loss, n)
             loss_sum += batch_loss * n

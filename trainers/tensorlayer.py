@@ -1,6 +1,9 @@
 """tensorlayer 2 (eager TensorFlow 2): the tensorlayer 2 idiom of a tf.function train step with tf.GradientTape
 over model.trainable_weights, model.train() for training and model.eval() for evaluation, on the builder's
-static tl.models.Model, NHWC. tensorlayer has no RMSprop of its own: its users take tf.optimizers.RMSprop."""
+static tl.models.Model, NHWC. tensorlayer has no RMSprop of its own: its users take tf.optimizers.RMSprop.
+
+With config["dump_steps"] > 0 the train step also returns the tape's gradients (the very tensors passed to
+apply_gradients), and the first dump_steps steps report them and the weights after the update, canonical layout."""
 from __future__ import annotations
 
 import time
@@ -32,6 +35,22 @@ def _optimizer(tf, opt: dict, report):
     return optimizer
 
 
+def _canonical_params(spec, model):
+    """[(variable, "<layer>.weight"/"<layer>.bias", to_canonical)] for every trainable weight: the inverses of
+    the builder's conv_kernel / dense_kernel (HWIO -> OIHW; dense rows from NHWC (H, W, C) order to (C, H, W))."""
+    found = []
+    for i, layer in enumerate(spec.layers):
+        if layer.kind == "conv":
+            convert = layouts.hwio_to_oihw
+        elif layer.kind == "dense":
+            convert = (lambda order: lambda w: layouts.hwc_rows_to_chw(w, order))(layouts.dense_input_order(spec, i))
+        else:
+            continue
+        lyr = model.get_layer(name=layouts.safe_name(layer.name))
+        found += [(lyr.W, f"{layer.name}.weight", convert), (lyr.b, f"{layer.name}.bias", np.asarray)]
+    return found
+
+
 def train(spec, data, config, report) -> None:
     import tensorflow as tf
     # before tensorlayer is imported: its import runs TensorFlow ops, after which the thread pools are fixed
@@ -43,6 +62,12 @@ def train(spec, data, config, report) -> None:
     model = builder.build(spec)
     optimizer = _optimizer(tf, config["optimizer"], report)
     weights = model.trainable_weights
+    dump_steps = config.get("dump_steps", 0)
+    if dump_steps > 0:
+        params = _canonical_params(spec, model)
+        position = [next(j for j, w in enumerate(weights) if w is var) for var, _, _ in params]
+        if sorted(position) != list(range(len(weights))):
+            raise RuntimeError("the model's trainable weights are not the spec's conv/dense weights and biases")
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
     x_sig = tf.TensorSpec((None, *x_train.shape[1:]), tf.float32)
@@ -60,7 +85,10 @@ def train(spec, data, config, report) -> None:
     def train_step(x, y):
         with tf.GradientTape() as tape:
             loss, correct = loss_and_correct(model(x)[-1], y)  # the builder's model outputs every layer
-        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        grads = tape.gradient(loss, weights)
+        optimizer.apply_gradients(zip(grads, weights))
+        if dump_steps > 0:
+            return loss, correct, grads  # the gradients just applied (dump runs only)
         return loss, correct
 
     @tf.function(input_signature=[x_sig, y_sig])
@@ -68,12 +96,19 @@ def train(spec, data, config, report) -> None:
         return loss_and_correct(model(x)[-1], y)
 
     batch_size = config["batch_size"]
+    global_step = 0
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
         model.train()
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
-            loss, n_correct = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+            loss, n_correct, *applied = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+            if global_step < dump_steps:
+                grads = applied[0]
+                report.step_tensors(global_step,
+                                    {key: convert(grads[j].numpy()) for j, (_, key, convert) in zip(position, params)},
+                                    {key: convert(var.numpy()) for var, key, convert in params})
+            global_step += 1
             batch_loss, n = float(loss), len(idx)
             report.step(epoch, step, batch_loss, n)
             loss_sum += batch_loss * n

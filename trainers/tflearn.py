@@ -13,6 +13,10 @@ tflearn facts this module works around (tflearn 0.5.0 sources, checked numerical
   own forward pass are kept in a variable by the loss function, and a tflearn Callback reads them after the step;
 - DNN.evaluate averages per-batch means without weighting the smaller last batch: validation runs the loss
   tensor batch by batch in inference mode (tflearn.is_training(False)).
+- config["dump_steps"] > 0 (steps compared with a float64 reference): the TF1 optimizer's apply_gradients is
+  wrapped before tflearn.DNN builds its train op, so that the op also copies each gradient it applies (tflearn's
+  own tf.gradients of its loss, after its clipping if any) into a non-trainable variable, under a control
+  dependency of the update; the callback reads those copies and the weights after the step.
 """
 from __future__ import annotations
 
@@ -75,6 +79,44 @@ def _optimizer(tf, tflearn, opt: dict, report):
     return optimizer
 
 
+def _capture_applied_gradients(tf, tf_optimizer):
+    """Make tf_optimizer's apply_gradients also store every gradient it applies in a variable; returns a dict
+    filled, once tflearn.DNN has built its train op, with {variable name: variable holding its last gradient}."""
+    captured = {}
+    apply_gradients = tf_optimizer.apply_gradients
+
+    def capturing_apply_gradients(grads_and_vars, *args, **kwargs):
+        grads_and_vars = list(grads_and_vars)
+        stores = []
+        for grad, var in grads_and_vars:
+            name = var.name.split(":")[0]
+            copy = tf.Variable(tf.zeros(var.shape, var.dtype.base_dtype), trainable=False,
+                               name=f"applied_gradient/{name}")
+            captured[var.name] = copy
+            stores.append(copy.assign(grad))
+        with tf.control_dependencies(stores):
+            return apply_gradients(grads_and_vars, *args, **kwargs)
+
+    tf_optimizer.apply_gradients = capturing_apply_gradients
+    return captured
+
+
+def _canonical_params(spec, outputs):
+    """[(variable, "<layer>.weight"/"<layer>.bias", to_canonical)] for every conv/dense layer of the builder's
+    network: the inverses of its conv_kernel / dense_kernel (HWIO -> OIHW; dense rows (H, W, C) -> (C, H, W))."""
+    found = []
+    for i, layer in enumerate(spec.layers):
+        if layer.kind == "conv":
+            convert = layouts.hwio_to_oihw
+        elif layer.kind == "dense":
+            convert = (lambda order: lambda w: layouts.hwc_rows_to_chw(w, order))(layouts.dense_input_order(spec, i))
+        else:
+            continue
+        net = outputs[layer.name]
+        found += [(net.W, f"{layer.name}.weight", convert), (net.b, f"{layer.name}.bias", np.asarray)]
+    return found
+
+
 def _loss_and_correct(tf, p, y_onehot):
     """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
     p_y = tf.reduce_sum(p * y_onehot, axis=1)  # exactly p[label]: one-hot rows hold a single 1
@@ -102,6 +144,10 @@ def train(spec, data, config, report) -> None:
         weights = tf.trainable_variables()
         values = built.session.run(weights)
     built.session.close()
+    dump_steps = config.get("dump_steps", 0)
+    params = _canonical_params(spec, built.spec_outputs) if dump_steps > 0 else []
+    if dump_steps > 0 and sorted(var.name for var, _, _ in params) != sorted(var.name for var in weights):
+        raise RuntimeError("the graph's trainable variables are not the spec's conv/dense weights and biases")
 
     batch_size = config["batch_size"]
     with graph.as_default():
@@ -117,6 +163,8 @@ def train(spec, data, config, report) -> None:
         targets = tf.placeholder(tf.float32, net.get_shape().as_list(), name="targets")  # one-hot labels
         net = tflearn.regression(net, placeholder=targets, optimizer=optimizer, loss=canonical_loss, metric=None,
                                  batch_size=batch_size, shuffle_batches=False)
+        # regression() built the TF1 optimizer; tflearn.DNN calls its apply_gradients
+        applied = _capture_applied_gradients(tf, optimizer.get_tensor()) if dump_steps > 0 else {}
         eval_loss, eval_correct = _loss_and_correct(tf, net, targets)
         logs = tempfile.TemporaryDirectory(prefix="tflearn_logs_")
         clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
@@ -124,9 +172,16 @@ def train(spec, data, config, report) -> None:
         for var, value in zip(weights, values):
             model.set_weights(var, value)
     session, x_in, y_in = model.session, model.inputs[0], targets
+    if dump_steps > 0:
+        if sorted(applied) != sorted(var.name for var in weights):
+            raise RuntimeError(f"tflearn applied gradients to {sorted(applied)}, not to every trainable variable")
+        dump_fetches = ([applied[var.name] for var, _, _ in params], [var for var, _, _ in params])
 
     class StepReporter(tflearn.callbacks.Callback):
         """Each optimizer step's loss and correct count, from that step's own forward pass."""
+
+        def __init__(self):
+            self.global_step = 0  # optimizer steps across epochs, for dump_steps
 
         def on_epoch_begin(self, training_state):
             self.step, self.loss_sum, self.correct, self.seen = 0, 0.0, 0.0, 0
@@ -134,6 +189,12 @@ def train(spec, data, config, report) -> None:
         def on_batch_end(self, training_state, snapshot=False):
             loss, correct = session.run(stats)
             n = sizes[self.step]
+            if self.global_step < dump_steps:
+                grads, after = session.run(dump_fetches)
+                report.step_tensors(self.global_step,
+                                    {key: convert(g) for g, (_, key, convert) in zip(grads, params)},
+                                    {key: convert(w) for w, (_, key, convert) in zip(after, params)})
+            self.global_step += 1
             report.step(epoch, self.step, loss, n)
             self.loss_sum += float(loss) * n
             self.correct += float(correct)

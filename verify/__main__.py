@@ -25,9 +25,39 @@ def parser() -> argparse.ArgumentParser:
     eq.add_argument("--jobs", type=int, default=2,
                     help="libraries verified at once, each in its own process (default 2)")
     eq.add_argument("--timeout", type=float, default=900, help="seconds one library may take (default 900)")
+    st = sub.add_parser("steps", help="gradients and RMSprop updates of every library against a float64 reference",
+                        description="Train the first N steps in each library (canonical batch order, dropout off) "
+                                    "and compare, per step and parameter tensor, the gradient and the update with an "
+                                    "independent float64 reference. Exit 0 when all pass (in native mode update "
+                                    "departures are reported, not failed), 1 otherwise, 2 on bad input.")
+    st.add_argument("--steps", type=int, default=16, help="optimizer steps to check (default 16, one epoch)")
+    st.add_argument("--frameworks", default="all", help="comma-separated subset (default: all)")
+    st.add_argument("--optimizer", choices=("canonical", "native"), default="canonical",
+                    help="canonical: all must match; native: show where each library's own RMSprop departs")
+    st.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
+    st.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
     desc.add_argument("model")
     return p
+
+
+def _steps(args, equivalence) -> int:
+    import results
+    from verify import steps
+
+    if args.steps < 1:
+        print("error: --steps must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        frameworks = equivalence.parse_frameworks(args.frameworks)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = steps.run(frameworks, args.steps, args.optimizer, data_path=args.data)
+    print(steps.table(report))
+    if args.json:
+        results.write_json(args.json, report)
+    return EXIT_PASS if report["passed"] else EXIT_MISMATCH
 
 
 def main(argv=None) -> int:
@@ -42,6 +72,8 @@ def main(argv=None) -> int:
         if args.command == "describe":
             print(describe(import_model(args.model)))
             return EXIT_PASS
+        if args.command == "steps":
+            return _steps(args, equivalence)
         try:
             frameworks = equivalence.parse_frameworks(args.frameworks)
         except ValueError as exc:

@@ -104,3 +104,16 @@ def _eps_outside(framework):
 
 
 TRAINING_FAULTS["eps-outside"] = _eps_outside
+
+
+def _theano_pool_gradient(framework):
+    # Keras-on-Theano's own max-pool gradient (to every tied maximum) even in canonical mode
+    assert framework == "keras-theano", "this fault is written for the Keras-on-Theano builder"
+    import importlib
+
+    module = importlib.import_module("builders.keras_theano")
+    original = module.build
+    module.build = lambda spec, pool_gradient="theano": original(spec, pool_gradient="theano")
+
+
+TRAINING_FAULTS["theano-pool-gradient"] = _theano_pool_gradient
