@@ -37,6 +37,13 @@ def hwc_rows_to_chw(w: np.ndarray, flatten_from) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(c * h * wd, -1))
 
 
+def kernel_to_canonical(spec, index: int, kernel: np.ndarray) -> np.ndarray:
+    """A conv or dense layer's kernel (or its gradient) in an NHWC library's layout -> canonical layout."""
+    if spec.layers[index].kind == "conv":
+        return hwio_to_oihw(kernel)
+    return hwc_rows_to_chw(kernel, dense_input_order(spec, index))
+
+
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
 

@@ -68,11 +68,7 @@ def _canonical_tensors(spec, native: dict) -> dict:
         if layer.name not in native:
             continue
         kernel, bias = (np.asarray(v, dtype=np.float32) for v in native[layer.name])
-        if layer.kind == "conv":
-            kernel = layouts.hwio_to_oihw(kernel)
-        else:
-            kernel = layouts.hwc_rows_to_chw(kernel, layouts.dense_input_order(spec, i))
-        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = kernel, bias
+        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = layouts.kernel_to_canonical(spec, i, kernel), bias
     return out
 
 

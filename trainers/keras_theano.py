@@ -89,10 +89,8 @@ def _canonical_tensors(spec, native: dict) -> dict:
             continue
         kernel, bias = (np.asarray(v, dtype=np.float32) for v in native[layer.name])
         if layer.kind == "conv":
-            kernel = layouts.hwio_to_oihw(kernel[::-1, ::-1, :, :])
-        else:
-            kernel = layouts.hwc_rows_to_chw(kernel, layouts.dense_input_order(spec, i))
-        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = kernel, bias
+            kernel = kernel[::-1, ::-1, :, :]  # undo the builder's flip for Theano's true convolution
+        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = layouts.kernel_to_canonical(spec, i, kernel), bias
     return out
 
 

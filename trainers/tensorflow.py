@@ -55,11 +55,7 @@ def _canonical_tensors(spec, values: dict) -> dict:
         if layer.name not in values:
             continue
         kernel, bias = values[layer.name]
-        if layer.kind == "conv":
-            kernel = layouts.hwio_to_oihw(kernel)
-        else:
-            kernel = layouts.hwc_rows_to_chw(kernel, layouts.dense_input_order(spec, i))
-        out[f"{layer.name}.weight"] = np.asarray(kernel, dtype=np.float32)
+        out[f"{layer.name}.weight"] = np.asarray(layouts.kernel_to_canonical(spec, i, kernel), dtype=np.float32)
         out[f"{layer.name}.bias"] = np.asarray(bias, dtype=np.float32)
     return out
 

@@ -40,12 +40,9 @@ def _canonical_params(spec, model):
     the builder's conv_kernel / dense_kernel (HWIO -> OIHW; dense rows from NHWC (H, W, C) order to (C, H, W))."""
     found = []
     for i, layer in enumerate(spec.layers):
-        if layer.kind == "conv":
-            convert = layouts.hwio_to_oihw
-        elif layer.kind == "dense":
-            convert = (lambda order: lambda w: layouts.hwc_rows_to_chw(w, order))(layouts.dense_input_order(spec, i))
-        else:
+        if layer.kind not in ("conv", "dense"):
             continue
+        convert = (lambda index: lambda w: layouts.kernel_to_canonical(spec, index, w))(i)
         lyr = model.get_layer(name=layouts.safe_name(layer.name))
         found += [(lyr.W, f"{layer.name}.weight", convert), (lyr.b, f"{layer.name}.bias", np.asarray)]
     return found
