@@ -8,7 +8,7 @@ import numpy as np
 
 import builders.tensorflow as builder
 from builders import layouts
-from trainers import LOSS_CLIP
+from trainers import tf_shared
 
 NAME = "tensorflow"
 
@@ -71,27 +71,20 @@ def train(spec, data, config, report) -> None:
     optimizer = _optimizer(tf, variables, config["optimizer"], report)
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
-    x_sig = tf.TensorSpec((None, *x_train.shape[1:]), tf.float32)
-    y_sig = tf.TensorSpec((None,), tf.int64)
+    signature = tf_shared.batch_signature(tf, x_train)
 
-    def loss_and_correct(p, y):
-        """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
-        p_y = tf.gather(p, y, axis=1, batch_dims=1)
-        loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
-        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))
-
-    @tf.function(input_signature=[x_sig, y_sig])
+    @tf.function(input_signature=signature)
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            loss, correct = loss_and_correct(model(x, training=True)[-1], y)
+            loss, correct = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)
         optimizer.apply(tape.gradient(loss, variables))
         return loss, correct
 
-    @tf.function(input_signature=[x_sig, y_sig])
+    @tf.function(input_signature=signature)
     def train_step_with_grads(x, y):
         """train_step that also returns the tape's gradients it applied (dump_steps runs only)."""
         with tf.GradientTape() as tape:
-            loss, correct = loss_and_correct(model(x, training=True)[-1], y)
+            loss, correct = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)
         grads = tape.gradient(loss, variables)
         optimizer.apply(grads)
         return loss, correct, grads
@@ -107,9 +100,9 @@ def train(spec, data, config, report) -> None:
 
     dump_steps, global_step = config.get("dump_steps", 0), 0
 
-    @tf.function(input_signature=[x_sig, y_sig])
+    @tf.function(input_signature=signature)
     def eval_step(x, y):
-        return loss_and_correct(model(x)[-1], y)
+        return tf_shared.loss_and_correct(tf, model(x)[-1], y)
 
     batch_size = config["batch_size"]
     for epoch in range(config["epochs"]):

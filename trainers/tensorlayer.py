@@ -12,7 +12,7 @@ import numpy as np
 
 import builders.tensorlayer as builder
 from builders import layouts
-from trainers import LOSS_CLIP
+from trainers import tf_shared
 
 NAME = "tensorlayer"
 
@@ -67,30 +67,23 @@ def train(spec, data, config, report) -> None:
             raise RuntimeError("the model's trainable weights are not the spec's conv/dense weights and biases")
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
-    x_sig = tf.TensorSpec((None, *x_train.shape[1:]), tf.float32)
-    y_sig = tf.TensorSpec((None,), tf.int64)
-
-    def loss_and_correct(p, y):
-        """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
-        p_y = tf.gather(p, y, axis=1, batch_dims=1)
-        loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
-        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))
+    signature = tf_shared.batch_signature(tf, x_train)
 
     # The model's mode is a Python attribute read while tracing: each function is traced once (fixed signature)
     # in the mode it is meant for, train_step after model.train(), eval_step after model.eval().
-    @tf.function(input_signature=[x_sig, y_sig])
+    @tf.function(input_signature=signature)
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            loss, correct = loss_and_correct(model(x)[-1], y)  # the builder's model outputs every layer
+            loss, correct = tf_shared.loss_and_correct(tf, model(x)[-1], y)  # the builder's model outputs every layer
         grads = tape.gradient(loss, weights)
         optimizer.apply_gradients(zip(grads, weights))
         if dump_steps > 0:
             return loss, correct, grads  # the gradients just applied (dump runs only)
         return loss, correct
 
-    @tf.function(input_signature=[x_sig, y_sig])
+    @tf.function(input_signature=signature)
     def eval_step(x, y):
-        return loss_and_correct(model(x)[-1], y)
+        return tf_shared.loss_and_correct(tf, model(x)[-1], y)
 
     batch_size = config["batch_size"]
     global_step = 0

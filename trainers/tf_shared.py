@@ -1,0 +1,15 @@
+"""What the two TensorFlow 2 trainers (raw tensorflow and tensorlayer) share."""
+from trainers import LOSS_CLIP
+
+
+def batch_signature(tf, x_nhwc) -> list:
+    """tf.function input signature of (images, labels) with an open batch size, so the smaller last
+    batch does not retrace."""
+    return [tf.TensorSpec((None, *x_nhwc.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int64)]
+
+
+def loss_and_correct(tf, p, y):
+    """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
+    p_y = tf.gather(p, y, axis=1, batch_dims=1)
+    loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
+    return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))
