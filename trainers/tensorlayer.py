@@ -108,12 +108,6 @@ def train(spec, data, config, report) -> None:
 
         model.eval()
         started = time.perf_counter()
-        val_loss, val_correct = 0.0, 0
-        for i in range(0, len(x_val), batch_size):
-            y = data.y_val[i:i + batch_size]
-            loss, n_correct = eval_step(tf.constant(x_val[i:i + batch_size]), tf.constant(y))
-            val_loss += float(loss) * len(y)
-            val_correct += int(n_correct)
-        eval_s = time.perf_counter() - started
-        report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,
-                     val_loss / len(x_val), val_correct / len(x_val))
+        val_loss, val_acc = tf_shared.evaluate(tf, eval_step, x_val, data.y_val, batch_size)
+        report.epoch(epoch, train_s, loss_sum / seen, correct / seen, time.perf_counter() - started,
+                     val_loss, val_acc)

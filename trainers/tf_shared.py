@@ -13,3 +13,14 @@ def loss_and_correct(tf, p, y):
     p_y = tf.gather(p, y, axis=1, batch_dims=1)
     loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
     return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))
+
+
+def evaluate(tf, eval_step, x_val, y_val, batch_size: int) -> tuple:
+    """(mean loss, accuracy) of eval_step over the validation set in batches, weighted by batch size."""
+    total_loss, total_correct = 0.0, 0
+    for i in range(0, len(x_val), batch_size):
+        y = y_val[i:i + batch_size]
+        loss, n_correct = eval_step(tf.constant(x_val[i:i + batch_size]), tf.constant(y))
+        total_loss += float(loss) * len(y)
+        total_correct += int(n_correct)
+    return total_loss / len(x_val), total_correct / len(x_val)
