@@ -64,6 +64,16 @@ def to_canonical(y: np.ndarray, flatten_from) -> np.ndarray:
     return y
 
 
+def from_canonical(y: np.ndarray, flatten_from) -> np.ndarray:
+    """Inverse of to_canonical: a canonical activation (or a dropout mask) -> the NHWC library's layout."""
+    if y.ndim == 4:
+        return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+    if flatten_from is not None:
+        c, h, w = flatten_from
+        return np.ascontiguousarray(y.reshape(len(y), c, h, w).transpose(0, 2, 3, 1).reshape(len(y), -1))
+    return y
+
+
 def flatten_sources(spec) -> list:
     """Per layer: the (C, H, W) shape its output was flattened from while that output is still in an
     NHWC flatten's (H, W, C) order (from a flatten up to the next dense layer), else None."""

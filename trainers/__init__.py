@@ -8,6 +8,8 @@ Each trainer module defines:
                 order: int array (epochs, m), row e = the training indices of epoch e in batch order;
                 batches are consecutive chunks of config["batch_size"] (the last may be smaller)
         config  dict: epochs, batch_size, threads, seed, optimizer {mode: canonical|native, lr, rho, eps},
+                dropout_masks: "library" (the library's own dropout, seeded by seed) or "harness" (apply
+                exactly trainers.masks.step_masks(spec, seed, global step, n) at every step; see there),
                 dump_steps (optional, default 0): call report.step_tensors for the first dump_steps steps
         report  trainers.worker.Reporter: report.optimizer(...) once, report.step(...) per optimizer
                 step, report.epoch(...) per epoch (see its docstrings)

@@ -46,8 +46,31 @@ def write_job(job: Path, spec: ModelSpec, arrays: tuple, order: np.ndarray, conf
 
 
 def config_for(experiment: dict, epochs: int, batch_size: int, mode: str, threads: int, seed: int,
-               dropout: bool, dump_steps: int = 0) -> dict:
+               dropout: bool, dump_steps: int = 0, dropout_masks: str = "library") -> dict:
+    """dropout_masks: "library" (each library draws its own, seeded by `seed`) or "harness" (trainers.masks)."""
     opt = experiment["optimizer"]
     return {"epochs": epochs, "batch_size": batch_size, "threads": threads, "seed": seed, "dropout": dropout,
-            "dump_steps": dump_steps,
+            "dropout_masks": dropout_masks if dropout else "library", "dump_steps": dump_steps,
             "optimizer": {"mode": mode, "lr": opt["lr"], "rho": opt["rho"], "eps": opt["eps"]}}
+
+
+def reinitialised(spec: ModelSpec, seed: int) -> ModelSpec:
+    """`spec` with fresh initial weights drawn from `seed` the way spec/seed_model.py draws them (Glorot-uniform
+    kernels with Keras's fan counts, zero biases, one PCG64 stream in layer order): seed 2017 gives the
+    seed model's own weights back."""
+    from spec.seed_model import glorot_uniform
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    weights = dict(spec.weights)
+    for layer in spec.layers:
+        if layer.kind not in ("conv", "dense"):
+            continue
+        w = spec.weight(layer)
+        if layer.kind == "conv":
+            receptive = int(np.prod(w.shape[2:]))
+            fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+        else:
+            fan_in, fan_out = w.shape
+        weights[f"{layer.name}.weight"] = glorot_uniform(rng, w.shape, fan_in, fan_out)
+        weights[f"{layer.name}.bias"] = np.zeros_like(spec.bias(layer))
+    return dataclasses.replace(spec, weights=weights, source=f"{spec.source} (weights redrawn from seed {seed})")

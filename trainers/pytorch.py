@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 import builders.pytorch as builder
-from trainers import LOSS_CLIP
+from trainers import LOSS_CLIP, masks
 
 NAME = "pytorch"
 
@@ -98,6 +98,25 @@ def _params(pairs) -> dict:
     return out
 
 
+def _harness_dropout(spec, model) -> dict:
+    """Swap every nn.Dropout for a module that multiplies by the mask the harness sets before each step
+    (identity in eval mode, like nn.Dropout); returns {layer name: that module}."""
+    import torch.nn as nn
+
+    class HarnessDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mask = None
+
+        def forward(self, x):
+            return x * self.mask if self.training else x
+
+    holders = {}
+    for i, layer in masks.dropout_layers(spec):
+        holders[layer.name] = model[i] = HarnessDropout()
+    return holders
+
+
 def train(spec, data, config, report) -> None:
     import torch
     torch.set_num_threads(config["threads"])
@@ -109,6 +128,7 @@ def train(spec, data, config, report) -> None:
 
     model = builder.build(spec)
     optimizer = _optimizer(model.parameters(), config["optimizer"], report)
+    holders = _harness_dropout(spec, model) if masks.uses_harness_masks(config) else {}
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     x_val, y_val = torch.from_numpy(np.ascontiguousarray(data.x_val)), torch.from_numpy(data.y_val)
     batch_size = config["batch_size"]
@@ -122,6 +142,8 @@ def train(spec, data, config, report) -> None:
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             idx = torch.from_numpy(idx)
             x, y = x_train[idx], y_train[idx]
+            for name, mask in (masks.step_masks(spec, config["seed"], global_step, len(y)) if holders else {}).items():
+                holders[name].mask = torch.from_numpy(mask)
             optimizer.zero_grad()
             p = model(x)
             loss = _loss(p, y)
