@@ -86,14 +86,25 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def dropout_words(config: dict) -> str:
+    if not config["dropout"]:
+        return "dropout off"
+    return "identical dropout masks" if config.get("dropout_masks") == "harness" else "each library's own dropout"
+
+
+def heading(run: dict) -> list:
+    mode = run["config"]["optimizer"]["mode"]
+    return [f"# Training results: {run['experiment']}, {mode} RMSprop, {dropout_words(run['config'])}",
+            "",
+            f"{run['images_per_epoch']} training images per epoch, batch {run['config']['batch_size']}, "
+            f"{run['config']['epochs']} epoch(s), {run['config']['threads']} thread(s); {run['validation']}. "
+            f"CPU: {run['environment']['cpu']} ({run['environment']['cores']} cores).",
+            ""]
+
+
 def markdown(run: dict) -> str:
     mode = run["config"]["optimizer"]["mode"]
-    lines = [f"# Training results: {run['experiment']}, {mode} RMSprop, dropout {'on' if run['config']['dropout'] else 'off'}",
-             "",
-             f"{run['images_per_epoch']} training images per epoch, batch {run['config']['batch_size']}, "
-             f"{run['config']['epochs']} epoch(s), {run['config']['threads']} thread(s); {run['validation']}. "
-             f"CPU: {run['environment']['cpu']} ({run['environment']['cores']} cores).",
-             "",
+    lines = heading(run) + [
              "| library | status | first epoch s | steady epoch s | images/s | train loss | train acc | val loss "
              "| val acc | RMSprop |",
              "|---|---|---|---|---|---|---|---|---|---|"]

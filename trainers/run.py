@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_LIBRARY, EXIT_BAD_INPUT = 0, 1, 2
+DROPOUT_SUFFIX = {"own": "", "identical": "-identicaldropout", "off": "-nodropout"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,11 +37,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the experiment's)")
     p.add_argument("--seed", type=int, help="seed of the shared shuffling (default: the experiment's)")
-    p.add_argument("--no-dropout", action="store_true", help="train with dropout switched off")
+    p.add_argument("--dropout", choices=("own", "identical", "off"), default="own",
+                   help="own: each library draws its own dropout masks (seeded by --seed); identical: the harness "
+                        "draws every mask from one seeded stream and every library applies exactly those; "
+                        "off: no dropout (default own)")
+    p.add_argument("--no-dropout", action="store_true", help="same as --dropout off")
     p.add_argument("--max-batches", type=int, default=None,
                    help="train only the first N batches of each epoch (quick checks)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help=f"threads every library may use (default: all cores, {os.cpu_count()})")
+    p.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="train every library K times, with seeds --seed, --seed+1, ...: dropout masks and (if the "
+                        "experiment shuffles) batch order vary; the report adds mean, spread and pairwise "
+                        "significance (default 1)")
+    p.add_argument("--init", choices=("fixed", "seeded"), default="fixed",
+                   help="initial weights: fixed = the experiment's model for every seed; seeded = Glorot-uniform "
+                        "weights redrawn from each seed, the same in every library (default fixed)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local: jobs one after another on this machine; dask: (library, seed) jobs on a Dask "
+                        "cluster (default local)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: an existing scheduler (tcp://host:port); default: start a local "
+                        "cluster of --workers processes")
+    p.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"threads every library may use (default: all {os.cpu_count()} cores; with a local Dask "
+                        "cluster, the cores divided among its workers)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one library may train (default 3600)")
     p.add_argument("--out", default="results", help="folder that receives this run's results folder")
     p.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
@@ -48,53 +68,97 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _positive(args, parser_):
-    for name in ("epochs", "batch_size", "max_batches", "threads"):
+    for name in ("epochs", "batch_size", "max_batches", "threads", "seeds", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser_.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.scheduler and args.executor != "dask":
+        parser_.error("--scheduler needs --executor dask")
+    if args.threads is None:
+        local_cluster = args.executor == "dask" and not args.scheduler
+        args.threads = max(1, (os.cpu_count() or 1) // args.workers) if local_cluster else os.cpu_count() or 1
 
 
-def main(argv=None) -> int:
+class BadInput(Exception):
+    """A user error: one line, exit 2."""
+
+
+def parse(argv=None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     _positive(args, p)
+    return args
+
+
+def prepare(args) -> tuple:
+    """(library names, experiment, model path, spec, arrays) for `args`, or BadInput naming the problem."""
     import cifar10
-    import results
     from spec import experiments
     from spec.onnx_import import ModelError, import_model
-    from trainers import FRAMEWORKS, harness, report
-    from trainers.supervisor import train_one
-    from verify import equivalence
+    from trainers import FRAMEWORKS, harness
 
     names = list(FRAMEWORKS) if args.libraries == ["all"] else args.libraries
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown:
-        print(f"error: unknown library {unknown[0]!r}; choose from {', '.join(FRAMEWORKS)} or 'all'", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise BadInput(f"unknown library {unknown[0]!r}; choose from {', '.join(FRAMEWORKS)} or 'all'")
     try:
         experiment = experiments.load(args.experiment)
         model_path = experiments.model_path(experiment)
         spec = import_model(model_path)
         arrays = harness.datasets(cifar10.find(args.data), experiment)
     except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise BadInput(exc.args[0]) from None
     except (ModelError, cifar10.DataError) as exc:
+        raise BadInput(str(exc)) from None
+    return names, experiment, model_path, spec, arrays
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        prepared = prepare(args)
+    except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    code, _ = execute(args, *prepared)
+    return code
+
+
+def _varies(experiment: dict, config: dict, init: str) -> list:
+    out = []
+    if config["dropout"]:
+        out.append("dropout masks (" + ("drawn by the harness, identical in every library)" if config["dropout_masks"] ==
+                                        "harness" else "each library's own generator, seeded)"))
+    out.append("batch order" if experiment["shuffle"] else "nothing in the batch order (the experiment does not shuffle)")
+    out.append("initial weights (redrawn from each seed)" if init == "seeded" else
+               "not the initial weights (the experiment's model for every seed)")
+    return out
+
+
+def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
+    """Verify, train every (library, seed) job, write the results folder; (exit status, folder)."""
+    import results
+    from trainers import harness, report, sweep
+    from trainers.executors import Job, run_dask, run_local
+    from verify import equivalence
 
     epochs = args.epochs or experiment["epochs"]
     batch_size = args.batch_size or experiment["batch_size"]
-    seed = experiment["seed"] if args.seed is None else args.seed
+    base_seed = experiment["seed"] if args.seed is None else args.seed
+    seeds = [base_seed + i for i in range(args.seeds)]
     limit = args.max_batches * batch_size if args.max_batches else None
-    order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], seed, limit)
-    config = harness.config_for(experiment, epochs, batch_size, args.optimizer, args.threads, seed,
-                                dropout=not args.no_dropout)
-    train_spec = spec if config["dropout"] else harness.without_dropout(spec)
-    steps_per_epoch = -(-order.shape[1] // batch_size)
+    dropout = "off" if args.no_dropout else args.dropout
+    configs = {seed: harness.config_for(experiment, epochs, batch_size, args.optimizer, args.threads, seed,
+                                        dropout=dropout != "off",
+                                        dropout_masks="harness" if dropout == "identical" else "library")
+               for seed in seeds}
+    config = configs[base_seed]
+    images = len(arrays[0]) if limit is None else min(limit, len(arrays[0]))
+    steps_total = epochs * -(-images // batch_size)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(args.out) / f"{stamp}-{args.experiment}-{args.optimizer}{'' if config['dropout'] else '-nodropout'}"
+    sweep_suffix = f"-{len(seeds)}seeds" if len(seeds) > 1 else ""
+    folder = Path(args.out) / f"{stamp}-{args.experiment}-{args.optimizer}{DROPOUT_SUFFIX[dropout]}{sweep_suffix}"
     folder.mkdir(parents=True, exist_ok=False)
     print(f"results folder: {folder}", file=sys.stderr)
 
@@ -102,45 +166,69 @@ def main(argv=None) -> int:
     verified = equivalence.run(model_path, names, args.data)
     results.write_json(folder / "verification.json", verified)
 
-    rows = {}
+    runs = {str(seed): {} for seed in seeds}
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
-        job = Path(tmp)
-        harness.write_job(job, train_spec, arrays, order, config)
-        for name in names:
-            check = verified["frameworks"][name]
-            if check["status"] != "pass":
+        jobs = []
+        for seed in seeds:
+            job_dir = Path(tmp) / f"seed-{seed}"
+            seed_spec = spec if args.init == "fixed" else harness.reinitialised(spec, seed)
+            train_spec = seed_spec if configs[seed]["dropout"] else harness.without_dropout(seed_spec)
+            order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], seed, limit)
+            harness.write_job(job_dir, train_spec, arrays, order, configs[seed])
+            for name in names:
+                check = verified["frameworks"][name]
+                if check["status"] == "pass":
+                    jobs.append(Job(name, seed, job_dir, steps_total))
+                    continue
                 where = check.get("first_divergent_layer") or {}
                 reason = check["message"] or f"first divergent layer {where.get('name')}"
-                rows[name] = {"status": "not verified", "reason": f"forward equivalence {check['status']}: {reason}",
-                              "record": {"optimizer": None, "steps": [], "epochs": []}, "wall_s": 0.0}
-                print(f"{name}: not trained ({rows[name]['reason']})", file=sys.stderr)
-                continue
-            rows[name] = train_one(name, job, epochs * steps_per_epoch, args.threads, args.timeout, folder)
-            if rows[name]["status"] != "ok":
-                print(f"{name}: {rows[name]['status']} — {rows[name]['reason']}", file=sys.stderr)
+                runs[str(seed)][name] = {"status": "not verified", "wall_s": 0.0,
+                                         "reason": f"forward equivalence {check['status']}: {reason}",
+                                         "record": {"optimizer": None, "steps": [], "epochs": []}}
+                if seed == base_seed:
+                    print(f"{name}: not trained ({runs[str(seed)][name]['reason']})", file=sys.stderr)
+        if args.executor == "dask":
+            finished = run_dask(jobs, args.threads, args.timeout, folder, len(seeds), args.scheduler, args.workers)
+        else:
+            finished = run_local(jobs, args.threads, args.timeout, folder, len(seeds))
+        for job, row in finished:
+            runs[str(job.seed)][job.framework] = row
+            if row["status"] != "ok":
+                print(f"{job.label}: {row['status']} — {row['reason']}", file=sys.stderr)
 
-    images = order.shape[1]
-    for row in rows.values():
-        row["summary"] = report.summarize(row, images)
-        row["departures"] = report.departures(row["record"]["optimizer"], experiment["optimizer"])
+    for seed, rows in runs.items():
+        for row in rows.values():
+            row["summary"] = report.summarize(row, images)
+            row["departures"] = report.departures(row["record"]["optimizer"], experiment["optimizer"])
+        runs[seed] = {name: rows[name] for name in names if name in rows}  # the order the user named them
     validation = experiment["validation"]
     run = {
         "experiment": args.experiment, "experiment_spec": experiment, "model": str(model_path), "config": config,
-        "images_per_epoch": images,
+        "images_per_epoch": images, "init": args.init,
         "validation": f"validation on the first {validation['images']} official {validation['split']} images",
         "shuffled": bool(experiment["shuffle"]), "environment": report.environment(args.threads),
-        "libraries": rows,
+        "executor": args.executor, "seeds": seeds, "runs": runs,
     }
-    if config["optimizer"]["mode"] == "canonical" and not config["dropout"]:
-        run["step_agreement"] = report.step_agreement(rows, 3, report.load_tolerances()["step_loss_rtol"])
-    text = report.markdown(run)
+    if len(seeds) == 1:
+        run["libraries"] = runs[str(base_seed)]
+        if config["optimizer"]["mode"] == "canonical" and (not config["dropout"] or config["dropout_masks"] == "harness"):
+            run["step_agreement"] = report.step_agreement(run["libraries"], 3,
+                                                          report.load_tolerances()["step_loss_rtol"])
+        text = report.markdown(run)
+        report.plots(run, folder)
+    else:
+        run["varies"] = _varies(experiment, config, args.init)
+        run["sweep"] = sweep.summarize(runs, names, epochs, images)
+        run["drift"] = sweep.drift(runs, names)
+        run["significance"] = sweep.significance(runs, names, epochs, report.load_tolerances()["significance"])
+        text = "\n".join(report.heading(run) + sweep.markdown(run)) + "\n"
+        sweep.plots(run, folder)
     results.write_json(folder / "results.json", run)
     results.write_atomic(folder / "results.md", text)
-    report.plots(run, folder)
     print(text)
     print(f"results: {folder}")
-    failed = [n for n, r in rows.items() if r["status"] != "ok"]
-    return EXIT_FAILED_LIBRARY if failed else EXIT_OK
+    failed = [job for rows in runs.values() for job in rows.values() if job["status"] != "ok"]
+    return (EXIT_FAILED_LIBRARY if failed else EXIT_OK), folder
 
 
 if __name__ == "__main__":

@@ -33,17 +33,18 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no message"
 
 
-def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout: float, log_dir: Path) -> dict:
-    """Train `framework` on the job folder; returns its row (status, record, reason, wall_s)."""
+def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout: float, stderr_path: Path,
+              progress: bool = True, label: str = "") -> dict:
+    """Train `framework` on the job folder; returns its row (status, record, reason, wall_s). The worker's
+    stderr goes to `stderr_path`; `progress` shows a bar (labelled `label`, default the framework)."""
     row = {"status": "ok", "reason": "", "record": {"optimizer": None, "steps": [], "epochs": []}}
     try:
         python = envs.ensure(FRAMEWORKS[framework][1])
     except envs.EnvError as exc:
         return {**row, "status": "failed", "reason": str(exc), "wall_s": 0.0}
-    stderr_path = log_dir / f"{framework}.stderr.log"
     started = time.perf_counter()
-    with open(stderr_path, "w") as stderr, tqdm(total=steps_total, desc=f"{framework:<17}", unit="step",
-                                                  leave=True, dynamic_ncols=True) as bar:
+    with open(stderr_path, "w") as stderr, tqdm(total=steps_total, desc=f"{label or framework:<17}", unit="step",
+                                                  leave=True, dynamic_ncols=True, disable=not progress) as bar:
         proc = subprocess.Popen([str(python), "-m", "trainers.worker", framework, str(job)], cwd=envs.ROOT,
                                 env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,
                                 start_new_session=True)

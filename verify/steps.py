@@ -88,7 +88,8 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
         job = Path(tmp)
         harness.write_job(job, spec, arrays, order, config)
         for framework in frameworks:
-            row = train_one(framework, job, epochs * per_epoch if epochs > 1 else n_steps, 2, timeout, job)
+            row = train_one(framework, job, epochs * per_epoch if epochs > 1 else n_steps, 2, timeout,
+                            job / f"{framework}.stderr.log")
             entry = {"status": row["status"], "reason": row["reason"], "optimizer": row["record"]["optimizer"],
                      "losses": [s["loss"] for s in row["record"]["steps"][:n_steps]]}
             path = tensors_path(job, framework)

@@ -1,0 +1,105 @@
+"""Where the (library, seed) training jobs of a run execute: here, one after another, or on a Dask cluster.
+
+Both executors take the same jobs and return the same rows. A job is a folder written by
+trainers.harness.write_job; the Dask executor ships its files to the cluster as bytes (identical files,
+such as the data shared by every seed, travel once), so workers need the project and its environments
+but no shared file system.
+"""
+from __future__ import annotations
+
+import hashlib
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from trainers.supervisor import train_one
+
+LOG_LIMIT = 200_000  # characters of a remote worker's stderr brought back with its row
+
+
+@dataclass(frozen=True)
+class Job:
+    framework: str
+    seed: int
+    folder: Path
+    steps_total: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.framework} seed {self.seed}"
+
+    def log_name(self, seeds: int) -> str:
+        return f"{self.framework}.stderr.log" if seeds == 1 else f"{self.framework}.seed{self.seed}.stderr.log"
+
+
+def run_local(jobs: list, threads: int, timeout: float, log_dir: Path, seeds: int):
+    """Yield (job, row) for each job, trained one at a time on this machine with a progress bar each."""
+    for job in jobs:
+        row = train_one(job.framework, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name(seeds),
+                        label=job.label if seeds > 1 else "")
+        row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
+        yield job, row
+
+
+def train_remote(framework: str, files: dict, steps_total: int, threads: int, timeout: float) -> dict:
+    """Runs on a Dask worker: materialise the job folder, train, return the row with the worker's stderr."""
+    with tempfile.TemporaryDirectory(prefix="dask-train-") as tmp:
+        folder = Path(tmp)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        log = folder / "worker.stderr.log"
+        row = train_one(framework, folder, steps_total, threads, timeout, log, progress=False)
+        row["log"] = log.read_text(errors="replace")[-LOG_LIMIT:] if log.exists() else ""
+    row["executor"] = {"kind": "dask", "host": socket.gethostname(), "shared": True}
+    return row
+
+
+def start_local_cluster(workers: int):
+    """A Dask LocalCluster of `workers` single-threaded worker processes (each waits on one training
+    subprocess); no dashboard, no memory limit (the training subprocesses are not the worker's memory)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                        memory_limit=0, silence_logs=logging.ERROR)
+
+
+def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, seeds: int, address: str | None,
+             workers: int):
+    """Yield (job, row) as the cluster at `address` finishes them (a local cluster of `workers`
+    processes when address is None)."""
+    from distributed import Client, as_completed
+
+    cluster = start_local_cluster(workers) if address is None else None
+    try:
+        with Client(cluster or address) as client:
+            shipped, futures = {}, {}
+            for job in jobs:
+                files = {}
+                for path in sorted(job.folder.iterdir()):
+                    data = path.read_bytes()
+                    digest = hashlib.sha256(data).hexdigest()
+                    if digest not in shipped:
+                        shipped[digest] = client.scatter(data, broadcast=True, hash=False)
+                    files[path.name] = shipped[digest]
+                future = client.submit(train_remote, job.framework, files, job.steps_total, threads, timeout,
+                                       key=f"train-{job.framework}-seed{job.seed}", pure=False)
+                futures[future] = job
+            print(f"dask: {len(jobs)} jobs on {client.scheduler.address} "
+                  f"({len(client.scheduler_info()['workers'])} workers)", file=sys.stderr, flush=True)
+            with tqdm(total=len(jobs), desc="jobs", unit="job", dynamic_ncols=True) as bar:
+                for future in as_completed(futures):
+                    job = futures[future]
+                    row = future.result()
+                    (log_dir / job.log_name(seeds)).write_text(row.pop("log", ""))
+                    bar.update(1)
+                    bar.set_postfix_str(f"{job.label}: {row['status']}", refresh=True)
+                    yield job, row
+    finally:
+        if cluster is not None:
+            cluster.close()
