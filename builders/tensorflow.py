@@ -83,9 +83,11 @@ def _cnn_class():
                 self.plan.append((layer.name, kind, settings))
 
         @tf.function
-        def __call__(self, x, training=False):
+        def __call__(self, x, training=False, masks=None):
             """x: NHWC (or (N, F)); returns every layer's output, native layout.
-            training=True (a Python bool) applies dropout at the layer's rate; the default is inference."""
+            training=True (a Python bool) applies dropout at the layer's rate; the default is inference.
+            masks (training only): {dropout layer name: mask in the layer's native layout}; those layers then
+            multiply their input by the given mask instead of drawing one (dropout masks drawn by a harness)."""
             outputs = []
             for name, kind, s in self.plan:
                 if s.get("pad") is not None:
@@ -98,6 +100,8 @@ def _cnn_class():
                     x = tf.nn.avg_pool2d(x, s["kernel"], s["strides"], s["padding"])
                 elif kind == "relu":
                     x = tf.nn.relu(x)
+                elif kind == "dropout" and training and masks is not None and name in masks:
+                    x = x * masks[name]
                 elif kind == "dropout" and training and s["rate"] > 0:
                     x = tf.nn.dropout(x, rate=s["rate"])
                 elif kind == "dropout":

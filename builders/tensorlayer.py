@@ -39,7 +39,9 @@ def versions() -> dict:
     return {"tensorlayer": tl.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
-def build(spec):
+def build(spec, dropout=None):
+    """dropout: None (tl.layers.Dropout at each dropout layer's rate), or a callable (spec index, spec layer,
+    input node) -> output node that builds the dropout layers instead (a trainer applying given masks)."""
     tf, tl = _import()
     L = tl.layers
 
@@ -83,6 +85,8 @@ def build(spec):
             if len(in_shape) != 1:
                 raise Unsupported(f"{layer.name}: softmax over a spatial tensor's W axis")
             net = L.Lambda(tf.nn.softmax, name=name)(net)
+        elif layer.kind == "dropout" and dropout is not None:
+            net = dropout(i, layer, net)
         elif layer.kind == "dropout":
             net = L.Dropout(keep=1.0 - a["rate"], name=name)(net)
         elif layer.kind == "flatten":

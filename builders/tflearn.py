@@ -49,7 +49,10 @@ def _pad(tf, x, pads, value=0.0):
     return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=value)
 
 
-def build(spec):
+def build(spec, dropout=None):
+    """dropout: None (tflearn.dropout at each dropout layer's rate), or a callable (spec index, spec layer, input
+    tensor) -> output tensor that builds the dropout layers instead, in the network's graph (a trainer applying
+    given masks)."""
     tf, tflearn = _import()
     graph = tf.Graph()
     with graph.as_default():
@@ -83,6 +86,8 @@ def build(spec):
                 if len(in_shape) != 1:
                     raise Unsupported(f"{layer.name}: softmax over a spatial tensor's W axis")
                 net = tflearn.activation(net, "softmax", name=name)
+            elif layer.kind == "dropout" and dropout is not None:
+                net = dropout(i, layer, net)
             elif layer.kind == "dropout":
                 net = tflearn.dropout(net, 1.0 - a["rate"], name=name)
             elif layer.kind == "flatten":

@@ -7,7 +7,7 @@ import numpy as np
 
 from builders import keras_tensorflow as builder
 from builders import layouts
-from trainers import LOSS_CLIP
+from trainers import LOSS_CLIP, masks
 
 NAME = "keras-tensorflow"
 
@@ -116,6 +116,49 @@ def _step_dumper(keras, spec, model, report, steps: int):
     return StepTensors()
 
 
+def _harness_dropout(keras, spec, model, batch_size: int):
+    """For config["dropout_masks"] == "harness": the model with every Dropout layer swapped for a layer that
+    multiplies its input by the first n rows of a non-trainable variable holding the step's padded mask
+    (identity outside training, like Dropout), sharing all other layers (and so their weights) with `model`;
+    returns (that model, {layer name: that layer})."""
+    ops = keras.ops
+
+    class HarnessDropout(keras.layers.Layer):
+        def build(self, input_shape):
+            self.step_mask = self.add_weight(shape=(batch_size, *input_shape[1:]), initializer="zeros",
+                                             trainable=False, name="mask")
+
+        def call(self, inputs, training=None):
+            if not training:
+                return inputs
+            return inputs * self.step_mask[:ops.shape(inputs)[0]]
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    holders = {layer.name: HarnessDropout(name=layer.name) for _, layer in masks.dropout_layers(spec)}
+    layers = [holders.get(layer.name, layer) for layer in model.layers]
+    return keras.Sequential([keras.Input(shape=layouts.native_shape(spec.input_shape)), *layers]), holders
+
+
+def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: list):
+    """A callback assigning, before each optimizer step, that step's harness masks (in Keras's NHWC / (H, W, C)
+    flatten layout, padded to the full batch) to the HarnessDropout variables. sizes: every step's batch size,
+    over the whole run; one callback for all epochs' fit calls, so its step counts across them."""
+    sources = dict(zip((layer.name for layer in spec.layers), layouts.flatten_sources(spec)))
+
+    class StepMasks(keras.callbacks.Callback):
+        step = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            for name, mask in masks.step_masks(spec, seed, self.step, sizes[self.step]).items():
+                native = layouts.from_canonical(mask, sources[name])
+                holders[name].step_mask.assign(masks.padded(native, batch_size))
+            self.step += 1
+
+    return StepMasks()
+
+
 def train(spec, data, config, report):
     keras = builder._keras()
     import tensorflow as tf
@@ -124,7 +167,13 @@ def train(spec, data, config, report):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     keras.utils.set_random_seed(int(config["seed"]))  # dropout masks
 
+    bs = int(config["batch_size"])
     model = builder.build(spec)
+    setter = []
+    if masks.uses_harness_masks(config):
+        model, holders = _harness_dropout(keras, spec, model, bs)
+        sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
+        setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
     optimizer = _optimizer(keras, config["optimizer"], report)
     dump_steps = int(config.get("dump_steps", 0))
     # dump mode runs the train step eagerly, so that the gradients reaching the optimizer are concrete tensors
@@ -133,7 +182,6 @@ def train(spec, data, config, report):
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 
     classes = model.output_shape[-1]
-    bs = int(config["batch_size"])
     x_val = layouts.nchw_to_nhwc(data.x_val)
     y_val = keras.utils.to_categorical(data.y_val, classes).astype(np.float32)
     for epoch in range(int(config["epochs"])):
@@ -144,7 +192,8 @@ def train(spec, data, config, report):
         callback = _step_reporter(keras, report, epoch, sizes)
 
         started = time.perf_counter()
-        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback, *dumper])
+        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0,
+                            callbacks=[*setter, callback, *dumper])
         train_s = time.perf_counter() - started
 
         started = time.perf_counter()

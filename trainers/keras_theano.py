@@ -9,6 +9,7 @@ import numpy as np
 
 from builders import keras_theano as builder
 from builders import layouts
+from trainers import masks
 
 NAME = "keras-theano"
 
@@ -164,6 +165,54 @@ def _step_dumper(keras, spec, model, report, steps: int):
     return dumper
 
 
+def _harness_dropout(keras, spec, model, batch_size: int):
+    """For config["dropout_masks"] == "harness": the model with every Dropout layer swapped for a layer that
+    multiplies its input by the first n rows of a non-trainable shared variable holding the step's padded mask,
+    in the train phase only (K.in_train_phase, as Dropout), sharing all other layers (and so their weights)
+    with `model`; returns (that model, {layer name: that layer})."""
+    from keras import backend as K
+
+    class HarnessDropout(keras.layers.Layer):
+        def build(self, input_shape):
+            self.step_mask = self.add_weight(name="mask", shape=(batch_size, *input_shape[1:]),
+                                             initializer="zeros", trainable=False)
+            super().build(input_shape)
+
+        def call(self, inputs, training=None):
+            return K.in_train_phase(lambda: inputs * self.step_mask[:K.shape(inputs)[0]], inputs,
+                                    training=training)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    holders = {layer.name: HarnessDropout(name=layer.name) for _, layer in masks.dropout_layers(spec)}
+    layers = [holders.get(layer.name, layer) for layer in model.layers]
+    inputs = keras.layers.InputLayer(input_shape=tuple(spec.input_shape))
+    return keras.models.Sequential([inputs, *layers]), holders
+
+
+def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: list):
+    """A callback setting, before each optimizer step, that step's harness masks (padded to the full batch) into
+    the HarnessDropout variables: NCHW as they come (channels_first); flat ones after a Flatten in its (H, W, C)
+    order. sizes: every step's batch size, over the whole run; one callback for all epochs' fit calls, so its
+    step counts across them."""
+    from keras import backend as K
+
+    sources = dict(zip((layer.name for layer in spec.layers), layouts.flatten_sources(spec)))
+
+    class StepMasks(keras.callbacks.Callback):
+        step = 0
+
+        def on_batch_begin(self, batch, logs=None):
+            for name, mask in masks.step_masks(spec, seed, self.step, sizes[self.step]).items():
+                if mask.ndim == 2:
+                    mask = layouts.from_canonical(mask, sources[name])
+                K.set_value(holders[name].step_mask, masks.padded(mask, batch_size))
+            self.step += 1
+
+    return StepMasks()
+
+
 def train(spec, data, config, report):
     # Theano's thread knob is OMP_NUM_THREADS, read when Theano is imported (the builder imports it). Its
     # OpenMP stays off (Theano's default; openmp=True aborts here: CorrMM's OpenMP threads call the NumPy
@@ -176,7 +225,13 @@ def train(spec, data, config, report):
     from keras.utils import to_categorical
 
     canonical = config["optimizer"]["mode"] == "canonical"
+    bs = int(config["batch_size"])
     model = builder.build(spec, pool_gradient="single" if canonical else "theano")
+    setter = []
+    if masks.uses_harness_masks(config):
+        model, holders = _harness_dropout(keras, spec, model, bs)
+        sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
+        setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
     optimizer = _optimizer(keras, config["optimizer"], report)
     # Keras 2's categorical_crossentropy: renormalise, clip to [1e-7, 1 - 1e-7], -sum(y * log(p)); batch mean.
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
@@ -184,7 +239,6 @@ def train(spec, data, config, report):
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 
     classes = model.output_shape[-1]
-    bs = int(config["batch_size"])
     y_val = to_categorical(data.y_val, classes).astype(np.float32)
     for epoch in range(int(config["epochs"])):
         idx = data.order[epoch]
@@ -193,7 +247,8 @@ def train(spec, data, config, report):
         callback = _step_reporter(keras, report, epoch)
 
         started = time.perf_counter()
-        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[callback, *dumper])
+        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0,
+                            callbacks=[*setter, callback, *dumper])
         train_s = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -1,5 +1,7 @@
 """Raw TensorFlow 2: a tf.function train step with tf.GradientTape on the builder's tf.Module, RMSprop applied
-with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp), NHWC."""
+with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp), NHWC. With config["dropout_masks"] == "harness"
+the step takes the step's dropout masks as an argument (open batch size in its signature) and the model multiplies
+by them instead of calling tf.nn.dropout."""
 from __future__ import annotations
 
 import time
@@ -8,7 +10,7 @@ import numpy as np
 
 import builders.tensorflow as builder
 from builders import layouts
-from trainers import tf_shared
+from trainers import masks, tf_shared
 
 NAME = "tensorflow"
 
@@ -64,7 +66,7 @@ def train(spec, data, config, report) -> None:
     tf = builder._tf()
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.random.set_seed(config["seed"])  # dropout masks
+    tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
 
     model = builder.build(spec)
     variables = [*model.kernels.values(), *model.biases.values()]
@@ -72,19 +74,30 @@ def train(spec, data, config, report) -> None:
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
     signature = tf_shared.batch_signature(tf, x_train)
+    # harness dropout masks: the step functions take the step's masks as a third argument, a dict of tensors with an
+    # open batch size in the signature (traced once); without, dropout draws its own masks (tf.nn.dropout)
+    harness_masks = masks.uses_harness_masks(config)
+    step_signature = signature + [tf_shared.mask_signature(tf, spec)] if harness_masks else signature
 
-    @tf.function(input_signature=signature)
-    def train_step(x, y):
+    def step_masks(global_step, n) -> tuple:
+        return (tf_shared.step_masks(tf, spec, config["seed"], global_step, n),) if harness_masks else ()
+
+    def forward(x, dropout_masks):
+        """The training forward pass's probabilities, with the harness's masks when the step was given them."""
+        return model(x, training=True, masks=dropout_masks[0] if dropout_masks else None)[-1]
+
+    @tf.function(input_signature=step_signature)
+    def train_step(x, y, *dropout_masks):
         with tf.GradientTape() as tape:
-            loss, correct = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)
+            loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
         optimizer.apply(tape.gradient(loss, variables))
         return loss, correct
 
-    @tf.function(input_signature=signature)
-    def train_step_with_grads(x, y):
+    @tf.function(input_signature=step_signature)
+    def train_step_with_grads(x, y, *dropout_masks):
         """train_step that also returns the tape's gradients it applied (dump_steps runs only)."""
         with tf.GradientTape() as tape:
-            loss, correct = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)
+            loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
         grads = tape.gradient(loss, variables)
         optimizer.apply(grads)
         return loss, correct, grads
@@ -110,12 +123,13 @@ def train(spec, data, config, report) -> None:
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             x, y = tf.constant(x_train[idx]), tf.constant(data.y_train[idx])
+            dropout_masks = step_masks(global_step, len(idx))
             if global_step < dump_steps:
-                loss, n_correct, grads = train_step_with_grads(x, y)
+                loss, n_correct, grads = train_step_with_grads(x, y, *dropout_masks)
                 report.step_tensors(global_step, _canonical_tensors(spec, by_layer([g.numpy() for g in grads])),
                                     _canonical_tensors(spec, by_layer([v.numpy() for v in variables])))
             else:
-                loss, n_correct = train_step(x, y)
+                loss, n_correct = train_step(x, y, *dropout_masks)
             global_step += 1
             batch_loss, n = float(loss), len(idx)
             report.step(epoch, step, batch_loss, n)

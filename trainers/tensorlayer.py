@@ -3,7 +3,11 @@ over model.trainable_weights, model.train() for training and model.eval() for ev
 static tl.models.Model, NHWC. tensorlayer has no RMSprop of its own: its users take tf.optimizers.RMSprop.
 
 With config["dump_steps"] > 0 the train step also returns the tape's gradients (the very tensors passed to
-apply_gradients), and the first dump_steps steps report them and the weights after the update, canonical layout."""
+apply_gradients), and the first dump_steps steps report them and the weights after the update, canonical layout.
+
+With config["dropout_masks"] == "harness" the builder puts a small tensorlayer layer in place of each Dropout: in
+training mode it multiplies by a mask variable that the train step assigns from the step's masks (an argument with an
+open batch size in its signature), in evaluation mode it is the identity."""
 from __future__ import annotations
 
 import time
@@ -12,7 +16,7 @@ import numpy as np
 
 import builders.tensorlayer as builder
 from builders import layouts
-from trainers import tf_shared
+from trainers import masks, tf_shared
 
 NAME = "tensorlayer"
 
@@ -35,6 +39,37 @@ def _optimizer(tf, opt: dict, report):
     return optimizer
 
 
+def _harness_dropout(tf, tl):
+    """The builder's `dropout` for harness masks: at each dropout layer a tensorlayer layer that, in training mode,
+    multiplies its input by the mask held in a variable (open batch size) and, in evaluation mode, is the identity,
+    like tl.layers.Dropout. Returns (that callable, {spec layer name: its mask variable}); the train step assigns
+    the step's masks to those variables before the forward pass."""
+
+    class HarnessDropout(tl.layers.Layer):
+        def __init__(self, mask, name=None):
+            super().__init__(name)
+            self.mask = mask
+            self.build()
+            self._built = True
+
+        def build(self, inputs_shape=None):
+            pass
+
+        def forward(self, inputs):
+            return inputs * self.mask if self.is_train else inputs
+
+    holders = {}
+
+    def dropout(index, layer, net):
+        shape = layouts.native_shape(layer.output_shape)
+        # ones of batch 1 while the static model is built (tl.layers.Input forwards ones of batch 1 through it)
+        holders[layer.name] = tf.Variable(tf.ones((1, *shape)), shape=tf.TensorShape([None, *shape]),
+                                          trainable=False, name=layouts.safe_name(layer.name) + "_mask")
+        return HarnessDropout(holders[layer.name], name=layouts.safe_name(layer.name))(net)
+
+    return dropout, holders
+
+
 def _canonical_params(spec, model):
     """[(variable, "<layer>.weight"/"<layer>.bias", to_canonical)] for every trainable weight: the inverses of
     the builder's conv_kernel / dense_kernel (HWIO -> OIHW; dense rows from NHWC (H, W, C) order to (C, H, W))."""
@@ -54,9 +89,11 @@ def train(spec, data, config, report) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf, tl = builder._import()
-    tf.random.set_seed(config["seed"])  # dropout masks
+    tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
 
-    model = builder.build(spec)
+    harness_masks = masks.uses_harness_masks(config)
+    dropout, holders = _harness_dropout(tf, tl) if harness_masks else (None, {})
+    model = builder.build(spec, dropout=dropout)
     optimizer = _optimizer(tf, config["optimizer"], report)
     weights = model.trainable_weights
     dump_steps = config.get("dump_steps", 0)
@@ -68,11 +105,19 @@ def train(spec, data, config, report) -> None:
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
     signature = tf_shared.batch_signature(tf, x_train)
+    # harness dropout masks: train_step takes the step's masks as a third argument, a dict of tensors with an open
+    # batch size in the signature (traced once), and assigns them to the mask layers' variables
+    step_signature = signature + [tf_shared.mask_signature(tf, spec)] if harness_masks else signature
+
+    def step_masks(global_step, n) -> tuple:
+        return (tf_shared.step_masks(tf, spec, config["seed"], global_step, n),) if harness_masks else ()
 
     # The model's mode is a Python attribute read while tracing: each function is traced once (fixed signature)
     # in the mode it is meant for, train_step after model.train(), eval_step after model.eval().
-    @tf.function(input_signature=signature)
-    def train_step(x, y):
+    @tf.function(input_signature=step_signature)
+    def train_step(x, y, *dropout_masks):
+        for name, mask in (dropout_masks[0].items() if dropout_masks else ()):
+            holders[name].assign(mask)
         with tf.GradientTape() as tape:
             loss, correct = tf_shared.loss_and_correct(tf, model(x)[-1], y)  # the builder's model outputs every layer
         grads = tape.gradient(loss, weights)
@@ -92,7 +137,9 @@ def train(spec, data, config, report) -> None:
         model.train()
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
-            loss, n_correct, *applied = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+            dropout_masks = step_masks(global_step, len(idx))
+            loss, n_correct, *applied = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]),
+                                                   *dropout_masks)
             if global_step < dump_steps:
                 grads = applied[0]
                 report.step_tensors(global_step,

@@ -1,5 +1,6 @@
 """What the two TensorFlow 2 trainers (raw tensorflow and tensorlayer) share."""
-from trainers import LOSS_CLIP
+from builders import layouts
+from trainers import LOSS_CLIP, masks
 
 
 def batch_signature(tf, x_nhwc) -> list:
@@ -24,3 +25,18 @@ def evaluate(tf, eval_step, x_val, y_val, batch_size: int) -> tuple:
         total_loss += float(loss) * len(y)
         total_correct += int(n_correct)
     return total_loss / len(x_val), total_correct / len(x_val)
+
+
+def mask_signature(tf, spec) -> dict:
+    """tf.function input signature of one step's harness dropout masks: {dropout layer name: TensorSpec of the
+    layer's NHWC output with an open batch size}, so the smaller last batch does not retrace."""
+    return {layer.name: tf.TensorSpec((None, *layouts.native_shape(layer.output_shape)), tf.float32)
+            for _, layer in masks.dropout_layers(spec)}
+
+
+def step_masks(tf, spec, seed: int, global_step: int, n: int) -> dict:
+    """masks.step_masks for optimizer step `global_step` (batch of n), each converted to NHWC (flatten order
+    (H, W, C) after a flatten) as a tf.constant: {dropout layer name: (n, ...) float32}."""
+    canonical, sources = masks.step_masks(spec, seed, global_step, n), layouts.flatten_sources(spec)
+    return {layer.name: tf.constant(layouts.from_canonical(canonical[layer.name], sources[i]))
+            for i, layer in masks.dropout_layers(spec)}

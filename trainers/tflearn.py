@@ -17,6 +17,9 @@ tflearn facts this module works around (tflearn 0.5.0 sources, checked numerical
   wrapped before tflearn.DNN builds its train op, so that the op also copies each gradient it applies (tflearn's
   own tf.gradients of its loss, after its clipping if any) into a non-trainable variable, under a control
   dependency of the update; the callback reads those copies and the weights after the step.
+- config["dropout_masks"] == "harness": the builder's dropout layers are replaced by a multiplication with a variable
+  holding the step's mask padded to the full batch (the first n rows used), under tflearn's training-mode switch;
+  a tflearn Callback's on_batch_begin assigns each step's masks in the session before tflearn runs the step.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 
 import builders.tflearn as builder
 from builders import layouts
-from trainers import LOSS_CLIP
+from trainers import LOSS_CLIP, masks
 
 NAME = "tflearn"
 
@@ -114,6 +117,24 @@ def _canonical_params(spec, outputs):
     return found
 
 
+def _harness_dropout(tf, tflearn, batch_size: int):
+    """The builder's `dropout` for harness masks: at each dropout layer, in tflearn's training mode, the input times
+    the first n rows of a non-trainable variable holding the step's NHWC mask padded to the full batch (the identity
+    in inference mode: a tf.cond on tflearn's training-mode variable, as tflearn.dropout). Returns (that callable,
+    {spec layer name: (mask placeholder, assign op)}), the ops a callback runs before each step to load its masks."""
+    holders = {}
+
+    def dropout(index, layer, net):
+        shape = [batch_size, *layouts.native_shape(layer.output_shape)]
+        with tf.name_scope(layouts.safe_name(layer.name)):
+            mask = tf.Variable(tf.zeros(shape), trainable=False, name="mask")
+            value = tf.placeholder(tf.float32, shape, name="mask_value")
+            holders[layer.name] = (value, mask.assign(value))
+            return tf.cond(tflearn.get_training_mode(), lambda: net * mask[:tf.shape(net)[0]], lambda: net)
+
+    return dropout, holders
+
+
 def _loss_and_correct(tf, p, y_onehot):
     """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
     p_y = tf.reduce_sum(p * y_onehot, axis=1)  # exactly p[label]: one-hot rows hold a single 1
@@ -135,7 +156,11 @@ def train(spec, data, config, report) -> None:
     # loss was 6.44 instead of 2.5527725. Resource variables give the backward pass the forward pass's values.
     tf.enable_resource_variables()
 
-    built = builder.build(spec)  # the network in its own graph; weights loaded in the builder's DNN session
+    batch_size = config["batch_size"]
+    harness_masks = masks.uses_harness_masks(config)
+    dropout, holders = _harness_dropout(tf, tflearn, batch_size) if harness_masks else (None, {})
+    # the network in its own graph; weights loaded in the builder's DNN session
+    built = builder.build(spec, dropout=dropout)
     graph, net = built.session.graph, built.net
     with graph.as_default():
         weights = tf.trainable_variables()
@@ -146,7 +171,6 @@ def train(spec, data, config, report) -> None:
     if dump_steps > 0 and sorted(var.name for var, _, _ in params) != sorted(var.name for var in weights):
         raise RuntimeError("the graph's trainable variables are not the spec's conv/dense weights and biases")
 
-    batch_size = config["batch_size"]
     with graph.as_default():
         tf.set_random_seed(config["seed"])  # ops created from here on (the builder's dropout ops are not)
         stats = tf.Variable([0.0, 0.0], trainable=False, name="batch_loss_and_correct")
@@ -198,9 +222,29 @@ def train(spec, data, config, report) -> None:
             self.seen += n
             self.step += 1
 
+    class MaskLoader(tflearn.callbacks.Callback):
+        """Before each optimizer step, loads the harness's masks of that step into the dropout layers' variables."""
+
+        def __init__(self):
+            self.global_step = 0
+            self.sources = layouts.flatten_sources(spec)
+
+        def on_epoch_begin(self, training_state):
+            self.step = 0
+
+        def on_batch_begin(self, training_state):
+            step_masks = masks.step_masks(spec, config["seed"], self.global_step, sizes[self.step])
+            feed = {holders[layer.name][0]: masks.padded(layouts.from_canonical(step_masks[layer.name],
+                                                                                 self.sources[i]), batch_size)
+                    for i, layer in masks.dropout_layers(spec)}
+            session.run([assign for _, assign in holders.values()], feed_dict=feed)
+            self.global_step += 1
+            self.step += 1
+
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
     eye = np.eye(net.get_shape().as_list()[-1], dtype=np.float32)
     callback = StepReporter()
+    callbacks = [MaskLoader(), callback] if harness_masks else callback
     with logs, open(os.devnull, "w") as quiet:
         for epoch in range(config["epochs"]):
             order = data.order[epoch]
@@ -209,7 +253,7 @@ def train(spec, data, config, report) -> None:
             with contextlib.redirect_stdout(quiet):  # tflearn prints its run id and progress to stdout
                 started = time.perf_counter()
                 model.fit(x, y, n_epoch=1, batch_size=batch_size, shuffle=False, show_metric=False,
-                          snapshot_epoch=False, snapshot_step=None, callbacks=callback)
+                          snapshot_epoch=False, snapshot_step=None, callbacks=callbacks)
                 train_s = time.perf_counter() - started
             if callback.step != len(sizes):
                 raise RuntimeError(f"tflearn ran {callback.step} steps, the epoch has {len(sizes)} batches")
