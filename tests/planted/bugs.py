@@ -32,7 +32,7 @@ BUGS = {"flatten-order": _flatten_order, "kernel-flip": _kernel_flip, "padding":
 def _worker_is(framework: str) -> bool:
     import sys
 
-    return len(sys.argv) > 1 and sys.argv[1] == framework
+    return len(sys.argv) > 1 and framework in (sys.argv[1], "all")
 
 
 def _patch_load_job(framework: str, change):
@@ -117,3 +117,34 @@ def _theano_pool_gradient(framework):
 
 
 TRAINING_FAULTS["theano-pool-gradient"] = _theano_pool_gradient
+
+
+def _mask_shifted(framework):
+    # an off-by-one in the global step: the library applies the harness's masks of the next step
+    from trainers import masks
+
+    original = masks.step_masks
+
+    def step_masks(spec, seed, global_step, n):
+        return original(spec, seed, global_step + (1 if _worker_is(framework) else 0), n)
+    masks.step_masks = step_masks
+
+
+def _own_masks(framework):
+    # the library silently keeps drawing its own dropout masks in identical-dropout mode
+    from trainers import masks
+
+    original = masks.uses_harness_masks
+    masks.uses_harness_masks = lambda config: False if _worker_is(framework) else original(config)
+
+
+TRAINING_FAULTS["mask-shifted"] = _mask_shifted
+TRAINING_FAULTS["own-masks"] = _own_masks
+
+
+def _lr_zero(framework):
+    # learning rate 0: weights never move, so every step's loss depends only on its batch and dropout masks
+    _patch_load_job(framework, lambda data, config: config["optimizer"].update(lr=0.0))
+
+
+TRAINING_FAULTS["lr-zero"] = _lr_zero
