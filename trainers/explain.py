@@ -25,7 +25,7 @@ SWEEPS = {"native": ("native", "own"), "canonical": ("canonical", "own"), "ident
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainers.explain", description=__doc__.split(":", 1)[1].strip(),
+    p = argparse.ArgumentParser(prog="python -m trainers.explain", description=__doc__.split(":", 1)[1].strip().capitalize(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Exit status: 0 report written, 1 a sweep had failed jobs (the report "
                                        "says which), 2 bad input.")
@@ -220,10 +220,13 @@ def plot(result: dict, folder: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.seeds < 2:
-        print("error: --seeds must be at least 2 (spread and significance need two runs per library)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        p.error("--seeds must be at least 2 (spread and significance need two runs per library)")
+    for name in ("epochs", "max_batches", "workers", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     import results
     from trainers import run
 
