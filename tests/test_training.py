@@ -28,6 +28,7 @@ def test_every_library_trains_and_reports_its_figures(canonical_run, framework):
         assert math.isfinite(epoch[key]), key
     assert 0 <= epoch["val_acc"] <= 1 and epoch["train_s"] > 0
     assert row["record"]["versions"]
+    assert 100 < row["summary"]["peak_rss_mib"] < 16384  # MiB: a real process holding a framework and the data
     assert row["record"]["optimizer"]["eps_placement"] == "inside sqrt" and row["record"]["optimizer"]["ms_init"] == 0
     assert row["departures"] == []
 

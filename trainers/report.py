@@ -27,6 +27,7 @@ def summarize(row: dict, images_per_epoch: int) -> dict:
         "steady_epoch_s": steady,
         "images_per_s": images_per_epoch / steady if steady else None,
         "first_epoch_images_per_s": images_per_epoch / times[0] if times else None,
+        "peak_rss_mib": row["record"].get("peak_rss_mib"),
         **{k: last.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
     }
 
@@ -105,9 +106,9 @@ def heading(run: dict) -> list:
 def markdown(run: dict) -> str:
     mode = run["config"]["optimizer"]["mode"]
     lines = heading(run) + [
-             "| library | status | first epoch s | steady epoch s | images/s | train loss | train acc | val loss "
-             "| val acc | RMSprop |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| library | status | first epoch s | steady epoch s | images/s | peak RSS MiB | train loss | train acc "
+             "| val loss | val acc | RMSprop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in run["libraries"].items():
         s = row["summary"]
         if row["status"] != "ok":
@@ -118,7 +119,7 @@ def markdown(run: dict) -> str:
             opt = (row["record"]["optimizer"] or {}).get("how") or "library's own, already canonical"
         lines.append(f"| {name} | {row['status']} | {_fmt(s['first_epoch_s'], '.2f')} | {_fmt(s['steady_epoch_s'], '.2f')} "
                      f"| {_fmt(s['images_per_s'] or s['first_epoch_images_per_s'], '.0f')} "
-                     f"| {_fmt(s['train_loss'], '.4f')} | {_fmt(s['train_acc'], '.3f')} | {_fmt(s['val_loss'], '.4f')} "
+                     f"| {_fmt(s.get('peak_rss_mib'), '.0f')} | {_fmt(s['train_loss'], '.4f')} | {_fmt(s['train_acc'], '.3f')} | {_fmt(s['val_loss'], '.4f')} "
                      f"| {_fmt(s['val_acc'], '.3f')} | {opt} |")
     agreement = run.get("step_agreement")
     if agreement and agreement["libraries"]:
@@ -128,7 +129,8 @@ def markdown(run: dict) -> str:
                   + ("" if a["agrees"] else f" — departs at step {a['first_bad_step']}")
                   for f, a in agreement["libraries"].items()]
     lines += ["", "Images/s is steady-state (median of epochs after the first) when there is more than one epoch, "
-                  "else the first epoch's. The first epoch includes graph building, tracing and compilation."]
+                  "else the first epoch's. The first epoch includes graph building, tracing and compilation. "
+                  "Peak RSS is the training worker's own peak resident memory."]
     return "\n".join(lines) + "\n"
 
 

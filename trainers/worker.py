@@ -90,6 +90,13 @@ class Reporter:
             raise NonFiniteLoss(f"training loss became {row['train_loss']} in epoch {epoch + 1}")
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def load_job(job: Path):
     spec = ModelSpec.load(job)
     with np.load(job / "data.npz") as npz:
@@ -119,7 +126,7 @@ def main(argv=None) -> int:
         module.train(spec, data, config, reporter)
         builder = importlib.import_module(FRAMEWORKS[framework][0].replace("trainers.", "builders."))
         record = {**reporter.record, "versions": builder.versions(), "wall_s": time.perf_counter() - started,
-                  "python": sys.version.split()[0]}
+                  "python": sys.version.split()[0], "peak_rss_mib": peak_rss_mib()}
     except NonFiniteLoss as exc:
         print(f"non-finite loss: {exc}", file=sys.stderr)
         return EXIT_NAN
