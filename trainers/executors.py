@@ -24,23 +24,25 @@ LOG_LIMIT = 200_000  # characters of a remote worker's stderr brought back with 
 @dataclass(frozen=True)
 class Job:
     framework: str
-    seed: int
+    run: str  # which run of the library this is: its key in the results' "runs" (a seed, or "repeat2")
     folder: Path
     steps_total: int
+    tag: str = ""  # how labels and log names tell this run from the library's others; "" when it has one run
 
     @property
     def label(self) -> str:
-        return f"{self.framework} seed {self.seed}"
+        return f"{self.framework} {self.tag}" if self.tag else self.framework
 
-    def log_name(self, seeds: int) -> str:
-        return f"{self.framework}.stderr.log" if seeds == 1 else f"{self.framework}.seed{self.seed}.stderr.log"
+    @property
+    def log_name(self) -> str:
+        return f"{self.framework}.{self.tag.replace(' ', '')}.stderr.log" if self.tag else f"{self.framework}.stderr.log"
 
 
-def run_local(jobs: list, threads: int, timeout: float, log_dir: Path, seeds: int):
+def run_local(jobs: list, threads: int, timeout: float, log_dir: Path):
     """Yield (job, row) for each job, trained one at a time on this machine with a progress bar each."""
     for job in jobs:
-        row = train_one(job.framework, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name(seeds),
-                        label=job.label if seeds > 1 else "")
+        row = train_one(job.framework, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
+                        label=job.label)
         row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
         yield job, row
 
@@ -69,8 +71,7 @@ def start_local_cluster(workers: int):
                         memory_limit=0, silence_logs=logging.ERROR)
 
 
-def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, seeds: int, address: str | None,
-             workers: int):
+def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: str | None, workers: int):
     """Yield (job, row) as the cluster at `address` finishes them (a local cluster of `workers`
     processes when address is None)."""
     from distributed import Client, as_completed
@@ -88,7 +89,7 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, seeds: int
                         shipped[digest] = client.scatter(data, broadcast=True, hash=False)
                     files[path.name] = shipped[digest]
                 future = client.submit(train_remote, job.framework, files, job.steps_total, threads, timeout,
-                                       key=f"train-{job.framework}-seed{job.seed}", pure=False)
+                                       key=f"train-{job.framework}-{job.tag.replace(' ', '') or 'run'}", pure=False)
                 futures[future] = job
             print(f"dask: {len(jobs)} jobs on {client.scheduler.address} "
                   f"({len(client.scheduler_info()['workers'])} workers)", file=sys.stderr, flush=True)
@@ -96,7 +97,7 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, seeds: int
                 for future in as_completed(futures):
                     job = futures[future]
                     row = future.result()
-                    (log_dir / job.log_name(seeds)).write_text(row.pop("log", ""))
+                    (log_dir / job.log_name).write_text(row.pop("log", ""))
                     bar.update(1)
                     bar.set_postfix_str(f"{job.label}: {row['status']}", refresh=True)
                     yield job, row

@@ -48,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
                    help="train every library K times, with seeds --seed, --seed+1, ...: dropout masks and (if the "
                         "experiment shuffles) batch order vary; the report adds mean, spread and pairwise "
                         "significance (default 1)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="benchmark: train every library N times with the same seed, each in a fresh process; the "
+                        "report gives median and spread of epoch times and images/s, first epoch apart, GFLOP/s "
+                        "and %% of this machine's measured matrix-multiply peak, peak memory (default 1)")
     p.add_argument("--init", choices=("fixed", "seeded"), default="fixed",
                    help="initial weights: fixed = the experiment's model for every seed; seeded = Glorot-uniform "
                         "weights redrawn from each seed, the same in every library (default fixed)")
@@ -68,10 +72,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _positive(args, parser_):
-    for name in ("epochs", "batch_size", "max_batches", "threads", "seeds", "workers"):
+    for name in ("epochs", "batch_size", "max_batches", "threads", "seeds", "workers", "repeat"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser_.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.repeat > 1 and args.seeds > 1:
+        parser_.error("--repeat and --seeds do not combine: a benchmark repeats one seed")
+    if args.repeat > 1 and args.executor == "dask":
+        parser_.error("--repeat needs --executor local: timings from several jobs at once are not a benchmark")
     if args.scheduler and args.executor != "dask":
         parser_.error("--scheduler needs --executor dask")
     if args.threads is None:
@@ -138,6 +146,8 @@ def _varies(experiment: dict, config: dict, init: str) -> list:
 def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     """Verify, train every (library, seed) job, write the results folder; (exit status, folder)."""
     import results
+    from benchmarks import bench
+    from spec import flops
     from trainers import harness, report, sweep
     from trainers.executors import Job, run_dask, run_local
     from verify import equivalence
@@ -146,6 +156,10 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     batch_size = args.batch_size or experiment["batch_size"]
     base_seed = experiment["seed"] if args.seed is None else args.seed
     seeds = [base_seed + i for i in range(args.seeds)]
+    if args.repeat > 1:  # (runs key, seed, tag): the same seed again in fresh processes
+        plan = [(f"repeat{r}", base_seed, f"repeat {r}") for r in range(1, args.repeat + 1)]
+    else:
+        plan = [(str(seed), seed, f"seed {seed}" if len(seeds) > 1 else "") for seed in seeds]
     limit = args.max_batches * batch_size if args.max_batches else None
     dropout = "off" if args.no_dropout else args.dropout
     configs = {seed: harness.config_for(experiment, epochs, batch_size, args.optimizer, args.threads, seed,
@@ -157,7 +171,7 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     steps_total = epochs * -(-images // batch_size)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    sweep_suffix = f"-{len(seeds)}seeds" if len(seeds) > 1 else ""
+    sweep_suffix = f"-{len(seeds)}seeds" if len(seeds) > 1 else f"-repeat{args.repeat}" if args.repeat > 1 else ""
     folder = Path(args.out) / f"{stamp}-{args.experiment}-{args.optimizer}{DROPOUT_SUFFIX[dropout]}{sweep_suffix}"
     folder.mkdir(parents=True, exist_ok=False)
     print(f"results folder: {folder}", file=sys.stderr)
@@ -166,41 +180,47 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     verified = equivalence.run(model_path, names, args.data)
     results.write_json(folder / "verification.json", verified)
 
-    runs = {str(seed): {} for seed in seeds}
+    runs = {key: {} for key, _, _ in plan}
+    peaks = []
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         jobs = []
-        for seed in seeds:
+        for key, seed, tag in plan:
             job_dir = Path(tmp) / f"seed-{seed}"
-            seed_spec = spec if args.init == "fixed" else harness.reinitialised(spec, seed)
-            train_spec = seed_spec if configs[seed]["dropout"] else harness.without_dropout(seed_spec)
-            order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], seed, limit)
-            harness.write_job(job_dir, train_spec, arrays, order, configs[seed])
+            if not job_dir.exists():
+                seed_spec = spec if args.init == "fixed" else harness.reinitialised(spec, seed)
+                train_spec = seed_spec if configs[seed]["dropout"] else harness.without_dropout(seed_spec)
+                order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], seed, limit)
+                harness.write_job(job_dir, train_spec, arrays, order, configs[seed])
             for name in names:
                 check = verified["frameworks"][name]
                 if check["status"] == "pass":
-                    jobs.append(Job(name, seed, job_dir, steps_total))
+                    jobs.append(Job(name, key, job_dir, steps_total, tag))
                     continue
                 where = check.get("first_divergent_layer") or {}
                 reason = check["message"] or f"first divergent layer {where.get('name')}"
-                runs[str(seed)][name] = {"status": "not verified", "wall_s": 0.0,
-                                         "reason": f"forward equivalence {check['status']}: {reason}",
-                                         "record": {"optimizer": None, "steps": [], "epochs": []}}
-                if seed == base_seed:
-                    print(f"{name}: not trained ({runs[str(seed)][name]['reason']})", file=sys.stderr)
+                runs[key][name] = {"status": "not verified", "wall_s": 0.0,
+                                   "reason": f"forward equivalence {check['status']}: {reason}",
+                                   "record": {"optimizer": None, "steps": [], "epochs": []}}
+                if key == plan[0][0]:
+                    print(f"{name}: not trained ({runs[key][name]['reason']})", file=sys.stderr)
+        if args.repeat > 1:
+            peaks.append(bench.machine_peak(args.threads))
         if args.executor == "dask":
-            finished = run_dask(jobs, args.threads, args.timeout, folder, len(seeds), args.scheduler, args.workers)
+            finished = run_dask(jobs, args.threads, args.timeout, folder, args.scheduler, args.workers)
         else:
-            finished = run_local(jobs, args.threads, args.timeout, folder, len(seeds))
+            finished = run_local(jobs, args.threads, args.timeout, folder)
         for job, row in finished:
-            runs[str(job.seed)][job.framework] = row
+            runs[job.run][job.framework] = row
             if row["status"] != "ok":
                 print(f"{job.label}: {row['status']} — {row['reason']}", file=sys.stderr)
+        if args.repeat > 1:
+            peaks.append(bench.machine_peak(args.threads))
 
-    for seed, rows in runs.items():
+    for key, rows in runs.items():
         for row in rows.values():
             row["summary"] = report.summarize(row, images)
             row["departures"] = report.departures(row["record"]["optimizer"], experiment["optimizer"])
-        runs[seed] = {name: rows[name] for name in names if name in rows}  # the order the user named them
+        runs[key] = {name: rows[name] for name in names if name in rows}  # the order the user named them
     validation = experiment["validation"]
     run = {
         "experiment": args.experiment, "experiment_spec": experiment, "model": str(model_path), "config": config,
@@ -209,7 +229,11 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
         "shuffled": bool(experiment["shuffle"]), "environment": report.environment(args.threads),
         "executor": args.executor, "seeds": seeds, "runs": runs,
     }
-    if len(seeds) == 1:
+    if args.repeat > 1:
+        run["benchmark"] = bench.summarize(runs, names, images, flops.model_flops(spec), peaks)
+        text = "\n".join(report.heading(run) + bench.markdown(run)) + "\n"
+        bench.plot(run, folder)
+    elif len(seeds) == 1:
         run["libraries"] = runs[str(base_seed)]
         if config["optimizer"]["mode"] == "canonical" and (not config["dropout"] or config["dropout_masks"] == "harness"):
             run["step_agreement"] = report.step_agreement(run["libraries"], 3,

@@ -1,0 +1,102 @@
+"""Benchmark figures of a `trainers.run --repeat N` run: per library, medians and spread over N fresh
+processes, the first epoch apart, achieved GFLOP/s against this machine's measured matrix-multiply peak,
+and peak memory. Plain data in, plain data out; the Markdown and the chart are made from that data."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+import envs
+
+
+def machine_peak(threads: int) -> dict:
+    """benchmarks.peak in a fresh main-environment process with the training thread settings."""
+    from benchmarks.peak import measure_in_subprocess
+    from trainers.supervisor import thread_env
+
+    return measure_in_subprocess(str(envs.ensure("main")), thread_env(threads), threads, envs.ROOT)
+
+
+def _spread(values: list) -> dict:
+    if not values:
+        return {"n": 0, "median": None, "min": None, "max": None, "q1": None, "q3": None}
+    q1, q3 = (np.percentile(values, [25, 75]).tolist() if len(values) > 1 else (values[0], values[0]))
+    return {"n": len(values), "median": statistics.median(values), "min": min(values), "max": max(values),
+            "q1": q1, "q3": q3}
+
+
+def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks: list) -> dict:
+    peak = max((p["gflops"] for p in peaks), default=None)
+    libraries = {}
+    for name in names:
+        rows = [rows[name] for rows in runs.values() if name in rows and rows[name]["status"] == "ok"]
+        summaries = [r["summary"] for r in rows]
+        steady = [s["steady_epoch_s"] for s in summaries if s["steady_epoch_s"]]
+        speed = [images_per_epoch / t for t in steady]
+        entry = {"runs_ok": len(rows), "runs": len(runs),
+                 "steady_epoch_s": _spread(steady), "images_per_s": _spread(speed),
+                 "first_epoch_s": _spread([s["first_epoch_s"] for s in summaries if s["first_epoch_s"]]),
+                 "peak_rss_mib": _spread([s["peak_rss_mib"] for s in summaries if s.get("peak_rss_mib")])}
+        median_speed = entry["images_per_s"]["median"]
+        entry["gflops"] = median_speed * flops["training"] / 1e9 if median_speed else None
+        entry["percent_of_peak"] = 100 * entry["gflops"] / peak if entry["gflops"] and peak else None
+        libraries[name] = entry
+    return {"flops_per_image": {"forward": flops["forward"], "training": flops["training"]},
+            "peak": {"gflops": peak, "measurements": peaks}, "libraries": libraries}
+
+
+def _f(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(run: dict) -> list:
+    b = run["benchmark"]
+    peak = b["peak"]
+    lines = [f"Benchmark: every library trained {len(run['runs'])} times, each in a fresh process, one after "
+             f"another. Steady state = the median epoch after the first; spread = min–max over the runs.", "",
+             "| library | runs ok | steady epoch s median (min–max) | images/s median (min–max) | first epoch s median "
+             "| GFLOP/s | % of peak | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    for name, e in b["libraries"].items():
+        s, v = e["steady_epoch_s"], e["images_per_s"]
+        lines.append(f"| {name} | {e['runs_ok']}/{e['runs']} | {_f(s['median'], '.2f')} ({_f(s['min'], '.2f')}–"
+                     f"{_f(s['max'], '.2f')}) | {_f(v['median'], '.0f')} ({_f(v['min'], '.0f')}–{_f(v['max'], '.0f')}) "
+                     f"| {_f(e['first_epoch_s']['median'], '.2f')} | {_f(e['gflops'], '.1f')} "
+                     f"| {_f(e['percent_of_peak'], '.1f')} | {_f(e['peak_rss_mib']['max'], '.0f')} |")
+    measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
+    lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
+                  f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: float32 "
+                  f"{peak['measurements'][0]['size'] if peak['measurements'] else '-'}² matrix product at "
+                  f"{run['config']['threads']} thread(s), measured before and after the runs: {measured} GFLOP/s; "
+                  f"% of peak uses the higher. Peak RSS: the largest over the runs."]
+    return lines
+
+
+def plot(run: dict, folder: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainers import report
+
+    libs = run["benchmark"]["libraries"]
+    names = [n for n, e in libs.items() if e["images_per_s"]["median"]]
+    med = np.array([libs[n]["images_per_s"]["median"] for n in names])
+    low = med - np.array([libs[n]["images_per_s"]["min"] for n in names])
+    high = np.array([libs[n]["images_per_s"]["max"] for n in names]) - med
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    bars = ax.bar(names, med, yerr=[low, high], capsize=4)
+    for bar, n in zip(bars, names):
+        pct = libs[n]["percent_of_peak"]
+        if pct is not None:
+            ax.annotate(f"{pct:.0f}% of peak", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        xytext=(0, 12), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_ylabel("training images / s (median; bars: min–max)")
+    ax.set_title(f"{len(run['runs'])} fresh-process runs per library, {run['config']['threads']} thread(s)")
+    ax.tick_params(axis="x", rotation=15)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = report._save(fig, folder / "benchmark.png")
+    plt.close("all")
+    return path

@@ -1,0 +1,47 @@
+"""The benchmark machinery on a tiny setting: it runs and reports every figure. No speed is asserted here
+(timings on a shared 2-core machine are noise; speed goals belong in benchmark runs, not unit tests)."""
+import json
+
+import pytest
+
+from tests.conftest import run_cli, run_training
+
+
+def test_peak_measurement_reports_a_rate():
+    proc = run_cli("benchmarks.peak", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    peak = json.loads(proc.stdout)
+    assert peak["gflops"] > 0 and set(peak["rates"]) == {"numpy", "torch"} and peak["threads"] == 1
+
+
+@pytest.fixture(scope="session")
+def repeated(tmp_path_factory):
+    return run_training(tmp_path_factory.mktemp("bench"), "pytorch", "keras-theano", "--repeat", "2", "--epochs", "2",
+                        "--max-batches", "2", "--threads", "1")
+
+
+def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(repeated):
+    proc, folder, run = repeated
+    assert proc.returncode == 0, proc.stderr
+    assert set(run["runs"]) == {"repeat1", "repeat2"}
+    for name in ("pytorch", "keras-theano"):
+        e = run["benchmark"]["libraries"][name]
+        assert e["runs_ok"] == 2
+        for key in ("steady_epoch_s", "images_per_s", "first_epoch_s"):
+            assert e[key]["n"] == 2 and e[key]["min"] <= e[key]["median"] <= e[key]["max"], key
+        assert e["gflops"] > 0 and e["percent_of_peak"] > 0 and e["peak_rss_mib"]["max"] > 100
+        # fresh processes of the same job: the same arithmetic, so the same losses
+        losses = [[s["loss"] for s in rows[name]["record"]["steps"]] for rows in run["runs"].values()]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert len(run["benchmark"]["peak"]["measurements"]) == 2
+    names = {p.name for p in folder.iterdir()}
+    assert {"results.json", "results.md", "benchmark.png", "pytorch.repeat1.stderr.log"} <= names
+    table = (folder / "results.md").read_text()
+    assert "% of peak" in table and "| pytorch | 2/2 |" in table
+
+
+def test_repeat_refuses_settings_that_would_not_be_a_benchmark():
+    proc = run_cli("trainers.run", "pytorch", "--repeat", "2", "--seeds", "2")
+    assert proc.returncode == 2 and "do not combine" in proc.stderr
+    proc = run_cli("trainers.run", "pytorch", "--repeat", "2", "--executor", "dask")
+    assert proc.returncode == 2 and "needs --executor local" in proc.stderr
