@@ -45,3 +45,32 @@ def test_repeat_refuses_settings_that_would_not_be_a_benchmark():
     assert proc.returncode == 2 and "do not combine" in proc.stderr
     proc = run_cli("trainers.run", "pytorch", "--repeat", "2", "--executor", "dask")
     assert proc.returncode == 2 and "needs --executor local" in proc.stderr
+
+
+def _slowed(doc: dict, name: str, factor: float) -> dict:
+    slowed = json.loads(json.dumps(doc))
+    spread = slowed["benchmark"]["libraries"][name]["images_per_s"]
+    for key in ("median", "min", "max", "q1", "q3"):
+        spread[key] *= factor
+    return slowed
+
+
+def test_compare_flags_a_planted_regression_and_nothing_else(repeated, tmp_path):
+    proc, folder, run = repeated
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "results.json").write_text(json.dumps(_slowed(run, "pytorch", 0.5)))
+    same = run_cli("benchmarks.compare", folder, folder)
+    assert same.returncode == 0 and "REGRESSION" not in same.stdout, same.stdout + same.stderr
+    slower = run_cli("benchmarks.compare", folder, candidate, "--json", tmp_path / "cmp.json")
+    assert slower.returncode == 1, slower.stdout + slower.stderr
+    verdicts = {n: r["verdict"] for n, r in json.loads((tmp_path / "cmp.json").read_text())["libraries"].items()}
+    assert verdicts == {"pytorch": "regression", "keras-theano": "same"}
+    assert "| pytorch |" in slower.stdout and "REGRESSION" in slower.stdout
+
+
+def test_compare_refuses_a_folder_that_is_not_a_benchmark(tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    (tmp_path / "results.json").write_text(json.dumps({"libraries": {}}))
+    assert_one_line_error(run_cli("benchmarks.compare", tmp_path, tmp_path), "not a benchmark")
