@@ -27,7 +27,13 @@ def _spread(values: list) -> dict:
             "q1": q1, "q3": q3}
 
 
-def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks: list) -> dict:
+def _steady(epoch_s: list):
+    return statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None
+
+
+def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks: list, plain: dict) -> dict:
+    """plain: {run key: {library: benchmarks.overhead.run_plain result}}; the harness/plain ratio compares
+    median steady epoch times (the same boundaries: one epoch's training steps)."""
     peak = max((p["gflops"] for p in peaks), default=None)
     libraries = {}
     for name in names:
@@ -42,6 +48,11 @@ def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks
         median_speed = entry["images_per_s"]["median"]
         entry["gflops"] = median_speed * flops["training"] / 1e9 if median_speed else None
         entry["percent_of_peak"] = 100 * entry["gflops"] / peak if entry["gflops"] and peak else None
+        plain_steady = [_steady(p[name]["epoch_s"]) for p in plain.values()
+                        if name in p and p[name]["status"] == "ok"]
+        entry["plain_steady_epoch_s"] = _spread([t for t in plain_steady if t])
+        harness_median, plain_median = entry["steady_epoch_s"]["median"], entry["plain_steady_epoch_s"]["median"]
+        entry["overhead_ratio"] = harness_median / plain_median if harness_median and plain_median else None
         libraries[name] = entry
     return {"flops_per_image": {"forward": flops["forward"], "training": flops["training"]},
             "peak": {"gflops": peak, "measurements": peaks}, "libraries": libraries}
@@ -57,19 +68,23 @@ def markdown(run: dict) -> list:
     lines = [f"Benchmark: every library trained {len(run['runs'])} times, each in a fresh process, one after "
              f"another. Steady state = the median epoch after the first; spread = min–max over the runs.", "",
              "| library | runs ok | steady epoch s median (min–max) | images/s median (min–max) | first epoch s median "
-             "| GFLOP/s | % of peak | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+             "| GFLOP/s | % of peak | peak RSS MiB | plain loop steady s | harness / plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in b["libraries"].items():
         s, v = e["steady_epoch_s"], e["images_per_s"]
         lines.append(f"| {name} | {e['runs_ok']}/{e['runs']} | {_f(s['median'], '.2f')} ({_f(s['min'], '.2f')}–"
                      f"{_f(s['max'], '.2f')}) | {_f(v['median'], '.0f')} ({_f(v['min'], '.0f')}–{_f(v['max'], '.0f')}) "
                      f"| {_f(e['first_epoch_s']['median'], '.2f')} | {_f(e['gflops'], '.1f')} "
-                     f"| {_f(e['percent_of_peak'], '.1f')} | {_f(e['peak_rss_mib']['max'], '.0f')} |")
+                     f"| {_f(e['percent_of_peak'], '.1f')} | {_f(e['peak_rss_mib']['max'], '.0f')} "
+                     f"| {_f(e['plain_steady_epoch_s']['median'], '.2f')} | {_f(e['overhead_ratio'], '.3f')} |")
     measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
     lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
                   f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: float32 "
                   f"{peak['measurements'][0]['size'] if peak['measurements'] else '-'}² matrix product at "
                   f"{run['config']['threads']} thread(s), measured before and after the runs: {measured} GFLOP/s; "
-                  f"% of peak uses the higher. Peak RSS: the largest over the runs."]
+                  f"% of peak uses the higher. Peak RSS: the largest over the runs. Harness / plain: median steady "
+                  f"epoch of the harness over that of the library's plain tutorial-style loop (benchmarks/plain), "
+                  f"run alternately with it on the same job; 1.000 = no overhead."]
     return lines
 
 

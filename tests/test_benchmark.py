@@ -17,7 +17,7 @@ def test_peak_measurement_reports_a_rate():
 @pytest.fixture(scope="session")
 def repeated(tmp_path_factory):
     return run_training(tmp_path_factory.mktemp("bench"), "pytorch", "keras-theano", "--repeat", "2", "--epochs", "2",
-                        "--max-batches", "2", "--threads", "1")
+                        "--max-batches", "2", "--threads", "1", "--no-dropout")
 
 
 def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(repeated):
@@ -30,14 +30,30 @@ def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(re
         for key in ("steady_epoch_s", "images_per_s", "first_epoch_s"):
             assert e[key]["n"] == 2 and e[key]["min"] <= e[key]["median"] <= e[key]["max"], key
         assert e["gflops"] > 0 and e["percent_of_peak"] > 0 and e["peak_rss_mib"]["max"] > 100
+        assert e["plain_steady_epoch_s"]["n"] == 2 and e["overhead_ratio"] > 0
         # fresh processes of the same job: the same arithmetic, so the same losses
         losses = [[s["loss"] for s in rows[name]["record"]["steps"]] for rows in run["runs"].values()]
         assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert len(run["benchmark"]["peak"]["measurements"]) == 2
     names = {p.name for p in folder.iterdir()}
-    assert {"results.json", "results.md", "benchmark.png", "pytorch.repeat1.stderr.log"} <= names
+    assert {"results.json", "results.md", "benchmark.png", "pytorch.repeat1.stderr.log",
+            "keras-theano.repeat2.plain.stderr.log"} <= names
     table = (folder / "results.md").read_text()
     assert "% of peak" in table and "| pytorch | 2/2 |" in table
+
+
+def test_the_plain_loops_train_the_same_arithmetic_as_the_harness(repeated):
+    # what makes the harness/plain ratio a like-for-like comparison: same model, data order, optimizer, loss
+    proc, folder, run = repeated
+    for key, rows in run["plain"].items():
+        pytorch, theano = rows["pytorch"], rows["keras-theano"]
+        assert pytorch["status"] == "ok" and theano["status"] == "ok"
+        assert len(pytorch["epoch_s"]) == 2
+        harness = run["runs"][key]
+        assert pytorch["final_loss_of"] == "last batch"
+        assert pytorch["final_loss"] == pytest.approx(harness["pytorch"]["record"]["steps"][-1]["loss"], rel=1e-6)
+        assert theano["final_loss"] == pytest.approx(harness["keras-theano"]["record"]["epochs"][-1]["train_loss"],
+                                                     rel=1e-5)
 
 
 def test_repeat_refuses_settings_that_would_not_be_a_benchmark():

@@ -28,6 +28,7 @@ class Job:
     folder: Path
     steps_total: int
     tag: str = ""  # how labels and log names tell this run from the library's others; "" when it has one run
+    plain: bool = False  # the library's plain tutorial loop (benchmarks.plain) instead of the harness
 
     @property
     def label(self) -> str:
@@ -35,12 +36,19 @@ class Job:
 
     @property
     def log_name(self) -> str:
-        return f"{self.framework}.{self.tag.replace(' ', '')}.stderr.log" if self.tag else f"{self.framework}.stderr.log"
+        name = f"{self.framework}.{self.tag.replace(' ', '')}" if self.tag else self.framework
+        return f"{name}.plain.stderr.log" if self.plain else f"{name}.stderr.log"
 
 
 def run_local(jobs: list, threads: int, timeout: float, log_dir: Path):
     """Yield (job, row) for each job, trained one at a time on this machine with a progress bar each."""
     for job in jobs:
+        if job.plain:
+            from benchmarks.overhead import run_plain
+
+            print(f"{job.label}: plain loop", file=sys.stderr, flush=True)
+            yield job, run_plain(job.framework, job.folder, threads, timeout, log_dir / job.log_name)
+            continue
         row = train_one(job.framework, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
                         label=job.label)
         row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}

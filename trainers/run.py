@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
                    help="benchmark: train every library N times with the same seed, each in a fresh process; the "
                         "report gives median and spread of epoch times and images/s, first epoch apart, GFLOP/s "
                         "and %% of this machine's measured matrix-multiply peak, peak memory (default 1)")
+    p.add_argument("--no-plain", action="store_true",
+                   help="with --repeat: skip the plain tutorial-style loops (benchmarks/plain) that measure the "
+                        "harness's overhead")
     p.add_argument("--init", choices=("fixed", "seeded"), default="fixed",
                    help="initial weights: fixed = the experiment's model for every seed; seeded = Glorot-uniform "
                         "weights redrawn from each seed, the same in every library (default fixed)")
@@ -181,6 +184,7 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     results.write_json(folder / "verification.json", verified)
 
     runs = {key: {} for key, _, _ in plan}
+    plain = {key: {} for key, _, _ in plan}
     peaks = []
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         jobs = []
@@ -195,6 +199,8 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
                 check = verified["frameworks"][name]
                 if check["status"] == "pass":
                     jobs.append(Job(name, key, job_dir, steps_total, tag))
+                    if args.repeat > 1 and not args.no_plain:  # alternate harness and plain runs
+                        jobs.append(Job(name, key, job_dir, steps_total, tag, plain=True))
                     continue
                 where = check.get("first_divergent_layer") or {}
                 reason = check["message"] or f"first divergent layer {where.get('name')}"
@@ -210,7 +216,7 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
         else:
             finished = run_local(jobs, args.threads, args.timeout, folder)
         for job, row in finished:
-            runs[job.run][job.framework] = row
+            (plain if job.plain else runs)[job.run][job.framework] = row
             if row["status"] != "ok":
                 print(f"{job.label}: {row['status']} — {row['reason']}", file=sys.stderr)
         if args.repeat > 1:
@@ -230,7 +236,8 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
         "executor": args.executor, "seeds": seeds, "runs": runs,
     }
     if args.repeat > 1:
-        run["benchmark"] = bench.summarize(runs, names, images, flops.model_flops(spec), peaks)
+        run["plain"] = plain
+        run["benchmark"] = bench.summarize(runs, names, images, flops.model_flops(spec), peaks, plain)
         text = "\n".join(report.heading(run) + bench.markdown(run)) + "\n"
         bench.plot(run, folder)
     elif len(seeds) == 1:
@@ -251,7 +258,7 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     results.write_atomic(folder / "results.md", text)
     print(text)
     print(f"results: {folder}")
-    failed = [job for rows in runs.values() for job in rows.values() if job["status"] != "ok"]
+    failed = [row for rows in [*runs.values(), *plain.values()] for row in rows.values() if row["status"] != "ok"]
     return (EXIT_FAILED_LIBRARY if failed else EXIT_OK), folder
 
 

@@ -1,0 +1,32 @@
+"""The plain-loop side of the harness-overhead ratio: `python -m benchmarks.plain` run in the library's own
+environment with the training thread settings, its epoch times read back."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import envs
+from trainers import FRAMEWORKS
+from trainers.supervisor import thread_env
+
+
+def run_plain(framework: str, job: Path, threads: int, timeout: float, stderr_path: Path) -> dict:
+    """{"status": "ok", "epoch_s": [...], "final_loss": ...} or {"status": "failed"/"timeout", "reason": ...}."""
+    started = time.perf_counter()
+    try:
+        python = envs.ensure(FRAMEWORKS[framework][1])
+        with open(stderr_path, "w") as stderr:
+            proc = subprocess.run([str(python), "-m", "benchmarks.plain", framework, str(job)], cwd=envs.ROOT,
+                                  env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                  timeout=timeout)
+    except envs.EnvError as exc:
+        return {"status": "failed", "reason": str(exc)}
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "reason": f"plain loop took over {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = [l for l in stderr_path.read_text(errors="replace").splitlines() if l.strip()]
+        return {"status": "failed", "reason": f"exit {proc.returncode}: {last[-1] if last else 'no message'}"}
+    return {"status": "ok", "wall_s": time.perf_counter() - started, **json.loads(lines[-1])}

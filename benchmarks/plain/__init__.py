@@ -1,0 +1,37 @@
+"""Plain, tutorial-style training loops: the yardstick for the harness's overhead.
+
+`python -m benchmarks.plain LIBRARY JOB_DIR`, in that library's environment (keras-theano: the theano one),
+cwd = the repository root, thread variables (OMP_NUM_THREADS, ...) set by the caller as the harness sets them.
+It reads the job folder the harness wrote (trainers.worker.load_job), builds the model with the library's builder,
+sets threads with the knobs the harness trainer uses, and trains config["epochs"] epochs over the harness's batch
+order with the harness trainer's own optimizer and loss helpers (identical arithmetic) in the library's tutorial
+idiom and nothing else: no per-step events, conversions, callbacks, tensor dumps or harness dropout masks.
+It prints one JSON line to stdout:
+    {"library": ..., "epoch_s": [...], "final_loss": ..., "final_loss_of": "last batch" | "last epoch (mean)"}
+epoch_s: each epoch's training alone (the same boundaries as the harness trainer's train_s). final_loss: the last
+batch's loss where the idiom hands it out for free; the fit-based Keras loops get only fit's History, whose
+loss is the epoch's batch-size-weighted mean (compare it with the harness's record["epochs"][-1]["train_loss"]).
+
+Each module benchmarks.plain.<module> defines train(spec, data, config) -> EpochTimes (a list of epoch seconds
+carrying .final_loss and .final_loss_of).
+"""
+from builders import FRAMEWORKS as _BUILDERS
+
+# library name -> plain module
+LIBRARIES = {name: f"benchmarks.plain.{module.split('.')[-1]}" for name, (module, _env) in _BUILDERS.items()}
+
+
+class EpochTimes(list):
+    """Seconds of each epoch's training; final_loss: the loss the run ended on, as a float, and
+    final_loss_of: "last batch" or "last epoch (mean)"."""
+
+    def __init__(self, seconds=(), final_loss=float("nan"), final_loss_of="last batch"):
+        super().__init__(float(s) for s in seconds)
+        self.final_loss, self.final_loss_of = float(final_loss), final_loss_of
+
+
+class NullReport:
+    """Stands in for trainers.worker.Reporter where a harness helper (an _optimizer) wants one: reports nothing."""
+
+    def optimizer(self, *args, **kwargs) -> None:
+        pass

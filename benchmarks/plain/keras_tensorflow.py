@@ -1,0 +1,39 @@
+"""Keras 3 on TensorFlow, the tutorial idiom: compile, then model.fit(x, y, batch_size, epochs=1, shuffle=False,
+verbose=0) once per epoch on that epoch's arrays in the harness's order; no callbacks."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from benchmarks.plain import EpochTimes, NullReport
+from builders import keras_tensorflow as builder
+from builders import layouts
+from trainers.keras_tensorflow import _canonical_loss, _optimizer
+
+
+def train(spec, data, config) -> EpochTimes:
+    keras = builder._keras()
+    import tensorflow as tf
+
+    # the harness trainer's thread knobs and seed (dropout masks)
+    tf.config.threading.set_intra_op_parallelism_threads(int(config["threads"]))
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras.utils.set_random_seed(int(config["seed"]))
+
+    bs = int(config["batch_size"])
+    model = builder.build(spec)
+    # metrics=["accuracy"] as in Keras's tutorials (and the harness's compile)
+    model.compile(optimizer=_optimizer(keras, config["optimizer"], NullReport()), loss=_canonical_loss(keras),
+                  metrics=["accuracy"])
+    classes = model.output_shape[-1]
+
+    seconds = []
+    for epoch in range(int(config["epochs"])):
+        idx = data.order[epoch]
+        x = layouts.nchw_to_nhwc(data.x_train[idx])
+        y = keras.utils.to_categorical(data.y_train[idx], classes).astype(np.float32)
+        started = time.perf_counter()
+        history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0)
+        seconds.append(time.perf_counter() - started)
+    return EpochTimes(seconds, history.history["loss"][-1], "last epoch (mean)")

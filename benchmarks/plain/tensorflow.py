@@ -1,0 +1,40 @@
+"""Raw TensorFlow 2, the tutorial idiom: a @tf.function step with tf.GradientTape over the batches, on the
+builder's tf.Module, RMSprop by the harness trainer's fused kernel (ResourceApplyRMSProp), NHWC."""
+from __future__ import annotations
+
+import time
+
+import builders.tensorflow as builder
+from benchmarks.plain import EpochTimes, NullReport
+from builders import layouts
+from trainers import tf_shared
+from trainers.tensorflow import _optimizer
+
+
+def train(spec, data, config) -> EpochTimes:
+    tf = builder._tf()
+    # the harness trainer's thread knobs and seed (dropout masks)
+    tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.random.set_seed(config["seed"])
+
+    model = builder.build(spec)
+    variables = [*model.kernels.values(), *model.biases.values()]
+    optimizer = _optimizer(tf, variables, config["optimizer"], NullReport())
+    x_train = layouts.nchw_to_nhwc(data.x_train)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss, _ = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)
+        optimizer.apply(tape.gradient(loss, variables))
+        return loss
+
+    batch_size = config["batch_size"]
+    seconds = []
+    for epoch in range(config["epochs"]):
+        started = time.perf_counter()
+        for idx in data.batches(epoch, batch_size):
+            loss = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+        seconds.append(time.perf_counter() - started)
+    return EpochTimes(seconds, float(loss), "last batch")

@@ -1,0 +1,43 @@
+"""tensorlayer 2, the tutorial idiom: model.train(), then a @tf.function step with tf.GradientTape over
+model.trainable_weights and tf.optimizers.RMSprop (tensorlayer has none of its own), NHWC."""
+from __future__ import annotations
+
+import time
+
+import builders.tensorlayer as builder
+from benchmarks.plain import EpochTimes, NullReport
+from builders import layouts
+from trainers import tf_shared
+from trainers.tensorlayer import _optimizer
+
+
+def train(spec, data, config) -> EpochTimes:
+    import tensorflow as tf
+    # the harness trainer's thread knobs, before tensorlayer is imported (its import runs TensorFlow ops)
+    tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf, tl = builder._import()
+    tf.random.set_seed(config["seed"])  # dropout masks
+
+    model = builder.build(spec)
+    optimizer = _optimizer(tf, config["optimizer"], NullReport())
+    weights = model.trainable_weights
+    x_train = layouts.nchw_to_nhwc(data.x_train)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss, _ = tf_shared.loss_and_correct(tf, model(x)[-1], y)  # the builder's model outputs every layer
+        grads = tape.gradient(loss, weights)
+        optimizer.apply_gradients(zip(grads, weights))
+        return loss
+
+    batch_size = config["batch_size"]
+    seconds = []
+    for epoch in range(config["epochs"]):
+        model.train()
+        started = time.perf_counter()
+        for idx in data.batches(epoch, batch_size):
+            loss = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
+        seconds.append(time.perf_counter() - started)
+    return EpochTimes(seconds, float(loss), "last batch")

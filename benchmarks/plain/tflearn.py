@@ -1,0 +1,83 @@
+"""tflearn 0.5.0, the tutorial idiom: tflearn.regression on the builder's network, tflearn.DNN, then
+DNN.fit(x, y, n_epoch=1, shuffle=False, show_metric=False) once per epoch on that epoch's arrays in the harness's
+order, NHWC; no callbacks.
+
+The traps of trainers/tflearn.py are kept, since they change the arithmetic or make a step racy: resource
+variables turned back on after tflearn's import, the canonical RMSProp (mean square from 0) via that trainer's
+_optimizer, its canonical loss, and gradient clipping off in canonical mode. The network is built as that trainer
+builds it: the builder's graph and weights, the builder's own session closed, then regression and a new DNN in that
+graph with the weights set.
+
+final_loss: tflearn computes every step's raw loss for its TensorBoard summary anyway ("Loss/<scope>raw", written
+to tensorboard_dir at each step); after training the last one is read back from that event file, so the loop
+itself gains nothing."""
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import builders.tflearn as builder
+from benchmarks.plain import EpochTimes, NullReport
+from builders import layouts
+from trainers.tflearn import NATIVE_CLIP_NORM, _loss_and_correct, _optimizer
+
+
+def _last_raw_loss(tf, logdir: str) -> float:
+    """The raw-loss summary of the highest step in tflearn's event files under logdir."""
+    step, value = -1, float("nan")
+    for path in glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag.endswith("Loss/raw") and event.step >= step:  # "<optimizer scope>/Loss/raw"
+                    step, value = event.step, v.simple_value
+    return value
+
+
+def train(spec, data, config) -> EpochTimes:
+    import tensorflow as tf2
+    # the harness trainer's thread knobs, before tflearn's import and the first session
+    tf2.config.threading.set_intra_op_parallelism_threads(config["threads"])
+    tf2.config.threading.set_inter_op_parallelism_threads(1)
+    tf, tflearn = builder._import()
+    tf.enable_resource_variables()  # tflearn's import turned them off; reference variables make a step racy
+
+    batch_size = config["batch_size"]
+    built = builder.build(spec)
+    graph, net = built.session.graph, built.net
+    with graph.as_default():
+        weights = tf.trainable_variables()
+        values = built.session.run(weights)
+    built.session.close()
+
+    logs = tempfile.TemporaryDirectory(prefix="tflearn_plain_logs_")
+    with graph.as_default():
+        tf.set_random_seed(config["seed"])
+
+        def canonical_loss(y_pred, y_true):
+            return _loss_and_correct(tf, y_pred, y_true)[0]
+
+        optimizer = _optimizer(tf, tflearn, config["optimizer"], NullReport())
+        net = tflearn.regression(net, optimizer=optimizer, loss=canonical_loss, metric=None,
+                                 batch_size=batch_size, shuffle_batches=False)
+        clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
+        model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
+        for var, value in zip(weights, values):
+            model.set_weights(var, value)
+
+    x_train = layouts.nchw_to_nhwc(data.x_train)
+    eye = np.eye(net.get_shape().as_list()[-1], dtype=np.float32)
+    seconds = []
+    with logs:
+        for epoch in range(config["epochs"]):
+            order = data.order[epoch]
+            x, y = x_train[order], eye[data.y_train[order]]
+            started = time.perf_counter()
+            model.fit(x, y, n_epoch=1, batch_size=batch_size, shuffle=False, show_metric=False,
+                      snapshot_epoch=False, snapshot_step=None)
+            seconds.append(time.perf_counter() - started)
+        final_loss = _last_raw_loss(tf, logs.name)
+    return EpochTimes(seconds, final_loss, "last batch")
