@@ -1,7 +1,7 @@
 """Raw TensorFlow 2: a tf.function train step with tf.GradientTape on the builder's tf.Module, RMSprop applied
 with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp), NHWC. With config["dropout_masks"] == "harness"
-the step takes the step's dropout masks as an argument (open batch size in its signature) and the model multiplies
-by them instead of calling tf.nn.dropout."""
+the step takes the step's dropout masks as an argument and the model multiplies by them instead of calling
+tf.nn.dropout."""
 from __future__ import annotations
 
 import time
@@ -73,11 +73,9 @@ def train(spec, data, config, report) -> None:
     optimizer = _optimizer(tf, variables, config["optimizer"], report)
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
-    signature = tf_shared.batch_signature(tf, x_train)
-    # harness dropout masks: the step functions take the step's masks as a third argument, a dict of tensors with an
-    # open batch size in the signature (traced once); without, dropout draws its own masks (tf.nn.dropout)
+    # harness dropout masks: the step functions take the step's masks as a third argument, a dict of tensors;
+    # without, dropout draws its own masks (tf.nn.dropout)
     harness_masks = masks.uses_harness_masks(config)
-    step_signature = signature + [tf_shared.mask_signature(tf, spec)] if harness_masks else signature
 
     def step_masks(global_step, n) -> tuple:
         return (tf_shared.step_masks(tf, spec, config["seed"], global_step, n),) if harness_masks else ()
@@ -86,14 +84,14 @@ def train(spec, data, config, report) -> None:
         """The training forward pass's probabilities, with the harness's masks when the step was given them."""
         return model(x, training=True, masks=dropout_masks[0] if dropout_masks else None)[-1]
 
-    @tf.function(input_signature=step_signature)
+    @tf.function  # no input_signature: see tf_shared
     def train_step(x, y, *dropout_masks):
         with tf.GradientTape() as tape:
             loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
         optimizer.apply(tape.gradient(loss, variables))
         return loss, correct
 
-    @tf.function(input_signature=step_signature)
+    @tf.function
     def train_step_with_grads(x, y, *dropout_masks):
         """train_step that also returns the tape's gradients it applied (dump_steps runs only)."""
         with tf.GradientTape() as tape:
@@ -113,7 +111,7 @@ def train(spec, data, config, report) -> None:
 
     dump_steps, global_step = config.get("dump_steps", 0), 0
 
-    @tf.function(input_signature=signature)
+    @tf.function
     def eval_step(x, y):
         return tf_shared.loss_and_correct(tf, model(x)[-1], y)
 

@@ -7,7 +7,7 @@ apply_gradients), and the first dump_steps steps report them and the weights aft
 
 With config["dropout_masks"] == "harness" the builder puts a small tensorlayer layer in place of each Dropout: in
 training mode it multiplies by a mask variable that the train step assigns from the step's masks (an argument with an
-open batch size in its signature), in evaluation mode it is the identity."""
+in evaluation mode it is the identity."""
 from __future__ import annotations
 
 import time
@@ -104,17 +104,16 @@ def train(spec, data, config, report) -> None:
             raise RuntimeError("the model's trainable weights are not the spec's conv/dense weights and biases")
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
-    signature = tf_shared.batch_signature(tf, x_train)
-    # harness dropout masks: train_step takes the step's masks as a third argument, a dict of tensors with an open
-    # batch size in the signature (traced once), and assigns them to the mask layers' variables
-    step_signature = signature + [tf_shared.mask_signature(tf, spec)] if harness_masks else signature
+    # harness dropout masks: train_step takes the step's masks as a third argument, a dict of tensors, and assigns
+    # them to the mask layers' variables
 
     def step_masks(global_step, n) -> tuple:
         return (tf_shared.step_masks(tf, spec, config["seed"], global_step, n),) if harness_masks else ()
 
-    # The model's mode is a Python attribute read while tracing: each function is traced once (fixed signature)
-    # in the mode it is meant for, train_step after model.train(), eval_step after model.eval().
-    @tf.function(input_signature=step_signature)
+    # The model's mode is a Python attribute read while tracing: each function is traced (once per batch shape,
+    # see tf_shared) only in the mode it is meant for, train_step after model.train(), eval_step after
+    # model.eval().
+    @tf.function
     def train_step(x, y, *dropout_masks):
         for name, mask in (dropout_masks[0].items() if dropout_masks else ()):
             holders[name].assign(mask)
@@ -126,7 +125,7 @@ def train(spec, data, config, report) -> None:
             return loss, correct, grads  # the gradients just applied (dump runs only)
         return loss, correct
 
-    @tf.function(input_signature=signature)
+    @tf.function
     def eval_step(x, y):
         return tf_shared.loss_and_correct(tf, model(x)[-1], y)
 
