@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import envs
-from trainers import FRAMEWORKS
+from builders import resolve
 from trainers.supervisor import thread_env
 
 
@@ -16,7 +16,7 @@ def run_plain(framework: str, job: Path, threads: int, timeout: float, stderr_pa
     """{"status": "ok", "epoch_s": [...], "final_loss": ...} or {"status": "failed"/"timeout", "reason": ...}."""
     started = time.perf_counter()
     try:
-        python = envs.ensure(FRAMEWORKS[framework][1])
+        python = envs.ensure(resolve(framework)[1])
         with open(stderr_path, "w") as stderr:
             proc = subprocess.run([str(python), "-m", "benchmarks.plain", framework, str(job)], cwd=envs.ROOT,
                                   env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,

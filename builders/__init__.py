@@ -2,15 +2,20 @@
 
 Each builder module defines:
     NAME            the framework's name on the command line
-    versions()      {package: version} of what it runs on
-    build(spec)     the library's native model, with the spec's weights loaded
-    layer_outputs(model, spec, x)
+    versions(**options)
+                    {package: version} of what it runs on
+    build(spec, **options)
+                    the library's native model, with the spec's weights loaded
+    layer_outputs(model, spec, x, **options)
                     forward pass in inference mode on x (float32, canonical NCHW); returns
                     {layer name: output in the canonical layout} for every layer of spec
+`options` are a fast path's (FAST_PATHS below); a builder without fast paths takes none.
 
 Framework imports happen inside those functions, so this package can be imported anywhere.
 Layout conversions and library quirks live in the builder of that library and nowhere else.
 """
+from dataclasses import dataclass
+from pathlib import Path
 
 # framework name -> (builder module, worker environment)
 FRAMEWORKS = {
@@ -21,6 +26,65 @@ FRAMEWORKS = {
     "tensorflow": ("builders.tensorflow", "main"),
     "tensorlayer": ("builders.tensorlayer", "main"),
 }
+
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """A faster way to run a library's same model: its builder and trainer with `options`, in the base's
+    environment. Verified and timed like a library of its own, never part of 'all'."""
+    base: str
+    options: dict
+    changes: str  # what it changes, for the reader of a results table
+
+
+FAST_PATHS = {
+    "pytorch+channels_last": FastPath("pytorch", {"channels_last": True},
+                                      "PyTorch with activations and conv weights in channels_last (NHWC) memory "
+                                      "format; same modules"),
+    "pytorch+compile": FastPath("pytorch", {"compile": True},
+                                "PyTorch with torch.compile (TorchInductor, default mode) of the model; backward "
+                                "through AOTAutograd"),
+    "tensorflow+xla": FastPath("tensorflow", {"jit_compile": True},
+                               "raw TensorFlow with the train and eval steps compiled by XLA (tf.function "
+                               "jit_compile=True)"),
+    "keras-jax": FastPath("keras-tensorflow", {"backend": "jax"},
+                          "the Keras 3 model and fit loop on the JAX backend (XLA-compiled train step)"),
+    "keras-torch": FastPath("keras-tensorflow", {"backend": "torch"},
+                            "the Keras 3 model and fit loop on the PyTorch backend (eager)"),
+}
+
+NAMES = [*FRAMEWORKS, *FAST_PATHS]
+
+
+def resolve(name: str) -> tuple:
+    """(base framework, worker environment, options) of a library or fast path."""
+    if name in FRAMEWORKS:
+        return name, FRAMEWORKS[name][1], {}
+    if name in FAST_PATHS:
+        fast = FAST_PATHS[name]
+        return fast.base, FRAMEWORKS[fast.base][1], dict(fast.options)
+    raise KeyError(f"unknown library {name!r}; choose from {', '.join(NAMES)}")
+
+
+def cache_dir(name: str) -> Path:
+    """The project's own folder (.cache/<name>, created) for what a library compiles and can reuse in later
+    runs: Theano's C modules, XLA executables, TorchInductor kernels."""
+    path = Path(__file__).resolve().parents[1] / ".cache" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def select(tokens) -> list:
+    """Library and fast-path names from command-line tokens: names, 'all' (the six libraries) and 'fast-paths'
+    (every fast path), in the order given, without repeats. ValueError names the first unknown token."""
+    groups = {"all": list(FRAMEWORKS), "fast-paths": list(FAST_PATHS)}
+    names = []
+    for token in tokens:
+        if token not in groups and token not in NAMES:
+            raise ValueError(f"unknown library {token!r}; choose from {', '.join(NAMES)}, 'all' or 'fast-paths'")
+        names += [n for n in groups.get(token, [token]) if n not in names]
+    return names
 
 
 class Unsupported(Exception):

@@ -1,4 +1,7 @@
-"""Keras 3 on the TensorFlow backend: a keras.Sequential of Keras layers, channels_last (NHWC)."""
+"""Keras 3 on the TensorFlow backend: a keras.Sequential of Keras layers, channels_last (NHWC).
+
+Fast-path option (builders.FAST_PATHS): backend "jax" or "torch" builds the same Keras model on that Keras 3
+backend instead; the process must not have imported keras on another backend before."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from builders import Unsupported, layouts
+from builders import Unsupported, cache_dir, layouts
 from spec import ir
 
 NAME = "keras-tensorflow"
@@ -48,20 +51,30 @@ def _stderr_without(noise):
                     sys.stderr.write(line)
 
 
-def _keras():
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+def _keras(backend: str = "tensorflow"):
+    if backend not in BACKEND_PACKAGES:
+        raise Unsupported(f"Keras backend {backend!r}; choose from {', '.join(BACKEND_PACKAGES)}")
+    os.environ["KERAS_BACKEND"] = backend
+    if backend == "jax":  # XLA executables kept in the project's cache for later runs
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir("jax")))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO off, warnings and errors kept
     with _stderr_without(_NOISE):
         import keras
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"keras was already imported on the {keras.backend.backend()} backend")
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"keras was already imported on the {keras.backend.backend()} backend, not {backend}")
     return keras
 
 
-def versions() -> dict:
-    keras = _keras()
-    import tensorflow as tf
-    return {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
+def versions(backend: str = "tensorflow") -> dict:
+    import importlib
+
+    keras = _keras(backend)
+    return {"keras": keras.__version__, "keras backend": keras.backend.backend(),
+            **{p: importlib.import_module(p).__version__ for p in BACKEND_PACKAGES[keras.backend.backend()]},
+            "numpy": np.__version__}
 
 
 def _pairs(pads):
@@ -69,8 +82,8 @@ def _pairs(pads):
     return ((top, bottom), (left, right))
 
 
-def build(spec):
-    keras = _keras()
+def build(spec, backend: str = "tensorflow"):
+    keras = _keras(backend)
     L = keras.layers
     model = keras.Sequential([keras.Input(shape=layouts.native_shape(spec.input_shape))])
     for i, layer in enumerate(spec.layers):
@@ -117,8 +130,8 @@ def build(spec):
     return model
 
 
-def layer_outputs(model, spec, x):
-    keras = _keras()
+def layer_outputs(model, spec, x, backend: str = "tensorflow"):
+    keras = _keras(backend)
     probe = keras.Model(model.inputs[0], [model.get_layer(l.name).output for l in spec.layers])
     ys = probe(layouts.nchw_to_nhwc(x), training=False)
     if not isinstance(ys, (list, tuple)):

@@ -8,16 +8,14 @@ import io
 import logging
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from builders import Unsupported, layouts
+from builders import Unsupported, cache_dir, layouts
 from spec import ir
 
 NAME = "keras-theano"
 
-_CACHE = Path(__file__).resolve().parents[1] / ".cache"
 _NOISE = ("Using Theano backend.",)
 
 
@@ -43,14 +41,12 @@ def _keras():
     for name in ("Iterable", "Mapping", "Sequence", "MutableMapping", "Callable"):
         if not hasattr(collections, name):
             setattr(collections, name, getattr(collections.abc, name))
-    (_CACHE / "theano").mkdir(parents=True, exist_ok=True)
-    (_CACHE / "keras").mkdir(parents=True, exist_ok=True)
     # Empty blas.ldflags: Theano's BLAS lookup goes through numpy.distutils, which fails on Python 3.11;
     # Theano then uses NumPy's C-API BLAS. User flags come last so they win.
-    flags = f"blas.ldflags=,base_compiledir={_CACHE / 'theano'},floatX=float32"
+    flags = f"blas.ldflags=,base_compiledir={cache_dir('theano')},floatX=float32"
     os.environ["THEANO_FLAGS"] = ",".join(f for f in (flags, os.environ.get("THEANO_FLAGS")) if f)
     os.environ["KERAS_BACKEND"] = "theano"
-    os.environ["KERAS_HOME"] = str(_CACHE / "keras")
+    os.environ["KERAS_HOME"] = str(cache_dir("keras"))
     # That fallback is deliberate, so its warning is noise.
     logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
     captured = io.StringIO()

@@ -1,9 +1,15 @@
-"""PyTorch: an nn.Sequential of torch.nn modules, one entry per spec layer, NCHW like the spec."""
+"""PyTorch: an nn.Sequential of torch.nn modules, one entry per spec layer, NCHW like the spec.
+
+Fast-path options (builders.FAST_PATHS): channels_last keeps conv weights and inputs in NHWC memory (the
+tensors stay logically NCHW); compile runs the forward through torch.compile. `runnable` and `inputs` give
+a training loop the model and the batches as the options want them."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
-from builders import Unsupported, layouts
+from builders import Unsupported, cache_dir, layouts
 from spec import ir
 
 NAME = "pytorch"
@@ -14,7 +20,7 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
-def versions() -> dict:
+def versions(**_options) -> dict:
     import torch
     return {"torch": torch.__version__, "numpy": np.__version__}
 
@@ -89,7 +95,9 @@ def _module(layer, in_shape, weights, flatten_from):
     raise Unsupported(f"{layer.name}: layer kind {kind!r} has no PyTorch module here")
 
 
-def build(spec: ir.ModelSpec):
+def build(spec: ir.ModelSpec, channels_last: bool = False, compile: bool = False):
+    """The nn.Sequential itself, uncompiled even with `compile` (its layers stay indexable; see runnable)."""
+    import torch
     import torch.nn as nn
     modules = []
     for i, layer in enumerate(spec.layers):
@@ -97,16 +105,42 @@ def build(spec: ir.ModelSpec):
         if layer.kind in ("conv", "dense"):
             weights = (spec.weight(layer).astype(np.float32), spec.bias(layer).astype(np.float32))
         modules.append(_module(layer, spec.input_shape_of(i), weights, layouts.dense_input_order(spec, i)))
-    return nn.Sequential(*modules).eval()
+    model = nn.Sequential(*modules).eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray) -> dict:
+def _compiled(function):
+    # TorchInductor's kernels go to the project's cache, not the system temp folder, so warm runs reuse them
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("torchinductor")))
+    import torch
+    # one static graph per batch shape (full, last, evaluation), as the TensorFlow trainers trace them
+    return torch.compile(function, dynamic=False)
+
+
+def runnable(model, channels_last: bool = False, compile: bool = False):
+    """What a training loop calls: the model, or the model through torch.compile."""
+    return _compiled(model) if compile else model
+
+
+def inputs(x, channels_last: bool = False, compile: bool = False):
+    """A batch (torch tensor, NCHW) in the memory format the options want."""
+    import torch
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray, **options) -> dict:
     import torch
     model.eval()
-    outputs = {}
-    with torch.inference_mode():
-        h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        for layer, module in zip(spec.layers, model):
+
+    def every_layer(h):
+        outputs = []
+        for module in model:
             h = module(h)
-            outputs[layer.name] = h.numpy().copy()
-    return outputs
+            outputs.append(h)
+        return outputs
+
+    # compiled, the whole forward is one graph that also returns every intermediate output
+    forward = _compiled(every_layer) if options.get("compile") else every_layer
+    with torch.no_grad():
+        ys = forward(inputs(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), **options))
+    return {layer.name: y.contiguous().numpy().copy() for layer, y in zip(spec.layers, ys)}

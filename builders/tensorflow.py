@@ -1,6 +1,8 @@
 """Raw TensorFlow 2: a tf.Module holding tf.Variables, forward pass in tf.nn ops, NHWC.
 
 NHWC because TensorFlow on CPU implements Conv2D and MaxPool gradients only for NHWC.
+Fast-path option (builders.FAST_PATHS): jit_compile has XLA compile the forward (and a trainer's steps: see
+`function`).
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 
 import numpy as np
 
-from builders import Unsupported, layouts
+from builders import Unsupported, cache_dir, layouts
 from spec import ir
 
 NAME = "tensorflow"
@@ -24,13 +26,17 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def versions() -> dict:
+def versions(**_options) -> dict:
     tf = _tf()
     return {"tensorflow": tf.__version__, "numpy": np.__version__}
 
 
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
+    # XLA-compiled functions (the tensorflow+xla fast path) are kept in the project's cache for later runs
+    cache = f"--tf_xla_persistent_cache_directory={cache_dir('xla')}"
+    if cache not in os.environ.get("TF_XLA_FLAGS", ""):
+        os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} {cache}".strip()
     import tensorflow as tf
     return tf
 
@@ -120,12 +126,19 @@ def _cnn_class():
     return CNN
 
 
-def build(spec: ir.ModelSpec):
+def build(spec: ir.ModelSpec, jit_compile: bool = False):
+    """The tf.Module; `jit_compile` concerns the functions that call it (see `function`)."""
     return _cnn_class()(spec)
 
 
-def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray) -> dict:
+def function(python_function, jit_compile: bool = False):
+    """tf.function of `python_function`, compiled by XLA when the fast path asks for it."""
+    return _tf().function(python_function, jit_compile=jit_compile)
+
+
+def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray, jit_compile: bool = False) -> dict:
     tf = _tf()
-    ys = model(tf.constant(layouts.nchw_to_nhwc(np.asarray(x, dtype=np.float32))))
+    forward = function(model.__call__, jit_compile) if jit_compile else model
+    ys = forward(tf.constant(layouts.nchw_to_nhwc(np.asarray(x, dtype=np.float32))))
     return {layer.name: layouts.to_canonical(y.numpy(), source)
             for layer, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}

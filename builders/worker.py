@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builders import FRAMEWORKS, Unsupported
+from builders import FRAMEWORKS, NAMES, Unsupported, resolve
 from spec.ir import ModelSpec
 
 
@@ -35,21 +35,22 @@ def output_paths(job: Path, framework: str) -> tuple:
 
 
 def run(framework: str, job: Path) -> None:
-    module = importlib.import_module(FRAMEWORKS[framework][0])
+    base, _, options = resolve(framework)
+    module = importlib.import_module(FRAMEWORKS[base][0])
     spec = ModelSpec.load(job)
     with np.load(job / "inputs.npz") as npz:
         x = npz["x"].astype(np.float32)
     t0 = time.perf_counter()
-    model = module.build(spec)
+    model = module.build(spec, **options)
     t1 = time.perf_counter()
-    outputs = module.layer_outputs(model, spec, x)
+    outputs = module.layer_outputs(model, spec, x, **options)
     t2 = time.perf_counter()
     missing = [l.name for l in spec.layers if l.name not in outputs]
     if missing:
         raise RuntimeError(f"builder returned no output for layers {missing}")
     buffer = io.BytesIO()
     np.savez(buffer, **{layer.name: np.asarray(outputs[layer.name], dtype=np.float32) for layer in spec.layers})
-    info = {"framework": framework, "versions": module.versions(),
+    info = {"framework": framework, "versions": module.versions(**options),
             "build_s": t1 - t0, "forward_s": t2 - t1, "python": sys.version.split()[0]}
     outputs_path, info_path = output_paths(job, framework)
     _write_atomic(outputs_path, buffer.getvalue())
@@ -58,8 +59,8 @@ def run(framework: str, job: Path) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in FRAMEWORKS:
-        print(f"usage: python -m builders.worker {{{','.join(FRAMEWORKS)}}} JOB_DIR", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in NAMES:
+        print(f"usage: python -m builders.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
         return 2
     try:
         run(argv[0], Path(argv[1]))

@@ -16,6 +16,7 @@ CASES = [
     ("kernel-flip", "keras-theano", "seed", "conv1"),
     ("padding", "tensorflow", "strided", "conv1"),
     ("padding", "tflearn", "strided", "conv1"),
+    ("channels-last-view", "pytorch+channels_last", "seed", "conv1"),  # a fast path is verified like a library
 ]
 
 

@@ -10,7 +10,8 @@ Each trainer module defines:
         config  dict: epochs, batch_size, threads, seed, optimizer {mode: canonical|native, lr, rho, eps},
                 dropout_masks: "library" (the library's own dropout, seeded by seed) or "harness" (apply
                 exactly trainers.masks.step_masks(spec, seed, global step, n) at every step; see there),
-                dump_steps (optional, default 0): call report.step_tensors for the first dump_steps steps
+                dump_steps (optional, default 0): call report.step_tensors for the first dump_steps steps,
+                options: the fast path's builder options (builders.FAST_PATHS; {} for the library itself)
         report  trainers.worker.Reporter: report.optimizer(...) once, report.step(...) per optimizer
                 step, report.epoch(...) per epoch (see its docstrings)
 The model comes from the library's builder (builders.<lib>.build); the loss is the canonical mean

@@ -1,6 +1,8 @@
-"""Keras 3 on TensorFlow: model.compile + model.fit, one fit call per epoch on arrays in the harness's order."""
+"""Keras 3 on TensorFlow: model.compile + model.fit, one fit call per epoch on arrays in the harness's order.
+The same code trains the Keras 3 fast paths on the JAX and PyTorch backends (config["options"]["backend"])."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -38,7 +40,7 @@ def _optimizer(keras, opt: dict, report):
     if optimizer.momentum or optimizer.centered:
         raise RuntimeError("Keras RMSprop unexpectedly has momentum or centering on")
     # the learning rate lives in a float32 variable: report it as the float32 it is, shortest form
-    lr = float(str(np.float32(optimizer.learning_rate.numpy())))
+    lr = float(str(np.float32(keras.ops.convert_to_numpy(optimizer.learning_rate))))
     report.optimizer("keras.optimizers.RMSprop", lr, float(optimizer.rho), float(optimizer.epsilon), 0.0,
                      "inside sqrt", how)
     return optimizer
@@ -171,16 +173,36 @@ def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: 
     return StepMasks()
 
 
-def train(spec, data, config, report):
-    keras = builder._keras()
-    import tensorflow as tf
+def _set_threads(backend: str, threads: int) -> None:
+    """The backend's own intra-op thread knob (inter-op 1), as the other trainers set theirs."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif backend == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # only settable before the first inter-op parallel work of the process
+            pass
+    elif backend == "jax" and threads == 1:  # XLA's CPU client has no thread-count knob but this one
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
-    tf.config.threading.set_intra_op_parallelism_threads(int(config["threads"]))
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+def setup(spec, config) -> tuple:
+    """(keras, model): backend, threads, seed and model, shared with the plain loop (benchmarks/plain), so that
+    the overhead ratio compares like with like."""
+    backend = config.get("options", {}).get("backend", "tensorflow")
+    _set_threads(backend, int(config["threads"]))  # before the backend starts
+    keras = builder._keras(backend)
     keras.utils.set_random_seed(int(config["seed"]))  # dropout masks
+    return keras, builder.build(spec, backend)
 
+
+def train(spec, data, config, report):
+    keras, model = setup(spec, config)
     bs = int(config["batch_size"])
-    model = builder.build(spec)
     setter = []
     if masks.uses_harness_masks(config):
         model, holders = _harness_dropout(keras, spec, model, bs)

@@ -117,7 +117,9 @@ def _harness_dropout(spec, model) -> dict:
     return holders
 
 
-def train(spec, data, config, report) -> None:
+def setup(spec, config):
+    """Threads, seed and the model with the fast path's options: shared with the plain loop (benchmarks/plain),
+    so that the overhead ratio compares like with like."""
     import torch
     torch.set_num_threads(config["threads"])
     try:
@@ -125,10 +127,17 @@ def train(spec, data, config, report) -> None:
     except RuntimeError:  # only settable before the first inter-op parallel work of the process
         pass
     torch.manual_seed(config["seed"])  # dropout masks
+    return builder.build(spec, **config.get("options", {}))
 
-    model = builder.build(spec)
+
+def train(spec, data, config, report) -> None:
+    import torch
+
+    options = config.get("options", {})
+    model = setup(spec, config)
     optimizer = _optimizer(model.parameters(), config["optimizer"], report)
     holders = _harness_dropout(spec, model) if masks.uses_harness_masks(config) else {}
+    forward = builder.runnable(model, **options)
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     x_val, y_val = torch.from_numpy(np.ascontiguousarray(data.x_val)), torch.from_numpy(data.y_val)
     batch_size = config["batch_size"]
@@ -141,11 +150,11 @@ def train(spec, data, config, report) -> None:
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             idx = torch.from_numpy(idx)
-            x, y = x_train[idx], y_train[idx]
+            x, y = builder.inputs(x_train[idx], **options), y_train[idx]
             for name, mask in (masks.step_masks(spec, config["seed"], global_step, len(y)) if holders else {}).items():
                 holders[name].mask = torch.from_numpy(mask)
             optimizer.zero_grad()
-            p = model(x)
+            p = forward(x)
             loss = _loss(p, y)
             loss.backward()
             dump = global_step < dump_steps
@@ -167,8 +176,8 @@ def train(spec, data, config, report) -> None:
         val_loss, val_correct = 0.0, 0
         with torch.inference_mode():
             for i in range(0, len(y_val), batch_size):
-                x, y = x_val[i:i + batch_size], y_val[i:i + batch_size]
-                p = model(x)
+                x, y = builder.inputs(x_val[i:i + batch_size], **options), y_val[i:i + batch_size]
+                p = forward(x)
                 val_loss += _loss(p, y).item() * len(y)
                 val_correct += int((p.argmax(1) == y).sum())
         eval_s = time.perf_counter() - started

@@ -14,7 +14,7 @@ DROPOUT_SUFFIX = {"own": "", "identical": "-identicaldropout", "off": "-nodropou
 
 
 def parser() -> argparse.ArgumentParser:
-    from trainers import FRAMEWORKS
+    from builders import FAST_PATHS, FRAMEWORKS
 
     p = argparse.ArgumentParser(
         prog="python -m trainers.run", description=__doc__.split(":", 1)[1].strip(),
@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
                "  default    same training images, validation on official test images, shuffled by --seed\n"
                "Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2 bad input.")
     p.add_argument("libraries", nargs="+", metavar="LIBRARY",
-                   help=f"'all' or any of: {', '.join(FRAMEWORKS)}")
+                   help=f"'all' (the six libraries: {', '.join(FRAMEWORKS)}), 'fast-paths' (faster ways to run "
+                        f"the same model, each verified before it is timed: {', '.join(FAST_PATHS)}), or any of these")
     p.add_argument("--experiment", default="seed-2017", help="experiment name (default seed-2017)")
     p.add_argument("--optimizer", choices=("canonical", "native"), default="canonical",
                    help="RMSprop mode (default canonical)")
@@ -106,12 +107,13 @@ def prepare(args) -> tuple:
     import cifar10
     from spec import experiments
     from spec.onnx_import import ModelError, import_model
-    from trainers import FRAMEWORKS, harness
+    from builders import select
+    from trainers import harness
 
-    names = list(FRAMEWORKS) if args.libraries == ["all"] else args.libraries
-    unknown = [n for n in names if n not in FRAMEWORKS]
-    if unknown:
-        raise BadInput(f"unknown library {unknown[0]!r}; choose from {', '.join(FRAMEWORKS)} or 'all'")
+    try:
+        names = select(args.libraries)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     try:
         experiment = experiments.load(args.experiment)
         model_path = experiments.model_path(experiment)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import envs
-from trainers import FRAMEWORKS
+from builders import resolve
 from trainers.worker import EVENT_PREFIX, EXIT_NAN, result_path
 from verify.runner import worker_env
 
@@ -39,11 +39,11 @@ def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout
     stderr goes to `stderr_path`; `progress` shows a bar (labelled `label`, default the framework)."""
     row = {"status": "ok", "reason": "", "record": {"optimizer": None, "steps": [], "epochs": []}}
     try:
-        python = envs.ensure(FRAMEWORKS[framework][1])
+        python = envs.ensure(resolve(framework)[1])
     except envs.EnvError as exc:
         return {**row, "status": "failed", "reason": str(exc), "wall_s": 0.0}
     started = time.perf_counter()
-    with open(stderr_path, "w") as stderr, tqdm(total=steps_total, desc=f"{label or framework:<17}", unit="step",
+    with open(stderr_path, "w") as stderr, tqdm(total=steps_total, desc=f"{label or framework:<21}", unit="step",
                                                   leave=True, dynamic_ncols=True, disable=not progress) as bar:
         proc = subprocess.Popen([str(python), "-m", "trainers.worker", framework, str(job)], cwd=envs.ROOT,
                                 env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,

@@ -4,6 +4,7 @@ the step takes the step's dropout masks as an argument and the model multiplies 
 tf.nn.dropout."""
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -62,13 +63,19 @@ def _canonical_tensors(spec, values: dict) -> dict:
     return out
 
 
-def train(spec, data, config, report) -> None:
+def setup(spec, config) -> tuple:
+    """(tf, the model, a tf.function decorator with the fast path's options): threads, seed and model, shared
+    with the plain loop (benchmarks/plain), so that the overhead ratio compares like with like."""
     tf = builder._tf()
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
+    options = config.get("options", {})
+    return tf, builder.build(spec, **options), functools.partial(builder.function, **options)
 
-    model = builder.build(spec)
+
+def train(spec, data, config, report) -> None:
+    tf, model, function = setup(spec, config)
     variables = [*model.kernels.values(), *model.biases.values()]
     optimizer = _optimizer(tf, variables, config["optimizer"], report)
 
@@ -84,14 +91,14 @@ def train(spec, data, config, report) -> None:
         """The training forward pass's probabilities, with the harness's masks when the step was given them."""
         return model(x, training=True, masks=dropout_masks[0] if dropout_masks else None)[-1]
 
-    @tf.function  # no input_signature: see tf_shared
+    @function  # tf.function, no input_signature: see tf_shared
     def train_step(x, y, *dropout_masks):
         with tf.GradientTape() as tape:
             loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
         optimizer.apply(tape.gradient(loss, variables))
         return loss, correct
 
-    @tf.function
+    @function
     def train_step_with_grads(x, y, *dropout_masks):
         """train_step that also returns the tape's gradients it applied (dump_steps runs only)."""
         with tf.GradientTape() as tape:
@@ -111,7 +118,7 @@ def train(spec, data, config, report) -> None:
 
     dump_steps, global_step = config.get("dump_steps", 0), 0
 
-    @tf.function
+    @function
     def eval_step(x, y):
         return tf_shared.loss_and_correct(tf, model(x)[-1], y)
 

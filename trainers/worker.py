@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from spec.ir import ModelSpec
+from builders import NAMES, resolve
 from trainers import FRAMEWORKS
 
 EVENT_PREFIX = "@@event "
@@ -114,18 +115,19 @@ def tensors_path(job: Path, framework: str) -> Path:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in FRAMEWORKS:
-        print(f"usage: python -m trainers.worker {{{','.join(FRAMEWORKS)}}} JOB_DIR", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in NAMES:
+        print(f"usage: python -m trainers.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
         return 2
     framework, job = argv[0], Path(argv[1])
     reporter = Reporter()
     started = time.perf_counter()
     try:
         spec, data, config = load_job(job)
-        module = importlib.import_module(FRAMEWORKS[framework][0])
-        module.train(spec, data, config, reporter)
-        builder = importlib.import_module(FRAMEWORKS[framework][0].replace("trainers.", "builders."))
-        record = {**reporter.record, "versions": builder.versions(), "wall_s": time.perf_counter() - started,
+        base, _, options = resolve(framework)
+        module = importlib.import_module(FRAMEWORKS[base][0])
+        module.train(spec, data, {**config, "options": options}, reporter)
+        builder = importlib.import_module(FRAMEWORKS[base][0].replace("trainers.", "builders."))
+        record = {**reporter.record, "versions": builder.versions(**options), "wall_s": time.perf_counter() - started,
                   "python": sys.version.split()[0], "peak_rss_mib": peak_rss_mib()}
     except NonFiniteLoss as exc:
         print(f"non-finite loss: {exc}", file=sys.stderr)

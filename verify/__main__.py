@@ -8,7 +8,7 @@ EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def parser() -> argparse.ArgumentParser:
-    from builders import FRAMEWORKS
+    from builders import FAST_PATHS, FRAMEWORKS
 
     p = argparse.ArgumentParser(prog="python -m verify", description=__doc__.split(":", 1)[1].strip())
     sub = p.add_subparsers(dest="command", required=True)
@@ -18,7 +18,8 @@ def parser() -> argparse.ArgumentParser:
                                     "all pass, 1 on any mismatch or failed library, 2 on bad input.")
     eq.add_argument("--model", default=None, help="ONNX model (default: the canonical spec/seed_cnn.onnx)")
     eq.add_argument("--frameworks", default="all",
-                    help=f"comma-separated subset of: {', '.join(FRAMEWORKS)} (default: all)")
+                    help=f"comma-separated: 'all' (the six libraries), 'fast-paths' ({', '.join(FAST_PATHS)}) "
+                         f"or any of {', '.join(FRAMEWORKS)} and the fast paths (default: all)")
     eq.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     eq.add_argument("--data", default=None, metavar="PATH",
                     help="CIFAR-10 archive, extracted folder or npz (default: $CIFAR10_PATH, then the usual places)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import cifar10
-from builders import FRAMEWORKS
+from builders import select
 from spec import experiments
 from spec.ir import ModelSpec
 from spec.onnx_import import import_model, load_onnx
@@ -42,13 +42,8 @@ def make_inputs(spec: ModelSpec, data_path=None) -> tuple:
 
 
 def parse_frameworks(text: str | None) -> list:
-    if not text or text == "all":
-        return list(FRAMEWORKS)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FRAMEWORKS]
-    if unknown:
-        raise ValueError(f"unknown framework {unknown[0]!r}; choose from {', '.join(FRAMEWORKS)} or 'all'")
-    return names
+    """'all', 'fast-paths' or names, comma-separated (builders.select)."""
+    return select([n.strip() for n in (text or "all").split(",") if n.strip()] or ["all"])
 
 
 def environment() -> dict:
@@ -82,7 +77,7 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
                 row["status"] = row.pop("verdict")
             with lock:
                 report["frameworks"][framework] = row
-                print(f"[{len(report['frameworks'])}/{len(frameworks)}] {framework:<17} {row['status']:<11} "
+                print(f"[{len(report['frameworks'])}/{len(frameworks)}] {framework:<21} {row['status']:<11} "
                       f"{result.wall_s:6.1f} s" + (f"  {row['message']}" if row["message"] else ""),
                       file=log, flush=True)
             return row

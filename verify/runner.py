@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import envs
-from builders import FRAMEWORKS
+from builders import resolve
 from builders.worker import output_paths
 
 ROOT = envs.ROOT
@@ -45,7 +45,7 @@ def run_worker(framework: str, job: Path, timeout: float) -> WorkerResult:
     """Run the worker of `framework` on the job folder, which holds model.json, weights.npz, inputs.npz."""
     started = time.perf_counter()
     try:
-        python = envs.ensure(FRAMEWORKS[framework][1])
+        python = envs.ensure(resolve(framework)[1])
     except envs.EnvError as exc:
         return WorkerResult(framework, "error", message=str(exc))
     log = job / f"{framework}.log"

@@ -16,9 +16,12 @@ Each module benchmarks.plain.<module> defines train(spec, data, config) -> Epoch
 carrying .final_loss and .final_loss_of).
 """
 from builders import FRAMEWORKS as _BUILDERS
+from builders import NAMES, resolve
 
 # library name -> plain module
-LIBRARIES = {name: f"benchmarks.plain.{module.split('.')[-1]}" for name, (module, _env) in _BUILDERS.items()}
+_MODULES = {name: f"benchmarks.plain.{module.split('.')[-1]}" for name, (module, _env) in _BUILDERS.items()}
+# library or fast path -> (plain module, the fast path's options, which the loop finds in config["options"])
+LIBRARIES = {name: (_MODULES[resolve(name)[0]], resolve(name)[2]) for name in NAMES}
 
 
 class EpochTimes(list):

@@ -21,7 +21,9 @@ def main(argv=None) -> int:
         from trainers.worker import load_job
 
         spec, data, config = load_job(job)
-        module = importlib.import_module(LIBRARIES[library])
+        module_name, options = LIBRARIES[library]
+        config = {**config, "options": options}
+        module = importlib.import_module(module_name)
         # stdout carries only the result line: what libraries print while training (tflearn's progress) is
         # discarded, as the harness discards it
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):

@@ -7,22 +7,13 @@ import time
 import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
-from builders import keras_tensorflow as builder
 from builders import layouts
-from trainers.keras_tensorflow import _canonical_loss, _optimizer
+from trainers.keras_tensorflow import _canonical_loss, _optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    keras = builder._keras()
-    import tensorflow as tf
-
-    # the harness trainer's thread knobs and seed (dropout masks)
-    tf.config.threading.set_intra_op_parallelism_threads(int(config["threads"]))
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    keras.utils.set_random_seed(int(config["seed"]))
-
+    keras, model = setup(spec, config)  # the harness trainer's backend, threads, seed and model
     bs = int(config["batch_size"])
-    model = builder.build(spec)
     # metrics=["accuracy"] as in Keras's tutorials (and the harness's compile)
     model.compile(optimizer=_optimizer(keras, config["optimizer"], NullReport()), loss=_canonical_loss(keras),
                   metrics=["accuracy"])

@@ -7,21 +7,16 @@ import numpy as np
 
 import builders.pytorch as builder
 from benchmarks.plain import EpochTimes, NullReport
-from trainers.pytorch import _loss, _optimizer
+from trainers.pytorch import _loss, _optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
     import torch
-    # the harness trainer's thread knobs and seed (dropout masks)
-    torch.set_num_threads(config["threads"])
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # only settable before the first inter-op parallel work of the process
-        pass
-    torch.manual_seed(config["seed"])
 
-    model = builder.build(spec)
+    options = config.get("options", {})
+    model = setup(spec, config)  # the harness trainer's threads, seed and model
     optimizer = _optimizer(model.parameters(), config["optimizer"], NullReport())
+    forward = builder.runnable(model, **options)
     criterion = _loss  # canonical clipped cross-entropy on the softmax output
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     batch_size = config["batch_size"]
@@ -32,9 +27,9 @@ def train(spec, data, config) -> EpochTimes:
         started = time.perf_counter()
         for idx in data.batches(epoch, batch_size):
             idx = torch.from_numpy(idx)
-            x, y = x_train[idx], y_train[idx]
+            x, y = builder.inputs(x_train[idx], **options), y_train[idx]
             optimizer.zero_grad()
-            loss = criterion(model(x), y)
+            loss = criterion(forward(x), y)
             loss.backward()
             optimizer.step()
         seconds.append(time.perf_counter() - started)

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import time
 
-import builders.tensorflow as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import tf_shared
-from trainers.tensorflow import _optimizer
+from trainers.tensorflow import _optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf = builder._tf()
-    # the harness trainer's thread knobs and seed (dropout masks)
-    tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.random.set_seed(config["seed"])
-
-    model = builder.build(spec)
+    tf, model, function = setup(spec, config)  # the harness trainer's threads, seed, model, tf.function
     variables = [*model.kernels.values(), *model.biases.values()]
     optimizer = _optimizer(tf, variables, config["optimizer"], NullReport())
     x_train = layouts.nchw_to_nhwc(data.x_train)
 
-    @tf.function
+    @function
     def train_step(x, y):
         with tf.GradientTape() as tape:
             loss, _ = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)

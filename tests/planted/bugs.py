@@ -24,7 +24,21 @@ def _padding():
     ir.padding_mode = lambda *a: "same" if original(*a) == "explicit" else original(*a)
 
 
-BUGS = {"flatten-order": _flatten_order, "kernel-flip": _kernel_flip, "padding": _padding}
+def _channels_last_view():
+    # the naive channels_last port: NHWC data reinterpreted as NCHW (a reshape) instead of changing only the
+    # memory format; same shape, scrambled pixels
+    module = importlib.import_module("builders.pytorch")
+    original = module.inputs
+
+    def inputs(x, **options):
+        if options.get("channels_last"):
+            return x.permute(0, 2, 3, 1).reshape(x.shape)
+        return original(x, **options)
+    module.inputs = inputs
+
+
+BUGS = {"flatten-order": _flatten_order, "kernel-flip": _kernel_flip, "padding": _padding,
+        "channels-last-view": _channels_last_view}
 
 
 # --- training faults, each aimed at one library: XV_PLANTED_BUG="<fault>:<framework>" ---------------
