@@ -213,7 +213,8 @@ def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: 
     return StepMasks()
 
 
-def train(spec, data, config, report):
+def setup(config):
+    """keras, with the run's threads and seed; shared with the plain loop (benchmarks/plain)."""
     # Theano's thread knob is OMP_NUM_THREADS, read when Theano is imported (the builder imports it). Its
     # OpenMP stays off (Theano's default; openmp=True aborts here: CorrMM's OpenMP threads call the NumPy
     # C-API BLAS without the GIL), so the threads that run are those of NumPy's OpenBLAS, which read
@@ -221,7 +222,11 @@ def train(spec, data, config, report):
     os.environ["OMP_NUM_THREADS"] = str(int(config["threads"]))
     # Keras 2 seeds each Dropout layer's Theano RandomStreams from numpy's global generator at build time.
     np.random.seed(int(config["seed"]))
-    keras = builder._keras()
+    return builder._keras()
+
+
+def train(spec, data, config, report):
+    keras = setup(config)
     from keras.utils import to_categorical
 
     canonical = config["optimizer"]["mode"] == "canonical"

@@ -100,7 +100,16 @@ def heading(run: dict) -> list:
             f"{run['images_per_epoch']} training images per epoch, batch {run['config']['batch_size']}, "
             f"{run['config']['epochs']} epoch(s), {run['config']['threads']} thread(s); {run['validation']}. "
             f"CPU: {run['environment']['cpu']} ({run['environment']['cores']} cores).",
-            ""]
+            "", *_fast_path_lines(run.get("fast_paths", {}))]
+
+
+def _fast_path_lines(fast_paths: dict) -> list:
+    """What each fast-path row changed (run["fast_paths"]: {name: {"base": library, "changes": text}})."""
+    if not fast_paths:
+        return []
+    return ["Fast paths: the same model and arithmetic as the library named, run a faster way, and verified "
+            "against onnxruntime like the libraries before being timed.", "",
+            *[f"- {name} ({f['base']}): {f['changes']}" for name, f in fast_paths.items()], ""]
 
 
 def markdown(run: dict) -> str:

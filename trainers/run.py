@@ -152,6 +152,7 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     """Verify, train every (library, seed) job, write the results folder; (exit status, folder)."""
     import results
     from benchmarks import bench
+    from builders import FAST_PATHS
     from spec import flops
     from trainers import harness, report, sweep
     from trainers.executors import Job, run_dask, run_local
@@ -236,6 +237,8 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
         "validation": f"validation on the first {validation['images']} official {validation['split']} images",
         "shuffled": bool(experiment["shuffle"]), "environment": report.environment(args.threads),
         "executor": args.executor, "seeds": seeds, "runs": runs,
+        "fast_paths": {n: {"base": FAST_PATHS[n].base, "changes": FAST_PATHS[n].changes}
+                       for n in names if n in FAST_PATHS},
     }
     if args.repeat > 1:
         run["plain"] = plain

@@ -83,13 +83,19 @@ def _canonical_params(spec, model):
     return found
 
 
-def train(spec, data, config, report) -> None:
+def setup(config) -> tuple:
+    """(tf, tl) with the run's threads and seed; shared with the plain loop (benchmarks/plain)."""
     import tensorflow as tf
     # before tensorlayer is imported: its import runs TensorFlow ops, after which the thread pools are fixed
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf, tl = builder._import()
     tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
+    return tf, tl
+
+
+def train(spec, data, config, report) -> None:
+    tf, tl = setup(config)
 
     harness_masks = masks.uses_harness_masks(config)
     dropout, holders = _harness_dropout(tf, tl) if harness_masks else (None, {})

@@ -143,7 +143,8 @@ def _loss_and_correct(tf, p, y_onehot):
     return loss, correct
 
 
-def train(spec, data, config, report) -> None:
+def setup(config) -> tuple:
+    """(tf, tflearn) with the run's threads; shared with the plain loop (benchmarks/plain)."""
     import tensorflow as tf2
     # before tflearn's import and the builder's session: the first session fixes the process's thread pools,
     # and a tf.compat.v1.Session created without a config (tflearn.DNN's) takes this global one
@@ -155,7 +156,11 @@ def train(spec, data, config, report) -> None:
     # that still reads those weights: measured, lower-layer gradients changed from run to run and the 2nd step's
     # loss was 6.44 instead of 2.5527725. Resource variables give the backward pass the forward pass's values.
     tf.enable_resource_variables()
+    return tf, tflearn
 
+
+def train(spec, data, config, report) -> None:
+    tf, tflearn = setup(config)
     batch_size = config["batch_size"]
     harness_masks = masks.uses_harness_masks(config)
     dropout, holders = _harness_dropout(tf, tflearn, batch_size) if harness_masks else (None, {})

@@ -2,22 +2,17 @@
 verbose=0) once per epoch on that epoch's NCHW (channels_first) arrays in the harness's order; no callbacks."""
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import keras_theano as builder
-from trainers.keras_theano import _optimizer
+from trainers.keras_theano import _optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    # the harness trainer's thread knob (read when Theano is imported; the caller sets it for NumPy's OpenBLAS)
-    os.environ["OMP_NUM_THREADS"] = str(int(config["threads"]))
-    # Keras 2 seeds each Dropout layer's Theano RandomStreams from numpy's global generator at build time
-    np.random.seed(int(config["seed"]))
-    keras = builder._keras()
+    keras = setup(config)  # the harness trainer's threads and seed
     from keras.utils import to_categorical
 
     canonical = config["optimizer"]["mode"] == "canonical"

@@ -8,16 +8,11 @@ import builders.tensorlayer as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import tf_shared
-from trainers.tensorlayer import _optimizer
+from trainers.tensorlayer import _optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    import tensorflow as tf
-    # the harness trainer's thread knobs, before tensorlayer is imported (its import runs TensorFlow ops)
-    tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf, tl = builder._import()
-    tf.random.set_seed(config["seed"])  # dropout masks
+    tf, tl = setup(config)  # the harness trainer's threads and seed
 
     model = builder.build(spec)
     optimizer = _optimizer(tf, config["optimizer"], NullReport())

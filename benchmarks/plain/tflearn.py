@@ -23,7 +23,7 @@ import numpy as np
 import builders.tflearn as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers.tflearn import NATIVE_CLIP_NORM, _loss_and_correct, _optimizer
+from trainers.tflearn import NATIVE_CLIP_NORM, _loss_and_correct, _optimizer, setup
 
 
 def _last_raw_loss(tf, logdir: str) -> float:
@@ -38,12 +38,7 @@ def _last_raw_loss(tf, logdir: str) -> float:
 
 
 def train(spec, data, config) -> EpochTimes:
-    import tensorflow as tf2
-    # the harness trainer's thread knobs, before tflearn's import and the first session
-    tf2.config.threading.set_intra_op_parallelism_threads(config["threads"])
-    tf2.config.threading.set_inter_op_parallelism_threads(1)
-    tf, tflearn = builder._import()
-    tf.enable_resource_variables()  # tflearn's import turned them off; reference variables make a step racy
+    tf, tflearn = setup(config)  # the harness trainer's threads and resource variables
 
     batch_size = config["batch_size"]
     built = builder.build(spec)
