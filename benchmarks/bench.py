@@ -79,8 +79,8 @@ def markdown(run: dict) -> list:
                      f"| {_f(e['plain_steady_epoch_s']['median'], '.2f')} | {_f(e['overhead_ratio'], '.3f')} |")
     measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
     lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
-                  f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: float32 "
-                  f"{peak['measurements'][0]['size'] if peak['measurements'] else '-'}² matrix product at "
+                  f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: the "
+                  f"fastest float32 matrix product (numpy, PyTorch, TensorFlow; 2048² and 4096²) at "
                   f"{run['config']['threads']} thread(s), measured before and after the runs: {measured} GFLOP/s; "
                   f"% of peak uses the higher. Peak RSS: the largest over the runs. Harness / plain: median steady "
                   f"epoch of the harness over that of the library's plain tutorial-style loop (benchmarks/plain), "

@@ -1,7 +1,10 @@
 """`python -m benchmarks.peak [--threads N]`: this machine's single-precision matrix-multiply rate, GFLOP/s.
 
-The yardstick for "% of peak": the best median rate of a large float32 matrix product, through PyTorch
-(oneDNN/MKL) and numpy's BLAS, at the thread count the libraries train with. Printed as one line of JSON.
+The yardstick for "% of peak": the best median rate of a large float32 matrix product (2048² and 4096²)
+through numpy's BLAS, PyTorch and TensorFlow, at the thread count the libraries train with. They differ
+by 2x here (OpenBLAS ~245, TensorFlow's AVX-512 kernels ~480 GFLOP/s at 2 threads), so the best of them
+stands for what this CPU can do; a single BLAS would let convolution libraries exceed "100 % of peak".
+Printed as one line of JSON.
 Run it in a fresh process whose OMP/MKL/OPENBLAS thread variables are already set (numpy's BLAS reads them
 at start-up); `measure_in_subprocess` does that.
 """
@@ -14,32 +17,49 @@ import subprocess
 import sys
 import time
 
-SIZE = 2048  # large enough to be compute-bound, small enough to take well under a second per product
-REPEATS = 7
+SIZES = (2048, 4096)  # compute-bound; the larger one takes about 0.3 s per product at 2 threads
+REPEATS = 5
 
 
-def _rate(matmul, a, b, repeats: int) -> float:
+def _rate(matmul, a, b, size: int, repeats: int) -> float:
     matmul(a, b)  # warm-up: thread pools, page faults
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         matmul(a, b)
         times.append(time.perf_counter() - started)
-    return 2 * SIZE ** 3 / statistics.median(times) / 1e9
+    return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def measure(threads: int, repeats: int = REPEATS) -> dict:
+def _matmuls(threads: int) -> dict:
+    """name -> (matmul, convert a numpy array to its input), each set to `threads` threads."""
+    import os
+
     import numpy as np
     import torch
 
     torch.set_num_threads(threads)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    # TensorFlow runs eagerly and synchronously on the CPU: the product exists when matmul returns
+    return {"numpy": (np.matmul, lambda x: x), "torch": (torch.matmul, torch.from_numpy),
+            "tensorflow": (tf.linalg.matmul, tf.constant)}
+
+
+def measure(threads: int, repeats: int = REPEATS) -> dict:
+    import numpy as np
+
     rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((SIZE, SIZE), dtype=np.float32) for _ in range(2))
-    rates = {"numpy": _rate(np.matmul, a, b, repeats)}
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    rates["torch"] = _rate(torch.matmul, ta, tb, repeats)
+    rates = {}
+    for size in SIZES:
+        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+        for name, (matmul, convert) in _matmuls(threads).items():
+            rates[f"{name} {size}"] = _rate(matmul, convert(a), convert(b), size, repeats)
     best = max(rates, key=rates.get)
-    return {"gflops": rates[best], "by": best, "rates": rates, "threads": threads, "size": SIZE,
+    return {"gflops": rates[best], "by": best, "rates": rates, "threads": threads, "size": int(best.split()[-1]),
             "repeats": repeats}
 
 
