@@ -23,5 +23,9 @@ def write_atomic(path, data) -> Path:
     return path
 
 
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
 def write_json(path, obj) -> Path:
     return write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")

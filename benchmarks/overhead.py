@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import envs
+import lifeline
 from builders import resolve
 from trainers.supervisor import thread_env
 
@@ -18,15 +19,27 @@ def run_plain(framework: str, job: Path, threads: int, timeout: float, stderr_pa
     try:
         python = envs.ensure(resolve(framework)[1])
         with open(stderr_path, "w") as stderr:
-            proc = subprocess.run([str(python), "-m", "benchmarks.plain", framework, str(job)], cwd=envs.ROOT,
-                                  env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                  timeout=timeout)
-    except envs.EnvError as exc:
-        return {"status": "failed", "reason": str(exc)}
+            proc = lifeline.spawn([str(python), "-m", "benchmarks.plain", framework, str(job)], cwd=envs.ROOT,
+                                  env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True)
+    except (envs.EnvError, OSError) as exc:
+        return {"status": "failed", "reason": f"cannot start the plain loop: {exc}"}
+    try:
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        lifeline.kill(proc)
         return {"status": "timeout", "reason": f"plain loop took over {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
+    except BaseException:  # interrupted: the loop goes with the run
+        lifeline.kill(proc)
+        raise
+    finally:
+        lifeline.release(proc)
+    lines = out.strip().splitlines()
     if proc.returncode != 0 or not lines:
         last = [l for l in stderr_path.read_text(errors="replace").splitlines() if l.strip()]
         return {"status": "failed", "reason": f"exit {proc.returncode}: {last[-1] if last else 'no message'}"}
-    return {"status": "ok", "wall_s": time.perf_counter() - started, **json.loads(lines[-1])}
+    try:
+        result = json.loads(lines[-1])
+        [float(s) for s in result["epoch_s"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        return {"status": "failed", "reason": f"plain loop printed a malformed result ({exc})"}
+    return {"status": "ok", "wall_s": time.perf_counter() - started, **result}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import lifeline
 from builders import FRAMEWORKS, NAMES, Unsupported, resolve
 from spec.ir import ModelSpec
 
@@ -59,6 +60,7 @@ def run(framework: str, job: Path) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    lifeline.die_with_parent()  # no orphan if the run that started this worker dies
     if len(argv) != 2 or argv[0] not in NAMES:
         print(f"usage: python -m builders.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
         return 2

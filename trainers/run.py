@@ -3,6 +3,7 @@ each library, forward equivalence verified first, results table + JSON + plots i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_LIBRARY, EXIT_BAD_INPUT = 0, 1, 2
 DROPOUT_SUFFIX = {"own": "", "identical": "-identicaldropout", "off": "-nodropout"}
+INVOCATION = "invocation.json"  # in every results folder: the arguments that made it, for --resume
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,8 +30,11 @@ def parser() -> argparse.ArgumentParser:
                "Experiments (spec/experiments.toml):\n"
                "  seed-2017  first 2000 training images, validation on the first 400 of them, no shuffling\n"
                "  default    same training images, validation on official test images, shuffled by --seed\n"
-               "Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2 bad input.")
-    p.add_argument("libraries", nargs="+", metavar="LIBRARY",
+               "Interrupted (Ctrl-C, SIGTERM): the workers are stopped, the results folder keeps every finished\n"
+               "job and is marked INTERRUPTED; `--resume FOLDER` runs only the missing jobs.\n"
+               "Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2 bad input,\n"
+               "130/143 interrupted by SIGINT/SIGTERM.")
+    p.add_argument("libraries", nargs="*", metavar="LIBRARY",
                    help=f"'all' (the six libraries: {', '.join(FRAMEWORKS)}), 'fast-paths' (faster ways to run "
                         f"the same model, each verified before it is timed: {', '.join(FAST_PATHS)}), or any of these")
     p.add_argument("--experiment", default="seed-2017", help="experiment name (default seed-2017)")
@@ -72,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600, help="seconds one library may train (default 3600)")
     p.add_argument("--out", default="results", help="folder that receives this run's results folder")
     p.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
+    p.add_argument("--resume", metavar="FOLDER",
+                   help="finish an interrupted run: the same arguments as that run (read from its folder), only "
+                        "the jobs it did not finish; no other arguments")
     return p
 
 
@@ -97,9 +105,35 @@ class BadInput(Exception):
 
 def parse(argv=None) -> argparse.Namespace:
     p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    if args.resume:
+        if argv != ["--resume", args.resume] and argv != [f"--resume={args.resume}"]:
+            p.error("--resume takes no other arguments: the run's own are read from its folder")
+        return args
+    if not args.libraries:
+        p.error("name the libraries to train ('all', 'fast-paths' or names)")
     _positive(args, p)
+    args.argv = argv
     return args
+
+
+def resumed(folder: str) -> tuple:
+    """(the arguments of the run whose results folder this is, the folder), or BadInput."""
+    path = Path(folder)
+    try:
+        saved = json.loads((path / INVOCATION).read_text())
+        argv = [str(a) for a in saved["argv"]]
+    except FileNotFoundError:
+        raise BadInput(f"{path}: not a results folder of trainers.run (no {INVOCATION})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{path / INVOCATION}: unreadable ({exc})") from None
+    if (path / "results.json").exists() and not (path / "INTERRUPTED").exists():
+        raise BadInput(f"{path}: this run finished; there is nothing to resume")
+    try:
+        return parse(argv), path
+    except SystemExit:
+        raise BadInput(f"{path / INVOCATION}: its arguments no longer parse") from None
 
 
 def prepare(args) -> tuple:
@@ -127,13 +161,21 @@ def prepare(args) -> tuple:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    import lifeline
+
+    args, folder = parse(argv), None
+    lifeline.on_interrupt_raise()
     try:
+        if args.resume:
+            args, folder = resumed(args.resume)
         prepared = prepare(args)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    code, _ = execute(args, *prepared)
+    except lifeline.Interrupted as exc:
+        print(f"{exc} before anything ran; nothing was written", file=sys.stderr)
+        return exc.exit_status
+    code, _ = execute(args, *prepared, folder=folder)
     return code
 
 
@@ -148,8 +190,42 @@ def _varies(experiment: dict, config: dict, init: str) -> list:
     return out
 
 
-def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
-    """Verify, train every (library, seed) job, write the results folder; (exit status, folder)."""
+def _new_folder(out: Path, name: str) -> Path:
+    """out/name, or out/name-2, -3, ... when a run started in the same second already took it."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        folder = out / (name if i == 1 else f"{name}-{i}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise BadInput(f"{out}: too many results folders named {name}")
+
+
+class Ledger:
+    """Every finished job's row, saved in the results folder the moment it arrives (rows/), so that an
+    interrupted run loses nothing and --resume runs only what is missing."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder / "rows"
+
+    def _path(self, job) -> Path:
+        return self.folder / job.run / f"{job.framework}{'.plain' if job.plain else ''}.json"
+
+    def load(self, job):
+        path = self._path(job)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, job, row) -> None:
+        import results
+        results.write_json(self._path(job), row)
+
+
+def execute(args, names, experiment, model_path, spec, arrays, folder: Path | None = None) -> tuple:
+    """Verify, train every (library, seed) job, write the results folder; (exit status, folder). With `folder`
+    (--resume), the jobs already in its ledger are kept and only the others run."""
+    import lifeline
     import results
     from benchmarks import bench
     from builders import FAST_PATHS
@@ -176,54 +252,87 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
     images = len(arrays[0]) if limit is None else min(limit, len(arrays[0]))
     steps_total = epochs * -(-images // batch_size)
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    sweep_suffix = f"-{len(seeds)}seeds" if len(seeds) > 1 else f"-repeat{args.repeat}" if args.repeat > 1 else ""
-    folder = Path(args.out) / f"{stamp}-{args.experiment}-{args.optimizer}{DROPOUT_SUFFIX[dropout]}{sweep_suffix}"
-    folder.mkdir(parents=True, exist_ok=False)
+    if folder is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        sweep_suffix = f"-{len(seeds)}seeds" if len(seeds) > 1 else f"-repeat{args.repeat}" if args.repeat > 1 else ""
+        folder = _new_folder(Path(args.out),
+                             f"{stamp}-{args.experiment}-{args.optimizer}{DROPOUT_SUFFIX[dropout]}{sweep_suffix}")
+        results.write_json(folder / INVOCATION, {"argv": args.argv})
     print(f"results folder: {folder}", file=sys.stderr)
-
-    print(f"verifying forward equivalence of {len(names)} libraries first", file=sys.stderr, flush=True)
-    verified = equivalence.run(model_path, names, args.data)
-    results.write_json(folder / "verification.json", verified)
+    ledger = Ledger(folder)
 
     runs = {key: {} for key, _, _ in plan}
     plain = {key: {} for key, _, _ in plan}
-    peaks = []
-    with tempfile.TemporaryDirectory(prefix="train-") as tmp:
-        jobs = []
-        for key, seed, tag in plan:
-            job_dir = Path(tmp) / f"seed-{seed}"
-            if not job_dir.exists():
-                seed_spec = spec if args.init == "fixed" else harness.reinitialised(spec, seed)
-                train_spec = seed_spec if configs[seed]["dropout"] else harness.without_dropout(seed_spec)
-                order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], seed, limit)
-                harness.write_job(job_dir, train_spec, arrays, order, configs[seed])
-            for name in names:
-                check = verified["frameworks"][name]
-                if check["status"] == "pass":
-                    jobs.append(Job(name, key, job_dir, steps_total, tag))
-                    if args.repeat > 1 and not args.no_plain:  # alternate harness and plain runs
-                        jobs.append(Job(name, key, job_dir, steps_total, tag, plain=True))
-                    continue
-                where = check.get("first_divergent_layer") or {}
-                reason = check["message"] or f"first divergent layer {where.get('name')}"
-                runs[key][name] = {"status": "not verified", "wall_s": 0.0,
-                                   "reason": f"forward equivalence {check['status']}: {reason}",
-                                   "record": {"optimizer": None, "steps": [], "epochs": []}}
-                if key == plan[0][0]:
-                    print(f"{name}: not trained ({runs[key][name]['reason']})", file=sys.stderr)
-        if args.repeat > 1:
-            peaks.append(bench.machine_peak(args.threads))
-        if args.executor == "dask":
-            finished = run_dask(jobs, args.threads, args.timeout, folder, args.scheduler, args.workers)
-        else:
-            finished = run_local(jobs, args.threads, args.timeout, folder)
-        for job, row in finished:
-            (plain if job.plain else runs)[job.run][job.framework] = row
-            if row["status"] != "ok":
-                print(f"{job.label}: {row['status']} — {row['reason']}", file=sys.stderr)
-        if args.repeat > 1:
-            peaks.append(bench.machine_peak(args.threads))
+    peaks, jobs, interrupted = [], [], None
+    try:
+        with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+            if (folder / "verification.json").exists():  # resumed: verified before
+                verified = results.read_json(folder / "verification.json")
+            else:
+                print(f"verifying forward equivalence of {len(names)} libraries first", file=sys.stderr, flush=True)
+                verified = equivalence.run(model_path, names, args.data)
+                results.write_json(folder / "verification.json", verified)
+            jobs = []
+            for key, seed, tag in plan:
+                job_dir = Path(tmp) / f"seed-{seed}"
+                if not job_dir.exists():
+                    seed_spec = spec if args.init == "fixed" else harness.reinitialised(spec, seed)
+                    train_spec = seed_spec if configs[seed]["dropout"] else harness.without_dropout(seed_spec)
+                    order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], seed, limit)
+                    harness.write_job(job_dir, train_spec, arrays, order, configs[seed])
+                for name in names:
+                    check = verified["frameworks"][name]
+                    if check["status"] == "pass":
+                        jobs.append(Job(name, key, job_dir, steps_total, tag))
+                        if args.repeat > 1 and not args.no_plain:  # alternate harness and plain runs
+                            jobs.append(Job(name, key, job_dir, steps_total, tag, plain=True))
+                        continue
+                    where = check.get("first_divergent_layer") or {}
+                    reason = check["message"] or f"first divergent layer {where.get('name')}"
+                    runs[key][name] = {"status": "not verified", "wall_s": 0.0,
+                                       "reason": f"forward equivalence {check['status']}: {reason}",
+                                       "record": {"optimizer": None, "steps": [], "epochs": []}}
+                    if key == plan[0][0]:
+                        print(f"{name}: not trained ({runs[key][name]['reason']})", file=sys.stderr)
+            todo = []
+            for job in jobs:
+                row = ledger.load(job)
+                if row is None:
+                    todo.append(job)
+                else:
+                    (plain if job.plain else runs)[job.run][job.framework] = row
+            if len(todo) < len(jobs):
+                print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done", file=sys.stderr)
+            if args.repeat > 1:
+                peaks.append(bench.machine_peak(args.threads))
+            if args.executor == "dask":
+                finished = run_dask(todo, args.threads, args.timeout, folder, args.scheduler, args.workers)
+            else:
+                finished = run_local(todo, args.threads, args.timeout, folder)
+            for job, row in finished:
+                ledger.save(job, row)
+                (plain if job.plain else runs)[job.run][job.framework] = row
+                if row["status"] != "ok":
+                    print(f"{job.label}: {row['status']} — {row['reason']}", file=sys.stderr)
+            if args.repeat > 1:
+                peaks.append(bench.machine_peak(args.threads))
+    except lifeline.Interrupted as exc:
+        stopped = lifeline.stop_all()
+        interrupted = exc
+        print(f"\n{exc}: stopped {stopped} worker(s); writing what finished", file=sys.stderr, flush=True)
+    if interrupted is not None and not (folder / "verification.json").exists():
+        results.write_atomic(folder / "INTERRUPTED", f"{interrupted} during verification; nothing trained.\n"
+                                                     f"Resume: python -m trainers.run --resume {folder}\n")
+        return interrupted.exit_status, folder
+    missing = []
+    for job in jobs:
+        rows = plain if job.plain else runs
+        if job.framework not in rows[job.run]:
+            missing.append(job.label + (" (plain loop)" if job.plain else ""))
+            rows[job.run][job.framework] = (
+                {"status": "interrupted", "reason": "did not finish: the run was interrupted"} if job.plain else
+                {"status": "interrupted", "reason": "did not finish: the run was interrupted", "wall_s": 0.0,
+                 "record": {"optimizer": None, "steps": [], "epochs": []}})
 
     for key, rows in runs.items():
         for row in rows.values():
@@ -259,8 +368,19 @@ def execute(args, names, experiment, model_path, spec, arrays) -> tuple:
         run["significance"] = sweep.significance(runs, names, epochs, report.load_tolerances()["significance"])
         text = "\n".join(report.heading(run) + sweep.markdown(run)) + "\n"
         sweep.plots(run, folder)
+    if interrupted is not None:
+        run["interrupted"] = {"signal": interrupted.signal_name, "missing": missing}
+        text = (f"**INTERRUPTED by {interrupted.signal_name}**: {len(missing)} job(s) did not finish "
+                f"({', '.join(missing)}); their rows say 'interrupted'. Finish them with "
+                f"`python -m trainers.run --resume {folder}`.\n\n" + text)
     results.write_json(folder / "results.json", run)
     results.write_atomic(folder / "results.md", text)
+    if interrupted is not None:
+        results.write_atomic(folder / "INTERRUPTED", f"{interrupted}; {len(missing)} job(s) missing.\n"
+                                                     f"Resume: python -m trainers.run --resume {folder}\n")
+        print(f"interrupted: results so far in {folder}; resume with --resume {folder}", file=sys.stderr)
+        return interrupted.exit_status, folder
+    (folder / "INTERRUPTED").unlink(missing_ok=True)
     print(text)
     print(f"results: {folder}")
     failed = [row for rows in [*runs.values(), *plain.values()] for row in rows.values() if row["status"] != "ok"]

@@ -6,7 +6,6 @@ every epoch the worker finished and the reason it stopped.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import envs
+import lifeline
 from builders import resolve
 from trainers.worker import EVENT_PREFIX, EXIT_NAN, result_path
 from verify.runner import worker_env
@@ -38,16 +38,17 @@ def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout
     """Train `framework` on the job folder; returns its row (status, record, reason, wall_s). The worker's
     stderr goes to `stderr_path`; `progress` shows a bar (labelled `label`, default the framework)."""
     row = {"status": "ok", "reason": "", "record": {"optimizer": None, "steps": [], "epochs": []}}
+    started = time.perf_counter()
+    stderr = open(stderr_path, "w")
     try:
         python = envs.ensure(resolve(framework)[1])
-    except envs.EnvError as exc:
-        return {**row, "status": "failed", "reason": str(exc), "wall_s": 0.0}
-    started = time.perf_counter()
-    with open(stderr_path, "w") as stderr, tqdm(total=steps_total, desc=f"{label or framework:<21}", unit="step",
-                                                  leave=True, dynamic_ncols=True, disable=not progress) as bar:
-        proc = subprocess.Popen([str(python), "-m", "trainers.worker", framework, str(job)], cwd=envs.ROOT,
-                                env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                start_new_session=True)
+        proc = lifeline.spawn([str(python), "-m", "trainers.worker", framework, str(job)], cwd=envs.ROOT,
+                              env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True)
+    except (envs.EnvError, OSError) as exc:  # an environment missing, broken or unbuildable: this row only
+        stderr.close()
+        return {**row, "status": "failed", "reason": f"cannot start the worker: {exc}", "wall_s": 0.0}
+    with stderr, tqdm(total=steps_total, desc=f"{label or framework:<21}", unit="step", leave=True,
+                      dynamic_ncols=True, disable=not progress) as bar:
         events = row["record"]
 
         def pump():
@@ -70,9 +71,13 @@ def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            lifeline.kill(proc)
             code = None
+        except BaseException:  # interrupted: the worker goes with the run
+            lifeline.kill(proc)
+            raise
+        finally:
+            lifeline.release(proc)
         reader.join(timeout=10)
     row["wall_s"] = time.perf_counter() - started
     result = result_path(job, framework)
@@ -85,5 +90,16 @@ def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout
     elif code != 0 or not result.exists():
         row.update(status="crashed", reason=f"worker exit {code}: {_last_line(stderr_path)}")
     else:
-        row["record"] = json.loads(result.read_text())
+        try:
+            record = json.loads(result.read_text())
+            if not (isinstance(record, dict) and isinstance(record.get("steps"), list)
+                    and isinstance(record.get("epochs"), list)):
+                raise ValueError("no steps and epochs")
+            row["record"] = record
+        except (ValueError, OSError) as exc:  # the events streamed so far stay in the row
+            row.update(status="crashed", reason=f"worker wrote a malformed result ({_first_line(exc)})")
     return row
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spec.ir import ModelSpec
+import lifeline
 from builders import NAMES, resolve
+from spec.ir import ModelSpec
 from trainers import FRAMEWORKS
 
 EVENT_PREFIX = "@@event "
@@ -115,6 +116,7 @@ def tensors_path(job: Path, framework: str) -> Path:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    lifeline.die_with_parent()  # no orphan if the run that started this worker dies
     if len(argv) != 2 or argv[0] not in NAMES:
         print(f"usage: python -m trainers.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
         return 2

@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     except (ModelError, cifar10.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # the workers were stopped on the way out (verify.equivalence)
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     print(equivalence.table(report))
     passed = sum(r["status"] == "pass" for r in report["frameworks"].values())
     print(f"\n{passed}/{len(report['frameworks'])} libraries match onnxruntime; {report['wall_s']:.1f} s")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import cifar10
+import lifeline
 from builders import select
 from spec import experiments
 from spec.ir import ModelSpec
@@ -72,7 +73,10 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
             result = run_worker(framework, job, timeout)
             row = {"status": result.status, "message": result.message, "wall_s": round(result.wall_s, 2),
                    "versions": result.info.get("versions", {})}
-            if result.status == "ok":
+            missing = [layer.name for layer in spec.layers if layer.name not in result.outputs]
+            if result.status == "ok" and missing:
+                row.update(status="error", message=f"worker output lacks layers {', '.join(missing)}")
+            elif result.status == "ok":
                 row.update(compare(spec, result.outputs, ref, load_policy(framework)))
                 row["status"] = row.pop("verdict")
             with lock:
@@ -83,7 +87,12 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
             return row
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(one, frameworks))
+            try:
+                list(pool.map(one, frameworks))
+            except BaseException:  # interrupted: stop the workers, or the pool would wait for them
+                pool.shutdown(wait=False, cancel_futures=True)
+                lifeline.stop_all()
+                raise
     report["frameworks"] = {f: report["frameworks"][f] for f in frameworks}
     report["wall_s"] = round(time.perf_counter() - started, 2)
     report["passed"] = all(r["status"] == "pass" for r in report["frameworks"].values())

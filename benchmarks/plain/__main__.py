@@ -8,11 +8,14 @@ import os
 import sys
 from pathlib import Path
 
+import lifeline
+
 
 def main(argv=None) -> int:
     from benchmarks.plain import LIBRARIES
 
     argv = sys.argv[1:] if argv is None else argv
+    lifeline.die_with_parent()  # no orphan if the run that started this worker dies
     if len(argv) != 2 or argv[0] not in LIBRARIES:
         print(f"usage: python -m benchmarks.plain {{{','.join(LIBRARIES)}}} JOB_DIR", file=sys.stderr)
         return 2

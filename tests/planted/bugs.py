@@ -162,3 +162,53 @@ def _lr_zero(framework):
 
 
 TRAINING_FAULTS["lr-zero"] = _lr_zero
+
+
+def _malformed_output(framework):
+    # the worker exits 0 but its result file is not what it should be (a full disk, a bug, a stray write)
+    import sys
+    from pathlib import Path
+
+    from trainers import worker
+
+    original = worker.main
+
+    def main(argv=None):
+        code = original(argv)
+        if _worker_is(framework) and code == 0:
+            worker.result_path(Path(sys.argv[2]), sys.argv[1]).write_text('{"steps": [1, 2')
+        return code
+    worker.main = main
+
+
+def _env_missing(framework):
+    # the library's environment is gone (deleted, or never built on this machine): its python does not exist
+    import builders
+    import envs
+
+    original, ensure = builders.resolve, envs.ensure
+
+    def resolve(name):
+        base, env, options = original(name)
+        return (base, "vanished", options) if name == framework else (base, env, options)
+    builders.resolve = resolve
+    envs.ensure = lambda name: envs.ENVS_DIR / "vanished" / "bin" / "python" if name == "vanished" else ensure(name)
+
+
+def _malformed_layer_outputs(framework):
+    # the builder worker exits 0 but its outputs file is not an npz (patched at os.replace, which the worker's
+    # atomic write ends with: `python -m builders.worker` runs as __main__, not as the module imported here)
+    import os
+
+    original = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(f"{framework}.outputs.npz"):
+            with open(src, "wb") as handle:
+                handle.write(b"not an npz")
+        return original(src, dst)
+    os.replace = replace
+
+
+TRAINING_FAULTS.update({"malformed-output": _malformed_output, "env-missing": _env_missing,
+                        "malformed-layer-outputs": _malformed_layer_outputs})
