@@ -5,6 +5,7 @@ ModelError whose message is one line naming the file, node, op or tensor at faul
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -23,18 +24,60 @@ class ModelError(ValueError):
     """A model file this tool cannot use; the message is meant for the user as it is."""
 
 
+# Memory guard: what a model declares is checked before anything of that size is allocated.
+BUDGET_VARIABLE = "XV_MEMORY_BUDGET_GIB"
+DEFAULT_BUDGET_GIB = 8.0
+WEIGHT_COPIES = 4  # onnxruntime's, a library's, RMSprop's mean square and the gradient
+ACTIVATION_COPIES = 3  # forward outputs, their gradients and the verifier's copy of every layer's output
+LARGEST_BATCH = 128  # the largest batch an experiment trains on (spec/experiments.toml)
+
+
+def memory_budget_gib() -> float:
+    text = os.environ.get(BUDGET_VARIABLE, "")
+    try:
+        value = float(text) if text else DEFAULT_BUDGET_GIB
+    except ValueError:
+        raise ModelError(f"{BUDGET_VARIABLE}={text!r} is not a number of GiB") from None
+    if not value > 0:
+        raise ModelError(f"{BUDGET_VARIABLE}={text!r} must be a positive number of GiB")
+    return value
+
+
+def _within_budget(path: Path, what: str, need_bytes: float) -> None:
+    budget = memory_budget_gib()
+    if need_bytes > budget * 2**30:
+        raise ModelError(f"{path}: {what} need about {need_bytes / 2**30:,.1f} GiB, over the memory budget of "
+                         f"{budget:g} GiB; refused before allocating it (raise it with {BUDGET_VARIABLE}=...)")
+
+
+def _declared_bytes(path: Path, tensor) -> int:
+    """prod(dims) * itemsize of a TensorProto, from its header alone."""
+    if any(d < 0 for d in tensor.dims):
+        raise ModelError(f"{path}: tensor {tensor.name!r} declares a negative dimension {list(tensor.dims)}")
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - an unknown or undefined dtype: the importer refuses it later
+        itemsize = 1
+    return int(np.prod([int(d) for d in tensor.dims], dtype=object)) * itemsize
+
+
 def load_onnx(path) -> onnx.ModelProto:
     """Load and check a model file, external data included; raises ModelError."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    _within_budget(path, "the model file's bytes", path.stat().st_size)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (no graph nodes; truncated or another kind of file?)")
+    _check_names(path, model)
     _check_opset(path, model)
+    declared = sum(_declared_bytes(path, t) for t in onnx.external_data_helper._get_all_tensors(model))
+    _within_budget(path, f"its weights ({declared / 2**30:,.2f} GiB declared, {WEIGHT_COPIES} copies)",
+                   WEIGHT_COPIES * declared)
     _load_external_data(path, model)
     try:
         onnx.checker.check_model(model)
@@ -45,7 +88,30 @@ def load_onnx(path) -> onnx.ModelProto:
 
 def import_model(path) -> ModelSpec:
     """The ModelSpec of the ONNX model at path; raises ModelError."""
-    return _Importer(Path(path), load_onnx(path)).run()
+    model = load_onnx(path)
+    try:
+        return _Importer(Path(path), model).run()
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - still one line for the user; the fuzz test fails on this wording
+        raise ModelError(f"{path}: {IMPORTER_BUG}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+IMPORTER_BUG = "the importer failed on this model (a bug: please report it with the file)"
+
+
+def _check_names(path: Path, model: onnx.ModelProto) -> None:
+    """protobuf hands out names that are not valid UTF-8 as bytes: a corrupt file."""
+    graph = model.graph
+    names = [graph.name, *(v.name for v in [*graph.input, *graph.output, *graph.value_info]),
+             *(t.name for t in graph.initializer)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output,
+                  *(a.name for a in node.attribute)]
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise ModelError(f"{path}: the model names something with bytes that are not UTF-8 ({bad[:40]!r}); "
+                         f"the file is corrupt")
 
 
 def _first_line(exc: Exception) -> str:
@@ -71,15 +137,21 @@ def _load_external_data(path: Path, model: onnx.ModelProto) -> None:
             continue
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
-        target = (base / location).resolve()
+        try:
+            target = (base / location).resolve()
+            offset, length = int(entries.get("offset", 0) or 0), int(entries.get("length", 0) or 0)
+        except (ValueError, OSError) as exc:  # a NUL in the name, an offset that is not a number, ...
+            raise ModelError(f"{path}: tensor {tensor.name!r} has unusable external data entries "
+                             f"({_first_line(exc)})") from None
         if not location or Path(location).is_absolute() or not target.is_relative_to(base):
             raise ModelError(f"{path}: tensor {tensor.name!r} points to external data {location!r} "
                              f"outside the model's folder; refused")
         if not target.is_file():
             raise ModelError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
-        offset, length = int(entries.get("offset", 0) or 0), entries.get("length")
+        if offset < 0 or length < 0:
+            raise ModelError(f"{path}: external data of tensor {tensor.name!r} has a negative offset or length")
         size = target.stat().st_size
-        if offset + (int(length) if length else 0) > size:
+        if offset + length > size:
             raise ModelError(f"{path}: external data of tensor {tensor.name!r} lies beyond the end of "
                              f"{location!r} ({size} bytes); the file is truncated")
     try:
@@ -123,6 +195,9 @@ class _Importer:
                              f"the layer chain (which ends at {self.current!r})")
         if not self.layers:
             raise ModelError(f"{self.path}: the model has no layers")
+        per_image = 4 * sum(int(np.prod(layer.output_shape, dtype=object)) for layer in self.layers)
+        _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, batch {LARGEST_BATCH}, "
+                                  f"{ACTIVATION_COPIES} copies)", ACTIVATION_COPIES * LARGEST_BATCH * per_image)
         return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch)
 
     def _input_dims(self, value_info) -> list:
@@ -188,6 +263,10 @@ class _Importer:
 
     def _window(self, node, attrs: dict, kernel: tuple) -> tuple:
         strides = tuple(attrs.get("strides", (1, 1)))
+        if len(kernel) != 2 or len(strides) != 2:
+            self.fail(node, "only 2-D windows are supported")
+        if not all(isinstance(v, int) and v >= 1 for v in (*kernel, *strides)):
+            self.fail(node, f"invalid kernel {kernel} or strides {strides}")
         if any(d != 1 for d in attrs.get("dilations", (1, 1))):
             self.fail(node, "dilations other than 1 are not supported")
         auto_pad = attrs.get("auto_pad", b"NOTSET")

@@ -74,6 +74,18 @@ def bad_models(tmp_path):
     softmax = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=0)
     cases["softmax_axis"] = (save("softmax_axis", _graph([softmax], [])), ["sm", "last axis"])
 
+    # memory guard: sizes declared in headers, refused before anything of that size is allocated
+    huge = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32))
+    del huge.dims[:]
+    huge.dims.extend([400_000, 400_000])  # 596 GiB declared, 48 bytes present
+    cases["huge_weights"] = (save("huge_weights", _graph([node], [huge])), ["weights", "GiB", "memory budget",
+                                                                           "XV_MEMORY_BUDGET_GIB"])
+    kernel = numpy_helper.from_array(np.ones((8, 3, 1, 1), np.float32), "k")
+    conv = helper.make_node("Conv", ["x", "k"], ["y"], name="conv", kernel_shape=[1, 1])
+    wide = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 20_000, 20_000])]
+    cases["huge_activations"] = (save("huge_activations", _graph([conv], [kernel], inputs=wide)),
+                                 ["activations", "MiB per image", "memory budget"])
+
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(SEED_MODEL.read_bytes()[:100_000])
     cases["truncated"] = (truncated, ["truncated.onnx", "not a readable ONNX model"])
@@ -122,7 +134,7 @@ def all_bad(tmp_path, zoo):
 
 
 CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "branching", "softmax_axis",
-         "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
+         "huge_weights", "huge_activations", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
          "external_truncated", "external_missing"]
 
 
@@ -137,7 +149,17 @@ def test_importer_refuses_with_one_clear_line(all_bad, case):
         assert fragment in message, (fragment, message)
 
 
-@pytest.mark.parametrize("case", ["unsupported_op", "truncated", "external_outside", "missing_initializer"])
+def test_the_memory_budget_is_a_setting(all_bad, monkeypatch):
+    path, _ = all_bad["huge_activations"]
+    monkeypatch.setenv("XV_MEMORY_BUDGET_GIB", "100000")
+    assert import_model(path).layers[0].output_shape == (8, 20_000, 20_000)  # nothing of that size allocated
+    monkeypatch.setenv("XV_MEMORY_BUDGET_GIB", "lots")
+    with pytest.raises(ModelError, match="not a number of GiB"):
+        import_model(path)
+
+
+@pytest.mark.parametrize("case", ["unsupported_op", "truncated", "external_outside", "missing_initializer",
+                                  "huge_activations"])
 def test_cli_bad_model_exits_2_with_one_line_and_writes_nothing(all_bad, tmp_path, case):
     path, fragments = all_bad[case]
     report = tmp_path / "out" / "report.json"
