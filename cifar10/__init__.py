@@ -207,6 +207,11 @@ def find(path=None, allow_download: bool = True) -> Cifar10:
         return load_path(Path(given))
     for place in candidates():
         if place.exists():
+            if place.name in ARCHIVE_NAMES and place.is_file():  # where the official archive is kept: it must be it
+                got = md5_of(place)
+                if got != ARCHIVE_MD5:
+                    raise DataError(f"{place}: md5 {got} is not the official archive's {ARCHIVE_MD5} (truncated "
+                                    f"or altered); delete it and fetch it again")
             return load_path(place)
     if allow_download:
         target = keras_cache() / ARCHIVE_NAMES[0]

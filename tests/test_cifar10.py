@@ -154,3 +154,21 @@ def test_no_data_and_no_network_says_where_to_put_the_file(tmp_path, monkeypatch
     message = str(info.value)
     assert "CIFAR-10 not found" in message and "cifar-10-python.tar.gz" in message and "--data" in message
     assert not (tmp_path / "keras" / "cifar-10-python.tar.gz").exists()
+
+
+def test_a_truncated_archive_is_refused_by_the_cli(tmp_path, small):
+    whole = _write_official(tmp_path, small).read_bytes()
+    archive = tmp_path / "cut" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(whole[: len(whole) // 2])
+    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", "--data", archive)
+    assert_one_line_error(proc, str(archive), "unreadable archive")
+
+
+def test_an_altered_archive_where_the_official_one_is_kept_is_refused(tmp_path, small):
+    home = tmp_path / "keras"
+    (home / "datasets").mkdir(parents=True)
+    _write_official(home / "datasets", small)  # a valid archive, but not the official one
+    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", env={"KERAS_HOME": str(home),
+                                                                           "CIFAR10_PATH": ""})
+    assert_one_line_error(proc, "md5", "c58f30108f718f92721af3b95e74349a", "fetch it again")
