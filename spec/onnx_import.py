@@ -253,6 +253,12 @@ class _Importer:
         except Exception as exc:
             self.fail(node, f"cannot read tensor {name!r}: {_first_line(exc)}")
 
+    def _scalar(self, node, name: str, what: str) -> float:
+        value = self._const(node, name, what)
+        if value.size != 1 or value.dtype.kind not in "biuf":
+            self.fail(node, f"{what} {name!r} must be a single number, not {value.dtype} of shape {value.shape}")
+        return float(value.reshape(()))
+
     @staticmethod
     def _attrs(node) -> dict:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -343,9 +349,11 @@ class _Importer:
         attrs = self._attrs(node)
         rate = attrs.get("ratio", 0.5)
         if len(node.input) > 1 and node.input[1]:
-            rate = float(self._const(node, node.input[1], "ratio"))
-        if len(node.input) > 2 and node.input[2] and bool(self._const(node, node.input[2], "training_mode")):
+            rate = self._scalar(node, node.input[1], "ratio")
+        if len(node.input) > 2 and node.input[2] and self._scalar(node, node.input[2], "training_mode"):
             self.fail(node, "training_mode=True is not supported for a model description")
+        if not isinstance(rate, (int, float)):
+            self.fail(node, f"ratio must be a number, not {rate!r}")
         if len(node.output) > 1 and node.output[1]:
             self.fail(node, "the mask output is not supported")
         if not 0.0 <= rate < 1.0:

@@ -86,6 +86,16 @@ def bad_models(tmp_path):
     cases["huge_activations"] = (save("huge_activations", _graph([conv], [kernel], inputs=wide)),
                                  ["activations", "MiB per image", "memory budget"])
 
+    # found by tests/fuzz_onnx.py, kept as fixed cases
+    ratio = numpy_helper.from_array(np.ones((2, 2), np.float32), "r")
+    drop = helper.make_node("Dropout", ["x", "r"], ["y"], name="drop")
+    cases["dropout_ratio_not_scalar"] = (save("dropout_ratio_not_scalar", _graph([drop], [ratio])),
+                                         ["drop", "must be a single number"])
+    pooled = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], strides=[0, 1],
+                              auto_pad="SAME_UPPER")
+    image = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+    cases["zero_stride"] = (save("zero_stride", _graph([pooled], [], inputs=image)), ["pool", "invalid kernel"])
+
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(SEED_MODEL.read_bytes()[:100_000])
     cases["truncated"] = (truncated, ["truncated.onnx", "not a readable ONNX model"])
@@ -134,7 +144,7 @@ def all_bad(tmp_path, zoo):
 
 
 CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "branching", "softmax_axis",
-         "huge_weights", "huge_activations", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
+         "huge_weights", "huge_activations", "dropout_ratio_not_scalar", "zero_stride", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
          "external_truncated", "external_missing"]
 
 
