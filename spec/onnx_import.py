@@ -371,7 +371,10 @@ class _Importer:
         return self._flatten(node, i)
 
     def _op_Reshape(self, node, nodes, i):
-        target = [int(v) for v in self._const(node, node.input[1], "shape").reshape(-1)]
+        shape = self._const(node, node.input[1], "shape")
+        if shape.dtype.kind not in "iu":
+            self.fail(node, f"the target shape must hold integers, not {shape.dtype}")
+        target = [int(v) for v in shape.reshape(-1)]
         features = int(np.prod(self.shape))
         ok_batch = target[:1] and target[0] in (-1, 0) + ((self.batch,) if self.batch else ())
         if len(target) != 2 or not ok_batch or target[1] not in (-1, features) or target == [-1, -1]:

@@ -95,6 +95,10 @@ def bad_models(tmp_path):
                               auto_pad="SAME_UPPER")
     image = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
     cases["zero_stride"] = (save("zero_stride", _graph([pooled], [], inputs=image)), ["pool", "invalid kernel"])
+    nan_shape = numpy_helper.from_array(np.array([np.nan, 4.0]), "s")
+    reshape = helper.make_node("Reshape", ["x", "s"], ["y"], name="flat")
+    cases["reshape_float_shape"] = (save("reshape_float_shape", _graph([reshape], [nan_shape])),
+                                    ["flat", "must hold integers"])
 
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(SEED_MODEL.read_bytes()[:100_000])
@@ -144,7 +148,8 @@ def all_bad(tmp_path, zoo):
 
 
 CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "branching", "softmax_axis",
-         "huge_weights", "huge_activations", "dropout_ratio_not_scalar", "zero_stride", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
+         "huge_weights", "huge_activations", "dropout_ratio_not_scalar", "zero_stride",
+         "reshape_float_shape", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
          "external_truncated", "external_missing"]
 
 
