@@ -96,6 +96,27 @@ def test_an_interrupted_run_stops_its_workers_keeps_what_finished_and_resumes(tm
     assert final["libraries"]["pytorch"]["wall_s"] == libraries["pytorch"]["wall_s"]  # kept, not trained again
 
 
+def test_an_interrupted_explanation_stops_and_says_how_to_finish(tmp_path):
+    out = tmp_path / "results"
+    run = subprocess.Popen([sys.executable, "-m", "trainers.explain", "--seeds", "2", "--epochs", "1",
+                            "--max-batches", "2", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: len(list(out.glob("*/rows/*/*.json"))) >= 2, what="the first sweep's first jobs")
+        workers = psutil.Process(run.pid).children(recursive=True)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "interrupted in sweep native" in stderr and "--resume" in stderr, stderr
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"orphaned workers: {[p.cmdline() for p in alive]}"
+    folder, = out.iterdir()  # the first sweep only, marked; no later sweep started, no explanation written
+    assert (folder / "INTERRUPTED").exists() and (folder / "results.json").exists()
+
+
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
     from tests.conftest import assert_one_line_error
 
@@ -119,9 +140,9 @@ def test_two_runs_started_at_once_keep_to_their_own_folders(tmp_path):
 
 
 def test_a_results_folder_name_taken_in_the_same_second_gets_a_suffix(tmp_path):
-    from trainers.run import _new_folder
+    from trainers.run import new_folder
 
-    assert [_new_folder(tmp_path, "run").name for _ in range(3)] == ["run", "run-2", "run-3"]
+    assert [new_folder(tmp_path, "run").name for _ in range(3)] == ["run", "run-2", "run-3"]
 
 
 def test_two_processes_building_one_environment_build_it_once(tmp_path):

@@ -59,8 +59,19 @@ def _run_sweeps(args) -> tuple:
         print(f"explain: sweep {key} ({optimizer} RMSprop, dropout {dropout})", file=sys.stderr, flush=True)
         sweep_args = run.parse(argv)
         status, folders[key] = run.execute(sweep_args, *run.prepare(sweep_args))
+        if status >= 128:  # interrupted: that sweep's folder says so; the later sweeps do not start
+            done = " ".join(str(f) for k, f in folders.items() if k != key)
+            raise Interrupted(status, f"explain: interrupted in sweep {key}; finish it with `python -m trainers.run "
+                                      f"--resume {folders[key]}`, then run the rest or pass the three sweep folders "
+                                      f"to --reuse (finished so far: {done or 'none'})")
         code = max(code, status)
     return folders, code
+
+
+class Interrupted(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def _load(folder: Path, key: str) -> dict:
@@ -243,10 +254,12 @@ def main(argv=None) -> int:
     for name in ("epochs", "max_batches", "workers", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    import lifeline
     import results
     from trainers import run
 
     published = tomllib.loads(COMPARISON.read_text())
+    lifeline.on_interrupt_raise()
     try:
         if args.reuse:
             folders, code = dict(zip(SWEEPS, map(Path, args.reuse))), EXIT_OK
@@ -256,10 +269,15 @@ def main(argv=None) -> int:
     except (ValueError, run.BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
+    except lifeline.Interrupted as exc:  # between sweeps, or while one was reading its data
+        print(f"explain: {exc}; every finished sweep's folder is complete", file=sys.stderr)
+        return exc.exit_status
     result = explain(docs, published)
     result["sweeps"] = {k: str(v) for k, v in folders.items()}
-    folder = Path(args.out) / f"{time.strftime('%Y%m%d-%H%M%S')}-explain-2017"
-    folder.mkdir(parents=True, exist_ok=False)
+    folder = run.new_folder(Path(args.out), f"{time.strftime('%Y%m%d-%H%M%S')}-explain-2017")
     text = markdown(result, folders, docs)
     results.write_json(folder / "explain.json", result)
     results.write_atomic(folder / "explain.md", text)

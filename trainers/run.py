@@ -190,7 +190,7 @@ def _varies(experiment: dict, config: dict, init: str) -> list:
     return out
 
 
-def _new_folder(out: Path, name: str) -> Path:
+def new_folder(out: Path, name: str) -> Path:
     """out/name, or out/name-2, -3, ... when a run started in the same second already took it."""
     out.mkdir(parents=True, exist_ok=True)
     for i in range(1, 1000):
@@ -255,7 +255,7 @@ def execute(args, names, experiment, model_path, spec, arrays, folder: Path | No
     if folder is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         sweep_suffix = f"-{len(seeds)}seeds" if len(seeds) > 1 else f"-repeat{args.repeat}" if args.repeat > 1 else ""
-        folder = _new_folder(Path(args.out),
+        folder = new_folder(Path(args.out),
                              f"{stamp}-{args.experiment}-{args.optimizer}{DROPOUT_SUFFIX[dropout]}{sweep_suffix}")
         results.write_json(folder / INVOCATION, {"argv": args.argv})
     print(f"results folder: {folder}", file=sys.stderr)
