@@ -28,7 +28,6 @@ FRAMEWORKS = {
 }
 
 
-
 @dataclass(frozen=True)
 class FastPath:
     """A faster way to run a library's same model: its builder and trainer with `options`, in the base's
