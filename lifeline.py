@@ -66,6 +66,24 @@ def release(proc: subprocess.Popen) -> None:
         _live.discard(proc)
 
 
+def wait(proc: subprocess.Popen, timeout: float, communicate: bool = False) -> tuple:
+    """(exit status, its stdout if `communicate` else None) of a spawned worker; (None, None) when it ran past
+    `timeout` and was killed. A wait that is interrupted kills the worker too. Either way it is released."""
+    try:
+        if communicate:
+            out, _ = proc.communicate(timeout=timeout)
+            return proc.returncode, out
+        return proc.wait(timeout=timeout), None
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        return None, None
+    except BaseException:
+        kill(proc)
+        raise
+    finally:
+        release(proc)
+
+
 def stop_all() -> int:
     """Kill every registered worker's process group; returns how many were still registered."""
     with _lock:

@@ -23,20 +23,13 @@ def run_plain(framework: str, job: Path, threads: int, timeout: float, stderr_pa
                                   env=thread_env(threads), stdout=subprocess.PIPE, stderr=stderr, text=True)
     except (envs.EnvError, OSError) as exc:
         return {"status": "failed", "reason": f"cannot start the plain loop: {exc}"}
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        lifeline.kill(proc)
+    code, out = lifeline.wait(proc, timeout, communicate=True)
+    if code is None:
         return {"status": "timeout", "reason": f"plain loop took over {timeout:.0f} s"}
-    except BaseException:  # interrupted: the loop goes with the run
-        lifeline.kill(proc)
-        raise
-    finally:
-        lifeline.release(proc)
     lines = out.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    if code != 0 or not lines:
         last = [l for l in stderr_path.read_text(errors="replace").splitlines() if l.strip()]
-        return {"status": "failed", "reason": f"exit {proc.returncode}: {last[-1] if last else 'no message'}"}
+        return {"status": "failed", "reason": f"exit {code}: {last[-1] if last else 'no message'}"}
     try:
         result = json.loads(lines[-1])
         [float(s) for s in result["epoch_s"]]

@@ -68,16 +68,7 @@ def train_one(framework: str, job: Path, steps_total: int, threads: int, timeout
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            lifeline.kill(proc)
-            code = None
-        except BaseException:  # interrupted: the worker goes with the run
-            lifeline.kill(proc)
-            raise
-        finally:
-            lifeline.release(proc)
+        code, _ = lifeline.wait(proc, timeout)  # None: ran past the timeout, killed
         reader.join(timeout=10)
     row["wall_s"] = time.perf_counter() - started
     result = result_path(job, framework)

@@ -54,17 +54,10 @@ def run_worker(framework: str, job: Path, timeout: float) -> WorkerResult:
                                   env=worker_env(), stdout=handle, stderr=subprocess.STDOUT)
     except (envs.EnvError, OSError) as exc:  # an environment missing, broken or unbuildable: this row only
         return WorkerResult(framework, "error", message=f"cannot start the worker: {exc}")
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        lifeline.kill(proc)
+    code, _ = lifeline.wait(proc, timeout)
+    if code is None:
         return WorkerResult(framework, "error", message=f"worker timed out after {timeout:.0f} s",
                             wall_s=time.perf_counter() - started)
-    except BaseException:  # interrupted: the worker goes with the run
-        lifeline.kill(proc)
-        raise
-    finally:
-        lifeline.release(proc)
     wall = time.perf_counter() - started
     text = log.read_text(errors="replace")
     if code == EXIT_UNSUPPORTED:
