@@ -1,21 +1,16 @@
 """One module per library: the neutral ModelSpec -> that library's own idiomatic model.
 
-Each builder module defines:
-    NAME            the framework's name on the command line
-    versions(**options)
-                    {package: version} of what it runs on
-    build(spec, **options)
-                    the library's native model, with the spec's weights loaded
-    layer_outputs(model, spec, x, **options)
-                    forward pass in inference mode on x (float32, canonical NCHW); returns
-                    {layer name: output in the canonical layout} for every layer of spec
-`options` are a fast path's (FAST_PATHS below); a builder without fast paths takes none.
+Each builder module fulfils `builders.interface.Builder` (NAME, versions, build, layer_outputs, to_native,
+to_canonical) and has one `op_<kind>` function per op kind of the registry (`spec.ops`) it can express.
+`options` are a fast path's (FAST_PATHS below) or a trainer's build options.
 
 Framework imports happen inside those functions, so this package can be imported anywhere.
 Layout conversions and library quirks live in the builder of that library and nowhere else.
 """
 from dataclasses import dataclass
 from pathlib import Path
+
+from builders.interface import Unsupported  # noqa: F401  (raised by every builder)
 
 # framework name -> (builder module, worker environment)
 FRAMEWORKS = {
@@ -86,5 +81,3 @@ def select(tokens) -> list:
     return names
 
 
-class Unsupported(Exception):
-    """The model uses something this library's builder cannot express faithfully."""

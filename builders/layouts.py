@@ -38,7 +38,7 @@ def hwc_rows_to_chw(w: np.ndarray, flatten_from) -> np.ndarray:
 
 
 def kernel_to_canonical(spec, index: int, kernel: np.ndarray) -> np.ndarray:
-    """A conv or dense layer's kernel (or its gradient) in an NHWC library's layout -> canonical layout."""
+    """A conv or dense node's kernel (or its gradient) in an NHWC library's layout -> canonical layout."""
     if spec.layers[index].kind == "conv":
         return hwio_to_oihw(kernel)
     return hwc_rows_to_chw(kernel, dense_input_order(spec, index))
@@ -75,30 +75,45 @@ def from_canonical(y: np.ndarray, flatten_from) -> np.ndarray:
 
 
 def flatten_sources(spec) -> list:
-    """Per layer: the (C, H, W) shape its output was flattened from while that output is still in an
-    NHWC flatten's (H, W, C) order (from a flatten up to the next dense layer), else None."""
-    result, source = [], None
-    for i, layer in enumerate(spec.layers):
-        if layer.kind == "flatten":
-            shape = spec.input_shape_of(i)
-            source = tuple(shape) if len(shape) == 3 else None
-        elif layer.kind == "dense":
-            source = None
-        result.append(source)
-    return result
+    """Per node: the (C, H, W) shape its output was flattened from while that output is still in an
+    NHWC flatten's (H, W, C) order (from a flatten, through ops that keep the order, up to the next dense
+    node), else None."""
+    sources = {spec.input_name: None}
+    for node in spec.layers:
+        if node.kind == "flatten":
+            shape = spec.shape_of(node.inputs[0])
+            sources[node.name] = tuple(shape) if len(shape) == 3 else None
+        elif node.kind == "dense":
+            sources[node.name] = None
+        else:
+            sources[node.name] = sources[node.inputs[0]]
+    return [sources[node.name] for node in spec.layers]
+
+
+def flatten_source_of(spec, tensor: str):
+    """flatten_from of a tensor (a node's name or the graph input)."""
+    if tensor == spec.input_name:
+        return None
+    return flatten_sources(spec)[spec.index_of(tensor)]
 
 
 def dense_input_order(spec, index: int):
-    """flatten_from for dense layer `index`: the source of the flat vector it reads, or None."""
-    return flatten_sources(spec)[index - 1] if index else None
+    """flatten_from for dense node `index`: the source of the flat vector it reads, or None."""
+    return flatten_source_of(spec, spec.layers[index].inputs[0])
+
+
+NONNEGATIVE = ("relu", "softmax")  # op kinds whose outputs are >= 0
+ORDER_KEEPING = ("dropout",)  # op kinds that pass their input's values through at inference
 
 
 def nonnegative_input(spec, index: int) -> bool:
-    """Whether layer `index` reads values >= 0 only, so zero padding equals -inf padding for max pooling."""
-    for layer in reversed(spec.layers[:index]):
-        if layer.kind in ("relu", "softmax"):
+    """Whether node `index` reads values >= 0 only, so zero padding equals -inf padding for max pooling."""
+    node = spec.layers[index]
+    while node.inputs[0] != spec.input_name:
+        node = spec.node(node.inputs[0])
+        if node.kind in NONNEGATIVE:
             return True
-        if layer.kind != "dropout":
+        if node.kind not in ORDER_KEEPING:
             return False
     return False
 

@@ -1,43 +1,33 @@
-"""Floating-point operations of one image through a ModelSpec, counted from the layer definitions.
-
-Conventions (stated, so that % of peak can be checked by hand): a multiply-add is 2 FLOPs; conv and dense
-count their multiply-adds plus one add per output for the bias; relu 1 per output element; max/avg pooling
-k*k-1 per output (comparisons or adds; avg adds 1 divide); softmax 5 per element (max, subtract, exp, sum,
-divide); dropout, flatten 0. Training is forward plus backward, with the backward pass of conv and dense
-costing twice their forward multiply-adds (gradient of the input and of the weights; only the weights' for
-the first of them, whose input is data) and every other layer once its forward count.
-"""
+"""Floating-point operations of one image through a ModelSpec, from each op's FLOPs rule in the op registry
+(`spec.ops`, where the conventions are stated so that % of peak can be checked by hand). Training is forward
+plus backward."""
 from __future__ import annotations
 
-import math
-
+from spec import ops
 from spec.ir import ModelSpec
 
 
+def _needs_input_grad(spec: ModelSpec) -> dict:
+    """Per node: whether any node it depends on has parameters (then the gradient of its input is needed)."""
+    needs = {spec.input_name: False}
+    for node in spec.layers:
+        upstream = any(needs[t] for t in node.inputs)
+        needs[node.name] = upstream or ops.has_params(node.kind)
+        needs[f"{node.name}:input"] = upstream
+    return needs
+
+
 def layer_flops(spec: ModelSpec, index: int) -> dict:
-    """{"forward": n, "backward": n} for one image through layer `index`."""
-    layer = spec.layers[index]
-    out = math.prod(layer.output_shape)
-    a = layer.attrs
-    input_grad = any(l.kind in ("conv", "dense") for l in spec.layers[:index])
-    if layer.kind in ("conv", "dense"):
-        if layer.kind == "conv":
-            kh, kw = spec.weight(layer).shape[2:]
-            macs = out * spec.input_shape_of(index)[0] * kh * kw
-        else:
-            macs = math.prod(spec.weight(layer).shape)
-        return {"forward": 2 * macs + out, "backward": (4 if input_grad else 2) * macs + out}
-    if layer.kind in ("maxpool", "avgpool"):
-        kh, kw = a["kernel"]
-        per = kh * kw - 1 + (1 if layer.kind == "avgpool" else 0)
-        return {"forward": out * per, "backward": out * per}
-    per_element = {"relu": 1, "softmax": 5}.get(layer.kind, 0)
-    return {"forward": out * per_element, "backward": out * per_element}
+    """{"forward": n, "backward": n} for one image through node `index`."""
+    node = spec.layers[index]
+    input_grad = _needs_input_grad(spec)[f"{node.name}:input"]
+    forward, backward = ops.get(node.kind).flops(node.attrs, spec.input_shapes(node), node.output_shape, input_grad)
+    return {"forward": int(forward), "backward": int(backward)}
 
 
 def model_flops(spec: ModelSpec) -> dict:
-    """Per image: forward FLOPs, training FLOPs (forward + backward), and each layer's share."""
-    per_layer = {l.name: layer_flops(spec, i) for i, l in enumerate(spec.layers)}
+    """Per image: forward FLOPs, training FLOPs (forward + backward), and each node's share."""
+    per_layer = {n.name: layer_flops(spec, i) for i, n in enumerate(spec.layers)}
     forward = sum(f["forward"] for f in per_layer.values())
     backward = sum(f["backward"] for f in per_layer.values())
     return {"forward": forward, "training": forward + backward, "layers": per_layer}

@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.ir import Layer, ModelSpec, same_pads, window_output_size
+from spec import ops
+from spec.ir import Node, ModelSpec, same_pads, window_output_size
 
 OPSET_RANGE = (13, 20)
-SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
-                 "Gemm", "MatMul+Add", "Softmax (last axis)", "Identity", "Constant")
+_TRANSLATED = ("Conv", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)", "Gemm",
+               "MatMul+Add", "Softmax (last axis)", "Identity", "Constant")
 
 
 class ModelError(ValueError):
@@ -164,9 +165,11 @@ class _Importer:
     def __init__(self, path: Path, model: onnx.ModelProto):
         self.path, self.model, self.graph = path, model, model.graph
         self.constants = {t.name: t for t in self.graph.initializer}
-        self.layers: list[Layer] = []
+        self.layers: list[Node] = []
         self.weights: dict[str, np.ndarray] = {}
         self.names: set[str] = set()
+        self.tensors: dict[str, tuple] = {}  # ONNX tensor -> (IR tensor name, shape without the batch axis)
+        self.consumed: set[str] = set()  # ONNX nodes already imported as part of another (MatMul's Add)
 
     def fail(self, node, message: str):
         raise ModelError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
@@ -174,7 +177,7 @@ class _Importer:
     # -- graph walk --------------------------------------------------------------------
     def run(self) -> ModelSpec:
         inputs = [i for i in self.graph.input if i.name not in self.constants]
-        if len(inputs) > 1:  # the data input is the one the first layer reads; others lack initializers
+        if len(inputs) > 1:  # the data input is the one the first node reads; others lack initializers
             first = next((n for n in self.graph.node if n.op_type != "Constant"), None)
             inputs = [i for i in inputs if first is not None and first.input and i.name == first.input[0]]
         if len(inputs) != 1:
@@ -184,21 +187,32 @@ class _Importer:
             raise ModelError(f"{self.path}: expected one graph output, found {len(self.graph.output)}")
         self.input_name = inputs[0].name
         dims = self._input_dims(inputs[0])
-        self.current, self.shape = self.input_name, tuple(dims[1:])
+        self.tensors[self.input_name] = (self.input_name, tuple(dims[1:]))
         self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         nodes = list(self.graph.node)
-        i = 0
-        while i < len(nodes):
-            i = self._visit(nodes, i)
-        if self.current != self.graph.output[0].name:
-            raise ModelError(f"{self.path}: graph output {self.graph.output[0].name!r} is not the end of "
-                             f"the layer chain (which ends at {self.current!r})")
+        for i in range(len(nodes)):
+            if i not in self.consumed:
+                self._visit(nodes, i)
+        output = self.graph.output[0].name
+        if output not in self.tensors or self.tensors[output][0] == self.input_name:
+            raise ModelError(f"{self.path}: graph output {output!r} is not computed by the model's nodes")
         if not self.layers:
             raise ModelError(f"{self.path}: the model has no layers")
+        self._keep_what_the_output_needs(self.tensors[output][0])
         per_image = 4 * sum(int(np.prod(layer.output_shape, dtype=object)) for layer in self.layers)
         _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, batch {LARGEST_BATCH}, "
                                   f"{ACTIVATION_COPIES} copies)", ACTIVATION_COPIES * LARGEST_BATCH * per_image)
         return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch)
+
+    def _keep_what_the_output_needs(self, output: str) -> None:
+        """Drop nodes the output does not depend on, and make the output node the last one."""
+        needed, by_name = {output}, {n.name: n for n in self.layers}
+        for node in reversed(self.layers):
+            if node.name in needed:
+                needed.update(node.inputs)
+        kept = [n for n in self.layers if n.name in needed and n.name != output]
+        self.layers = kept + [by_name[output]]
+        self.weights = {k: v for k, v in self.weights.items() if k.split(".")[0] in needed}
 
     def _input_dims(self, value_info) -> list:
         t = value_info.type.tensor_type
@@ -211,32 +225,41 @@ class _Importer:
         self.shape_in = tuple(dims[1:])
         return dims
 
-    def _visit(self, nodes: list, i: int) -> int:
+    def _visit(self, nodes: list, i: int) -> None:
         node = nodes[i]
         if node.domain not in ("", "ai.onnx"):
-            self.fail(node, f"op domain {node.domain!r} is not supported; supported ops: {', '.join(SUPPORTED_OPS)}")
+            self.fail(node, f"op domain {node.domain!r} is not supported; supported ops: {', '.join(supported_ops())}")
         if node.op_type == "Constant":
             self.constants[node.output[0]] = self._constant_node_tensor(node)
-            return i + 1
-        if not node.input or node.input[0] != self.current:
-            self.fail(node, f"does not continue the layer chain at {self.current!r}; "
-                            f"only single-chain (sequential) models are supported")
+            return
+        if not node.input or not node.input[0]:
+            self.fail(node, "has no data input")
+        if node.input[0] not in self.tensors:
+            where = "a weight, not a tensor the model computes" if node.input[0] in self.constants else \
+                "not computed by any earlier node (graph not in topological order, or a cycle)"
+            self.fail(node, f"its input {node.input[0]!r} is {where}")
+        self.source, self.shape = self.tensors[node.input[0]]
         handler = getattr(self, f"_op_{node.op_type}", None)
+        if handler is None and node.op_type in ops.onnx_ops():
+            handler = self._op_plain
         if handler is None:
-            self.fail(node, f"op {node.op_type!r} is not supported; supported ops: {', '.join(SUPPORTED_OPS)}")
-        return handler(node, nodes, i)
+            self.fail(node, f"op {node.op_type!r} is not supported; supported ops: {', '.join(supported_ops())}")
+        handler(node, nodes, i)
 
     def _add(self, node, kind: str, attrs: dict, shape: tuple, output: str, weights=None) -> None:
         base = re.sub(r"[^A-Za-z0-9_]+", "_", node.name).strip("_") or f"{kind}"
         name, n = base, 1
-        while name in self.names:
+        while name in self.names or name == self.input_name:
             n += 1
             name = f"{base}_{n}"
         self.names.add(name)
         for key, value in (weights or {}).items():
             self.weights[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=np.float32)
-        self.layers.append(Layer(name, kind, attrs, tuple(shape), output))
-        self.current, self.shape = output, tuple(shape)
+        expected = ops.get(kind).shape(attrs, [self.shape])
+        if tuple(expected) != tuple(shape):  # the importer and the registry must agree
+            self.fail(node, f"output shape {tuple(shape)} disagrees with the op registry's {tuple(expected)}")
+        self.layers.append(Node(name, kind, attrs, tuple(shape), output, (self.source,)))
+        self.tensors[output] = (name, tuple(shape))
 
     # -- helpers -----------------------------------------------------------------------
     def _constant_node_tensor(self, node):
@@ -297,12 +320,13 @@ class _Importer:
 
     # -- ops ---------------------------------------------------------------------------
     def _op_Identity(self, node, nodes, i):
-        self.current = node.output[0]
-        return i + 1
+        self.tensors[node.output[0]] = (self.source, self.shape)
 
-    def _op_Relu(self, node, nodes, i):
-        self._add(node, "relu", {}, self.shape, node.output[0])
-        return i + 1
+    def _op_plain(self, node, nodes, i):
+        """An op the registry imports one-to-one, without attributes (Relu, Tanh, ...)."""
+        if len(node.input) != 1 or node.attribute:
+            self.fail(node, "expected one input and no attributes")
+        self._add(node, ops.onnx_ops()[node.op_type], {}, self.shape, node.output[0])
 
     def _op_Conv(self, node, nodes, i):
         self._require_spatial(node)
@@ -407,12 +431,14 @@ class _Importer:
 
     def _op_MatMul(self, node, nodes, i):
         w = self._const(node, node.input[1], "weight")
-        nxt = nodes[i + 1] if i + 1 < len(nodes) else None
-        if nxt is not None and nxt.op_type == "Add" and node.output[0] in nxt.input:
+        readers = [j for j, n in enumerate(nodes) if node.output[0] in n.input]
+        nxt = nodes[readers[0]] if len(readers) == 1 else None
+        if nxt is not None and nxt.op_type == "Add" and node.output[0] not in [o.name for o in self.graph.output]:
             other = [n for n in nxt.input if n != node.output[0]]
             if len(other) != 1:
                 self.fail(nxt, "Add after MatMul must add one bias tensor")
             b = self._const(nxt, other[0], "bias")
+            self.consumed.add(readers[0])
             return self._dense(node, w, b.reshape(-1) if b.size == w.shape[-1] else b, nxt.output[0], i + 2)
         units = w.shape[1] if w.ndim == 2 else 0
         return self._dense(node, w, np.zeros(units), node.output[0], i + 1)
@@ -426,12 +452,20 @@ class _Importer:
         return i + 1
 
 
+def supported_ops() -> tuple:
+    """The ONNX ops the importer reads: those it translates, and the registry's one-to-one ops."""
+    plain = sorted(n for n in ops.onnx_ops() if not hasattr(_Importer, f"_op_{n}"))
+    return (*_TRANSLATED, *plain)
+
+
 def describe(spec: ModelSpec) -> str:
     """A short human-readable summary, one layer per line."""
-    lines = [f"input {spec.input_shape}"]
+    lines = [f"input {spec.input_name} {spec.input_shape}"]
+    chain = spec.is_chain()
     for layer in spec.layers:
         attrs = ", ".join(f"{k}={v}" for k, v in layer.attrs.items())
-        lines.append(f"{layer.name:>14} {layer.kind:<8} -> {layer.output_shape} {attrs}")
+        reads = "" if chain else f" <- {', '.join(layer.inputs)}"
+        lines.append(f"{layer.name:>14} {layer.kind:<8} -> {layer.output_shape} {attrs}{reads}")
     lines.append(f"parameters: {spec.parameter_count():,}")
     return "\n".join(lines)
 

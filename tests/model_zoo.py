@@ -3,7 +3,7 @@
 Each writer takes a target path and returns it; weights are seeded so every run writes the same model.
 Together they cover: kernel sizes 1/3/5, strides 1/2, symmetric, asymmetric and SAME/VALID auto_pad
 padding, max and average pooling (with and without counted padding), Flatten and Reshape,
-Gemm with transB 0/1, MatMul followed by Add, and Dropout.
+Gemm with transB 0/1, MatMul followed by Add, Dropout and Tanh.
 """
 from __future__ import annotations
 
@@ -95,6 +95,23 @@ def same_pool_cnn(path: Path) -> Path:
     return g.save(path, (1, 28, 28))
 
 
+def tanh_cnn(path: Path) -> Path:
+    """Tanh activations (negative outputs, so max pooling after them must not pad with zeros), including
+    one on the flat vector between two Gemms."""
+    g = _Graph(seed=13)
+    g.conv(3, 8, 3, pads=[1, 1, 1, 1])
+    g.add("Tanh")
+    g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2])  # 32 -> 16
+    g.conv(8, 8, 3, strides=[2, 2], pads=[1, 1, 1, 1])  # 16 -> 8
+    g.add("Tanh")
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc1.w", (8 * 8 * 8, 32)), g.param("fc1.b", (32,), scale=0.1)))
+    g.add("Tanh")
+    g.add("Gemm", (g.param("fc2.w", (32, 10)), g.param("fc2.b", (10,), scale=0.1)))
+    g.add("Softmax", axis=-1)
+    return g.save(path, (3, 32, 32))
+
+
 def _torch_cnn():
     import torch
     from torch import nn
@@ -126,6 +143,7 @@ def write_all(folder: Path) -> dict:
     return {
         "strided": strided_cnn(folder / "strided.onnx"),
         "same_pool": same_pool_cnn(folder / "same_pool.onnx"),
+        "tanh": tanh_cnn(folder / "tanh.onnx"),
         "torch_script": torch_export(folder / "torch_script.onnx", dynamo=False),
         "torch_dynamo": torch_export(folder / "torch_dynamo.onnx", dynamo=True),
     }

@@ -7,7 +7,7 @@ import pytest
 from builders import FRAMEWORKS
 from tests.conftest import SEED_MODEL, run_cli
 
-MODELS = ["seed", "strided", "same_pool", "torch_script", "torch_dynamo"]
+MODELS = ["seed", "strided", "same_pool", "tanh", "torch_script", "torch_dynamo"]
 
 
 @pytest.fixture(scope="session")

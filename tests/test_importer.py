@@ -36,11 +36,12 @@ def test_external_data_is_loaded(zoo):
     assert np.abs(spec.weights[f"{spec.layers[0].name}.weight"]).sum() > 0
 
 
-def _graph(nodes, inits, opset=17, inputs=None):
+def _graph(nodes, inits, opset=17, inputs=None, opsets=None):
     graph = helper.make_graph(nodes, "g", inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, ["N", "M"])],
                               initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (opsets or {}).items()]
+    model = helper.make_model(graph, opset_imports=imports)
     model.ir_version = 8
     return model
 
@@ -68,9 +69,9 @@ def bad_models(tmp_path):
         ["'fc'", "'w'", "missing initializer"])
     cases["opset_too_new"] = (save("opset_too_new", _graph([node], [w], opset=21)), ["opset 21", "13-20"])
     cases["opset_too_old"] = (save("opset_too_old", _graph([node], [w], opset=12)), ["opset 12", "13-20"])
-    relu_a = helper.make_node("Relu", ["x"], ["a"], name="a")
-    relu_b = helper.make_node("Relu", ["x"], ["y"], name="branch")
-    cases["branching"] = (save("branching", _graph([relu_a, relu_b], [])), ["branch", "single-chain"])
+    foreign = helper.make_node("Relu", ["x"], ["y"], name="alien", domain="com.example")
+    cases["unknown_domain"] = (save("unknown_domain", _graph([foreign], [], opsets={"com.example": 1})),
+                               ["alien", "com.example"])
     softmax = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=0)
     cases["softmax_axis"] = (save("softmax_axis", _graph([softmax], [])), ["sm", "last axis"])
 
@@ -147,7 +148,7 @@ def all_bad(tmp_path, zoo):
     return cases
 
 
-CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "branching", "softmax_axis",
+CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "unknown_domain", "softmax_axis",
          "huge_weights", "huge_activations", "dropout_ratio_not_scalar", "zero_stride",
          "reshape_float_shape", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
          "external_truncated", "external_missing"]
@@ -181,3 +182,13 @@ def test_cli_bad_model_exits_2_with_one_line_and_writes_nothing(all_bad, tmp_pat
     proc = run_cli("verify", "equivalence", "--model", path, "--json", report)
     assert_one_line_error(proc, *fragments)
     assert not report.exists() and not report.parent.exists()
+
+
+def test_a_graph_imports_as_nodes_with_named_inputs(tmp_path):
+    """Two nodes read the input; the one the output does not need is dropped, the other reads the input."""
+    dead = helper.make_node("Relu", ["x"], ["a"], name="a")
+    kept = helper.make_node("Tanh", ["x"], ["y"], name="branch")
+    path = tmp_path / "branching.onnx"
+    onnx.save(_graph([dead, kept], []), path)
+    spec = import_model(path)
+    assert [(n.name, n.kind, n.inputs) for n in spec.layers] == [("branch", "tanh", ("x",))]

@@ -1,4 +1,6 @@
 """The float64 training-step reference: gradients against finite differences, steps against the libraries."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from spec import experiments
 from spec.onnx_import import import_model, load_onnx
 from tests.conftest import SEED_MODEL
 from trainers import harness
-from verify import reference64
+from spec import ops, reference64
 from verify.reference import layer_outputs
 
 
@@ -44,13 +46,11 @@ def test_gradients_match_finite_differences(seed):
 
 def test_gradient_check_catches_a_wrong_max_pool_gradient(seed, monkeypatch):
     spec, (x, y, _, _) = seed
-    original = reference64.Reference._backward
+    maxpool = ops.REGISTRY["maxpool"]
 
-    def wrong(self, layer, cache, g, grads):  # planted bug: gradient to the window's first element
-        if layer.kind == "maxpool":
-            cache = {**cache, "pool": np.zeros_like(cache["pool"])}
-        return original(self, layer, cache, g, grads)
-    monkeypatch.setattr(reference64.Reference, "_backward", wrong)
+    def wrong(attrs, params, xs, out, first, g):  # planted bug: gradient to the window's first element
+        return maxpool.backward(attrs, params, xs, out, np.zeros_like(first), g)
+    monkeypatch.setitem(ops.REGISTRY, "maxpool", dataclasses.replace(maxpool, backward=wrong))
     assert max(_finite_difference_errors(spec, x[:4], y[:4], PROBES)) > 1e-2
 
 

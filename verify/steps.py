@@ -22,7 +22,7 @@ from trainers import harness
 from trainers.supervisor import train_one
 from trainers.worker import tensors_path
 from verify.compare import TOLERANCES
-from verify.reference64 import Reference
+from spec.reference64 import Reference
 
 
 def load_policy() -> dict:
@@ -82,7 +82,7 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
                                                    for i in range(0, order.shape[1], batch_size)]][:n_steps]
     policy = load_policy()
     report = {"experiment": experiment_name, "steps": n_steps, "optimizer_mode": mode, "policy": policy,
-              "reference": "float64 numpy (verify/reference64.py), canonical RMSprop, teacher-forced per step",
+              "reference": "float64 numpy (spec/reference64.py, the op registry's math), canonical RMSprop, teacher-forced per step",
               "frameworks": {}}
     with tempfile.TemporaryDirectory(prefix="steps-") as tmp:
         job = Path(tmp)
