@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from trainers import LOSS_CLIP
+from spec.training import LOSS_CLIP
 
 
 def _pad(x, pads, value=0.0):
