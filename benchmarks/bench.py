@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-import envs
+from workers import number, results
 
 
 def machine_peak(threads: int) -> dict:
     """benchmarks.peak in a fresh main-environment process with the training thread settings."""
     from benchmarks.peak import measure_in_subprocess
-    from trainers.supervisor import thread_env
 
-    return measure_in_subprocess(str(envs.ensure("main")), thread_env(threads), threads, envs.ROOT)
+    return measure_in_subprocess(threads)
 
 
 def _spread(values: list) -> dict:
@@ -32,7 +31,7 @@ def _steady(epoch_s: list):
 
 
 def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks: list, plain: dict) -> dict:
-    """plain: {run key: {library: benchmarks.overhead.run_plain result}}; the harness/plain ratio compares
+    """plain: {run key: {library: workers.plain.run_plain result}}; the harness/plain ratio compares
     median steady epoch times (the same boundaries: one epoch's training steps)."""
     peak = max((p["gflops"] for p in peaks), default=None)
     libraries = {}
@@ -58,8 +57,8 @@ def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks
             "peak": {"gflops": peak, "measurements": peaks}, "libraries": libraries}
 
 
-def _f(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _median_range(spread: dict, spec: str) -> str:
+    return f"{number(spread['median'], spec)} ({number(spread['min'], spec)}–{number(spread['max'], spec)})"
 
 
 def markdown(run: dict) -> list:
@@ -72,11 +71,11 @@ def markdown(run: dict) -> list:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in b["libraries"].items():
         s, v = e["steady_epoch_s"], e["images_per_s"]
-        lines.append(f"| {name} | {e['runs_ok']}/{e['runs']} | {_f(s['median'], '.2f')} ({_f(s['min'], '.2f')}–"
-                     f"{_f(s['max'], '.2f')}) | {_f(v['median'], '.0f')} ({_f(v['min'], '.0f')}–{_f(v['max'], '.0f')}) "
-                     f"| {_f(e['first_epoch_s']['median'], '.2f')} | {_f(e['gflops'], '.1f')} "
-                     f"| {_f(e['percent_of_peak'], '.1f')} | {_f(e['peak_rss_mib']['max'], '.0f')} "
-                     f"| {_f(e['plain_steady_epoch_s']['median'], '.2f')} | {_f(e['overhead_ratio'], '.3f')} |")
+        cells = [f"{e['runs_ok']}/{e['runs']}", _median_range(s, ".2f"), _median_range(v, ".0f"),
+                 number(e["first_epoch_s"]["median"], ".2f"), number(e["gflops"], ".1f"),
+                 number(e["percent_of_peak"], ".1f"), number(e["peak_rss_mib"]["max"], ".0f"),
+                 number(e["plain_steady_epoch_s"]["median"], ".2f"), number(e["overhead_ratio"], ".3f")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
     lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
                   f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: the "
@@ -92,8 +91,6 @@ def plot(run: dict, folder: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from trainers import report
 
     libs = run["benchmark"]["libraries"]
     names = [n for n, e in libs.items() if e["images_per_s"]["median"]]
@@ -112,6 +109,6 @@ def plot(run: dict, folder: Path) -> Path:
     ax.tick_params(axis="x", rotation=15)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = report._save(fig, folder / "benchmark.png")
+    path = results.write_figure(fig, folder / "benchmark.png")
     plt.close("all")
     return path

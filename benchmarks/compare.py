@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
+from workers import ExitCode
 
 
 class BadInput(Exception):
@@ -73,13 +73,14 @@ def main(argv=None) -> int:
         result = compare(load(args.baseline), load(args.candidate))
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     print(markdown(result, args.baseline.name, args.candidate.name), end="")
     if args.json:
-        import results
+        from workers import results
+
         results.write_json(args.json, result)
     regressed = [n for n, r in result["libraries"].items() if r["verdict"] == "regression"]
-    return EXIT_REGRESSION if regressed else EXIT_OK
+    return ExitCode.FAILED if regressed else ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
+
+import workers
 
 SIZES = (2048, 4096)  # compute-bound; the larger one takes about 0.3 s per product at 2 threads
 REPEATS = 5
@@ -63,12 +64,14 @@ def measure(threads: int, repeats: int = REPEATS) -> dict:
             "repeats": repeats}
 
 
-def measure_in_subprocess(python: str, env: dict, threads: int, cwd) -> dict:
-    proc = subprocess.run([python, "-m", "benchmarks.peak", "--threads", str(threads)], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(f"peak measurement failed: {(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def measure_in_subprocess(threads: int, timeout: float = 300) -> dict:
+    """measure(threads) in a fresh main-environment worker with the training thread settings."""
+    lines = []
+    outcome = workers.run("benchmarks.peak", ["--threads", threads], "main", timeout, on_line=lines.append,
+                          threads=threads)
+    if outcome.status != workers.Status.OK:
+        raise RuntimeError(f"peak measurement failed: {outcome.reason}")
+    return json.loads(workers.last_line("\n".join(lines)))
 
 
 def main(argv=None) -> int:
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     print(json.dumps(measure(args.threads)))
-    return 0
+    return workers.ExitCode.OK
 
 
 if __name__ == "__main__":

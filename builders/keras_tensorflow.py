@@ -54,7 +54,7 @@ def _stderr_without(noise):
 BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
 
-def _keras(backend: str = "tensorflow"):
+def import_keras(backend: str = "tensorflow"):
     if backend not in BACKEND_PACKAGES:
         raise Unsupported(f"Keras backend {backend!r}; choose from {', '.join(BACKEND_PACKAGES)}")
     os.environ["KERAS_BACKEND"] = backend
@@ -71,7 +71,7 @@ def _keras(backend: str = "tensorflow"):
 def versions(backend: str = "tensorflow") -> dict:
     import importlib
 
-    keras = _keras(backend)
+    keras = import_keras(backend)
     return {"keras": keras.__version__, "keras backend": keras.backend.backend(),
             **{p: importlib.import_module(p).__version__ for p in BACKEND_PACKAGES[keras.backend.backend()]},
             "numpy": np.__version__}
@@ -83,7 +83,7 @@ def _pairs(pads):
 
 
 def build(spec, backend: str = "tensorflow"):
-    keras = _keras(backend)
+    keras = import_keras(backend)
     L = keras.layers
     model = keras.Sequential([keras.Input(shape=layouts.native_shape(spec.input_shape))])
     for i, layer in enumerate(spec.layers):
@@ -131,7 +131,7 @@ def build(spec, backend: str = "tensorflow"):
 
 
 def layer_outputs(model, spec, x, backend: str = "tensorflow"):
-    keras = _keras(backend)
+    keras = import_keras(backend)
     probe = keras.Model(model.inputs[0], [model.get_layer(l.name).output for l in spec.layers])
     ys = probe(layouts.nchw_to_nhwc(x), training=False)
     if not isinstance(ys, (list, tuple)):

@@ -31,7 +31,7 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def _keras():
+def import_keras():
     if "keras" in sys.modules:
         keras = sys.modules["keras"]
         if keras.backend.backend() != "theano":
@@ -61,7 +61,7 @@ def _keras():
 
 
 def versions() -> dict:
-    keras = _keras()
+    keras = import_keras()
     import theano
     return {"keras": keras.__version__, "theano": theano.__version__, "numpy": np.__version__}
 
@@ -105,7 +105,7 @@ def _single_max_pooling_2d(keras):
 def build(spec, pool_gradient="theano"):
     """pool_gradient: "theano" keeps Keras's MaxPooling2D (gradient to every tied maximum of a window);
     "single" uses SingleMaxPooling2D (gradient to the first maximum only). Forward outputs are the same."""
-    keras = _keras()
+    keras = import_keras()
     L = keras.layers
     if pool_gradient not in ("theano", "single"):
         raise ValueError(f"unknown pool_gradient {pool_gradient!r}")
@@ -171,7 +171,7 @@ def build(spec, pool_gradient="theano"):
 
 
 def layer_outputs(model, spec, x):
-    keras = _keras()
+    keras = import_keras()
     probe = keras.models.Model(model.input, [model.get_layer(l.name).output for l in spec.layers])
     ys = probe.predict(x, batch_size=len(x))  # predict runs in the test phase: dropout inactive
     if len(spec.layers) == 1:

@@ -27,11 +27,11 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
 
 
 def versions(**_options) -> dict:
-    tf = _tf()
+    tf = import_tf()
     return {"tensorflow": tf.__version__, "numpy": np.__version__}
 
 
-def _tf():
+def import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
     # XLA-compiled functions (the tensorflow+xla fast path) are kept in the project's cache for later runs
     cache = f"--tf_xla_persistent_cache_directory={cache_dir('xla')}"
@@ -70,7 +70,7 @@ def _plan(layer, in_shape):
 
 def _cnn_class():
     """The tf.Module subclass, defined on first use so that importing this file stays TensorFlow-free."""
-    tf = _tf()
+    tf = import_tf()
 
     class CNN(tf.Module):
         def __init__(self, spec):
@@ -133,11 +133,11 @@ def build(spec: ir.ModelSpec, jit_compile: bool = False):
 
 def function(python_function, jit_compile: bool = False):
     """tf.function of `python_function`, compiled by XLA when the fast path asks for it."""
-    return _tf().function(python_function, jit_compile=jit_compile)
+    return import_tf().function(python_function, jit_compile=jit_compile)
 
 
 def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray, jit_compile: bool = False) -> dict:
-    tf = _tf()
+    tf = import_tf()
     forward = function(model.__call__, jit_compile) if jit_compile else model
     ys = forward(tf.constant(layouts.nchw_to_nhwc(np.asarray(x, dtype=np.float32))))
     return {layer.name: layouts.to_canonical(y.numpy(), source)

@@ -27,7 +27,7 @@ def dense_kernel(w, flatten_from):
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def _import():
+def import_tensorlayer():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
     import tensorflow as tf
     import tensorlayer as tl
@@ -35,14 +35,14 @@ def _import():
 
 
 def versions() -> dict:
-    tf, tl = _import()
+    tf, tl = import_tensorlayer()
     return {"tensorlayer": tl.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
 def build(spec, dropout=None):
     """dropout: None (tl.layers.Dropout at each dropout layer's rate), or a callable (spec index, spec layer,
     input node) -> output node that builds the dropout layers instead (a trainer applying given masks)."""
-    tf, tl = _import()
+    tf, tl = import_tensorlayer()
     L = tl.layers
 
     def pad(net, pads, name, value=0.0):
@@ -107,7 +107,7 @@ def build(spec, dropout=None):
 
 
 def layer_outputs(model, spec, x) -> dict:
-    _import()
+    import_tensorlayer()
     model.eval()
     values = model(layouts.nchw_to_nhwc(x))
     return {layer.name: layouts.to_canonical(v.numpy(), source)

@@ -25,7 +25,7 @@ def dense_kernel(w, flatten_from):
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def _import():
+def import_tflearn():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
     from tensorflow.python.util import nest
     nest.is_sequence = nest.is_nested  # removed from TF; tflearn 0.5.0 still calls it
@@ -39,7 +39,7 @@ def _import():
 
 
 def versions() -> dict:
-    tf, tflearn = _import()
+    tf, tflearn = import_tflearn()
     import importlib.metadata as md
     return {"tflearn": md.version("tflearn"), "tensorflow": tf.__version__, "numpy": np.__version__}
 
@@ -53,7 +53,7 @@ def build(spec, dropout=None):
     """dropout: None (tflearn.dropout at each dropout layer's rate), or a callable (spec index, spec layer, input
     tensor) -> output tensor that builds the dropout layers instead, in the network's graph (a trainer applying
     given masks)."""
-    tf, tflearn = _import()
+    tf, tflearn = import_tflearn()
     graph = tf.Graph()
     with graph.as_default():
         net = tflearn.input_data(shape=[None, *layouts.native_shape(spec.input_shape)], name="input")
@@ -107,7 +107,7 @@ def build(spec, dropout=None):
 
 
 def layer_outputs(model, spec, x) -> dict:
-    tf, tflearn = _import()
+    tf, tflearn = import_tflearn()
     with model.session.graph.as_default():
         tflearn.is_training(False, session=model.session)
         values = model.session.run([model.spec_outputs[l.name] for l in spec.layers],

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 
 FILE = Path(__file__).with_name("experiments.toml")
-# the canonical loss, -mean(log(clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP))), clips probabilities as Keras does
-LOSS_CLIP = 1e-7
 
 
 def load(name: str) -> dict:

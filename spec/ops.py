@@ -33,6 +33,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 class Param:
     name: str
     layout: str  # the canonical layout, for the reader
+    # how a fresh model draws it: "glorot_uniform" with fans(shape) -> (fan_in, fan_out), or "zeros"
+    init: str = "zeros"
+    fans: Callable | None = None
+
+
+def _conv_fans(shape):
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,8 @@ register(Op(
     flops=lambda a, ins, out, input_grad: _mac_flops(math.prod(out) * ins[0][0] * math.prod(a["kernel"]),
                                                      math.prod(out), input_grad),
     shape=lambda a, ins: window_shape(a["filters"], a, ins[0]),
-    params=(Param("weight", "(out, in, kh, kw), cross-correlation"), Param("bias", "(out,)")),
+    params=(Param("weight", "(out, in, kh, kw), cross-correlation", "glorot_uniform", _conv_fans),
+            Param("bias", "(out,)")),
     doc="2-D convolution (group 1, dilation 1); attrs filters, kernel, strides, pads"))
 
 
@@ -159,7 +168,8 @@ register(Op(
     "dense", ("Gemm", "MatMul"), lambda a, p, xs: (xs[0] @ p["weight"] + p["bias"], None), _dense_backward,
     flops=lambda a, ins, out, input_grad: _mac_flops(ins[0][0] * a["units"], a["units"], input_grad),
     shape=lambda a, ins: (a["units"],),
-    params=(Param("weight", "(in, out), rows in (C, H, W) flatten order"), Param("bias", "(out,)")),
+    params=(Param("weight", "(in, out), rows in (C, H, W) flatten order", "glorot_uniform", lambda s: tuple(s)),
+            Param("bias", "(out,)")),
     doc="fully connected layer on an [N, F] input; attrs units"))
 
 

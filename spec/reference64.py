@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from spec import ops
-from spec.experiments import LOSS_CLIP
+from spec.training import LOSS_CLIP
 
 
 class Reference:

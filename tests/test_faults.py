@@ -40,7 +40,7 @@ def test_verify_survives_a_worker_that_writes_malformed_outputs(tmp_path):
     proc = run_cli("verify", "equivalence", "--frameworks", "pytorch,tensorflow", "--json", out, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     rows = json.loads(out.read_text())["frameworks"]
-    assert rows["pytorch"]["status"] == "error" and "malformed output" in rows["pytorch"]["message"]
+    assert rows["pytorch"]["status"] == "crashed" and "malformed result" in rows["pytorch"]["message"]
     assert rows["tensorflow"]["status"] == "pass"
 
 

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 import cifar10
-from spec import experiments
+from spec import experiments, training
 from spec.onnx_import import import_model, load_onnx
 from tests.conftest import SEED_MODEL
-from trainers import harness
 from spec import ops, reference64
 from verify.reference import layer_outputs
 
@@ -16,7 +15,7 @@ from verify.reference import layer_outputs
 @pytest.fixture(scope="module")
 def seed():
     spec = import_model(SEED_MODEL)
-    return spec, harness.datasets(cifar10.find(), experiments.load("seed-2017"))
+    return spec, training.datasets(cifar10.find(), experiments.load("seed-2017"))
 
 
 def _finite_difference_errors(spec, x, y, probes):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, run_training
-from trainers import harness, sweep
+from spec import training
+from trainers import sweep
 from trainers.report import load_tolerances
 
 
@@ -49,7 +50,7 @@ def test_seeded_initial_weights_reproduce_the_seed_model_at_its_own_seed():
     from spec.seed_model import DEFAULT_PATH, SEED
 
     spec = import_model(DEFAULT_PATH)
-    same, other = harness.reinitialised(spec, SEED), harness.reinitialised(spec, SEED + 1)
+    same, other = training.reinitialised(spec, SEED), training.reinitialised(spec, SEED + 1)
     for key, value in spec.weights.items():
         assert np.array_equal(same.weights[key], value)
         if key.endswith(".weight"):

@@ -94,25 +94,6 @@ def test_a_failing_library_costs_only_its_own_row(tmp_path, fault, status, reaso
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-def test_result_files_are_complete_or_absent(tmp_path, monkeypatch):
-    import os
-
-    import results
-
-    target = tmp_path / "r.json"
-    results.write_json(target, {"a": 1})
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
-        results.write_json(target, {"a": 2})
-    assert json.loads(target.read_text()) == {"a": 1}  # the old complete file, not a half-new one
-    with pytest.raises(OSError):
-        results.write_json(tmp_path / "new.json", {"b": 1})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
-
-
 def test_bad_input_is_one_line(tmp_path):
     from tests.conftest import assert_one_line_error
 

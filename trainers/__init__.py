@@ -4,7 +4,7 @@ Each trainer module defines:
     NAME                            the framework's name (as in builders.FRAMEWORKS)
     train(spec, data, config, report)
         spec    the ModelSpec (dropout rates already 0 when the run has dropout off)
-        data    trainers.worker.TrainingData: x_train/x_val float32 NCHW, y_train/y_val int64, and
+        data    spec.training.TrainingData: x_train/x_val float32 NCHW, y_train/y_val int64, and
                 order: int array (epochs, m), row e = the training indices of epoch e in batch order;
                 batches are consecutive chunks of config["batch_size"] (the last may be smaller)
         config  dict: epochs, batch_size, threads, seed, optimizer {mode: canonical|native, lr, rho, eps},
@@ -15,12 +15,9 @@ Each trainer module defines:
         report  trainers.worker.Reporter: report.optimizer(...) once, report.step(...) per optimizer
                 step, report.epoch(...) per epoch (see its docstrings)
 The model comes from the library's builder (builders.<lib>.build); the loss is the canonical mean
-categorical cross-entropy -mean(log(clip(p_y, 1e-7, 1 - 1e-7))) on the softmax output.
+categorical cross-entropy -mean(log(clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP))) on the softmax output (spec.training).
 """
 from builders import FRAMEWORKS as _BUILDERS
 
 # framework name -> (trainer module, worker environment)
 FRAMEWORKS = {name: (f"trainers.{module.split('.')[-1]}", env) for name, (module, env) in _BUILDERS.items()}
-
-CANONICAL_RMSPROP = {"ms_init": 0.0, "eps_placement": "inside sqrt", "grad_clip_norm": 0.0}
-LOSS_CLIP = 1e-7

@@ -1,7 +1,7 @@
 """Where the (library, seed) training jobs of a run execute: here, one after another, or on a Dask cluster.
 
 Both executors take the same jobs and return the same rows. A job is a folder written by
-trainers.harness.write_job; the Dask executor ships its files to the cluster as bytes (identical files,
+spec.training.write_job; the Dask executor ships its files to the cluster as bytes (identical files,
 such as the data shared by every seed, travel once), so workers need the project and its environments
 but no shared file system.
 """
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainers.supervisor import train_one
+from builders import resolve
+from workers.plain import run_plain
+from workers.training import train_one
 
 LOG_LIMIT = 200_000  # characters of a remote worker's stderr brought back with its row
 
@@ -43,13 +45,12 @@ class Job:
 def run_local(jobs: list, threads: int, timeout: float, log_dir: Path):
     """Yield (job, row) for each job, trained one at a time on this machine with a progress bar each."""
     for job in jobs:
+        env = resolve(job.framework)[1]
         if job.plain:
-            from benchmarks.overhead import run_plain
-
             print(f"{job.label}: plain loop", file=sys.stderr, flush=True)
-            yield job, run_plain(job.framework, job.folder, threads, timeout, log_dir / job.log_name)
+            yield job, run_plain(job.framework, env, job.folder, threads, timeout, log_dir / job.log_name)
             continue
-        row = train_one(job.framework, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
+        row = train_one(job.framework, env, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
                         label=job.label)
         row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
         yield job, row
@@ -62,7 +63,7 @@ def train_remote(framework: str, files: dict, steps_total: int, threads: int, ti
         for name, data in files.items():
             (folder / name).write_bytes(data)
         log = folder / "worker.stderr.log"
-        row = train_one(framework, folder, steps_total, threads, timeout, log, progress=False)
+        row = train_one(framework, resolve(framework)[1], folder, steps_total, threads, timeout, log, progress=False)
         row["log"] = log.read_text(errors="replace")[-LOG_LIMIT:] if log.exists() else ""
     row["executor"] = {"kind": "dask", "host": socket.gethostname(), "shared": True}
     return row

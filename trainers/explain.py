@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from workers.status import ExitCode
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
 COMPARISON = Path(__file__).resolve().parent.parent / "spec" / "comparison_2017.toml"
 SWEEPS = {"native": ("native", "own"), "canonical": ("canonical", "own"), "identical": ("canonical", "identical")}
 
@@ -254,8 +256,7 @@ def main(argv=None) -> int:
     for name in ("epochs", "max_batches", "workers", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    import lifeline
-    import results
+    from workers import lifeline, results
     from trainers import run
 
     published = tomllib.loads(COMPARISON.read_text())

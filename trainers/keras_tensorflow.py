@@ -9,12 +9,13 @@ import numpy as np
 
 from builders import keras_tensorflow as builder
 from builders import layouts
-from trainers import LOSS_CLIP, masks
+from spec.training import LOSS_CLIP
+from trainers import masks
 
 NAME = "keras-tensorflow"
 
 
-def _canonical_loss(keras):
+def canonical_loss(keras):
     """-log(clip(p_y, 1e-7, 1 - 1e-7)) per sample; Keras averages it over the batch.
 
     Keras 3's own 'categorical_crossentropy' on the TensorFlow backend does not clip here: it sees that
@@ -28,7 +29,7 @@ def _canonical_loss(keras):
     return categorical_crossentropy_clipped
 
 
-def _optimizer(keras, opt: dict, report):
+def optimizer(keras, opt: dict, report):
     if opt["mode"] == "canonical":
         optimizer = keras.optimizers.RMSprop(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
         how = "keras.optimizers.RMSprop is canonical as it stands (v from 0, epsilon inside the sqrt)"
@@ -195,7 +196,7 @@ def setup(spec, config) -> tuple:
     the overhead ratio compares like with like."""
     backend = config.get("options", {}).get("backend", "tensorflow")
     _set_threads(backend, int(config["threads"]))  # before the backend starts
-    keras = builder._keras(backend)
+    keras = builder.import_keras(backend)
     keras.utils.set_random_seed(int(config["seed"]))  # dropout masks
     return keras, builder.build(spec, backend)
 
@@ -208,10 +209,10 @@ def train(spec, data, config, report):
         model, holders = _harness_dropout(keras, spec, model, bs)
         sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
         setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
-    optimizer = _optimizer(keras, config["optimizer"], report)
+    rmsprop = optimizer(keras, config["optimizer"], report)
     dump_steps = int(config.get("dump_steps", 0))
     # dump mode runs the train step eagerly, so that the gradients reaching the optimizer are concrete tensors
-    model.compile(optimizer=optimizer, loss=_canonical_loss(keras), metrics=["accuracy"],
+    model.compile(optimizer=rmsprop, loss=canonical_loss(keras), metrics=["accuracy"],
                   **({"run_eagerly": True} if dump_steps > 0 else {}))
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 

@@ -46,7 +46,7 @@ def _canonical_rmsprop_class(keras):
     return CanonicalRMSprop
 
 
-def _optimizer(keras, opt: dict, report):
+def optimizer(keras, opt: dict, report):
     from keras import backend as K
 
     if opt["mode"] == "canonical":
@@ -222,7 +222,7 @@ def setup(config):
     os.environ["OMP_NUM_THREADS"] = str(int(config["threads"]))
     # Keras 2 seeds each Dropout layer's Theano RandomStreams from numpy's global generator at build time.
     np.random.seed(int(config["seed"]))
-    return builder._keras()
+    return builder.import_keras()
 
 
 def train(spec, data, config, report):
@@ -237,9 +237,9 @@ def train(spec, data, config, report):
         model, holders = _harness_dropout(keras, spec, model, bs)
         sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
         setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
-    optimizer = _optimizer(keras, config["optimizer"], report)
+    rmsprop = optimizer(keras, config["optimizer"], report)
     # Keras 2's categorical_crossentropy: renormalise, clip to [1e-7, 1 - 1e-7], -sum(y * log(p)); batch mean.
-    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=rmsprop, loss="categorical_crossentropy", metrics=["accuracy"])
     dump_steps = int(config.get("dump_steps", 0))
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 

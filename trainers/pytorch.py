@@ -6,7 +6,8 @@ import time
 import numpy as np
 
 import builders.pytorch as builder
-from trainers import LOSS_CLIP, masks
+from spec.training import LOSS_CLIP
+from trainers import masks
 
 NAME = "pytorch"
 
@@ -36,7 +37,7 @@ def _canonical_rmsprop():
     return CanonicalRMSprop
 
 
-def _optimizer(params, opt: dict, report):
+def optimizer(params, opt: dict, report):
     import torch
     if opt["mode"] == "canonical":
         optimizer = _canonical_rmsprop()(params, lr=opt["lr"], alpha=opt["rho"], eps=opt["eps"])
@@ -54,7 +55,7 @@ def _optimizer(params, opt: dict, report):
     return optimizer
 
 
-def _loss(p, y):
+def loss(p, y):
     """Canonical mean categorical cross-entropy on probabilities: -mean(log(clip(p_y, 1e-7, 1 - 1e-7)))."""
     import torch
     p_y = p.gather(1, y.unsqueeze(1)).squeeze(1)
@@ -135,7 +136,7 @@ def train(spec, data, config, report) -> None:
 
     options = config.get("options", {})
     model = setup(spec, config)
-    optimizer = _optimizer(model.parameters(), config["optimizer"], report)
+    rmsprop = optimizer(model.parameters(), config["optimizer"], report)
     holders = _harness_dropout(spec, model) if masks.uses_harness_masks(config) else {}
     forward = builder.runnable(model, **options)
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
@@ -153,18 +154,18 @@ def train(spec, data, config, report) -> None:
             x, y = builder.inputs(x_train[idx], **options), y_train[idx]
             for name, mask in (masks.step_masks(spec, config["seed"], global_step, len(y)) if holders else {}).items():
                 holders[name].mask = torch.from_numpy(mask)
-            optimizer.zero_grad()
+            rmsprop.zero_grad()
             p = forward(x)
-            loss = _loss(p, y)
-            loss.backward()
+            step_loss = loss(p, y)
+            step_loss.backward()
             dump = global_step < dump_steps
             if dump:
                 grads = _grads(dumped)
-            optimizer.step()
+            rmsprop.step()
             if dump:
                 report.step_tensors(global_step, grads, _params(dumped))
             global_step += 1
-            batch_loss, n = loss.item(), len(y)
+            batch_loss, n = step_loss.item(), len(y)
             report.step(epoch, step, batch_loss, n)
             loss_sum += batch_loss * n
             correct += int((p.detach().argmax(1) == y).sum())
@@ -178,7 +179,7 @@ def train(spec, data, config, report) -> None:
             for i in range(0, len(y_val), batch_size):
                 x, y = builder.inputs(x_val[i:i + batch_size], **options), y_val[i:i + batch_size]
                 p = forward(x)
-                val_loss += _loss(p, y).item() * len(y)
+                val_loss += loss(p, y).item() * len(y)
                 val_correct += int((p.argmax(1) == y).sum())
         eval_s = time.perf_counter() - started
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-import results
-from trainers import CANONICAL_RMSPROP
+from spec.training import CANONICAL_RMSPROP
+from workers import results
 
 TOLERANCES = Path(__file__).with_name("tolerances.json")
 

@@ -10,7 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED_LIBRARY, EXIT_BAD_INPUT = 0, 1, 2
+from workers.status import ExitCode
+
+EXIT_OK, EXIT_FAILED_LIBRARY, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
 DROPOUT_SUFFIX = {"own": "", "identical": "-identicaldropout", "off": "-nodropout"}
 INVOCATION = "invocation.json"  # in every results folder: the arguments that made it, for --resume
 
@@ -142,7 +144,7 @@ def prepare(args) -> tuple:
     from spec import experiments
     from spec.onnx_import import ModelError, import_model
     from builders import select
-    from trainers import harness
+    from spec import training as harness
 
     try:
         names = select(args.libraries)
@@ -161,7 +163,7 @@ def prepare(args) -> tuple:
 
 
 def main(argv=None) -> int:
-    import lifeline
+    from workers import lifeline
 
     args, folder = parse(argv), None
     lifeline.on_interrupt_raise()
@@ -218,21 +220,21 @@ class Ledger:
         return json.loads(path.read_text()) if path.exists() else None
 
     def save(self, job, row) -> None:
-        import results
+        from workers import results
         results.write_json(self._path(job), row)
 
 
 def execute(args, names, experiment, model_path, spec, arrays, folder: Path | None = None) -> tuple:
     """Verify, train every (library, seed) job, write the results folder; (exit status, folder). With `folder`
     (--resume), the jobs already in its ledger are kept and only the others run."""
-    import lifeline
-    import results
     from benchmarks import bench
     from builders import FAST_PATHS
     from spec import flops
-    from trainers import harness, report, sweep
+    from spec import training as harness
+    from trainers import report, sweep
     from trainers.executors import Job, run_dask, run_local
     from verify import equivalence
+    from workers import lifeline, results
 
     epochs = args.epochs or experiment["epochs"]
     batch_size = args.batch_size or experiment["batch_size"]

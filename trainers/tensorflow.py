@@ -34,7 +34,7 @@ class _RMSprop:
                                                  rho=self.rho, momentum=self.momentum, epsilon=self.eps, grad=grad)
 
 
-def _optimizer(tf, variables, opt: dict, report) -> _RMSprop:
+def optimizer(tf, variables, opt: dict, report) -> _RMSprop:
     impl = "tf.raw_ops.ResourceApplyRMSProp"
     if opt["mode"] == "canonical":
         lr, rho, eps, ms_init = opt["lr"], opt["rho"], opt["eps"], 0.0
@@ -66,7 +66,7 @@ def _canonical_tensors(spec, values: dict) -> dict:
 def setup(spec, config) -> tuple:
     """(tf, the model, a tf.function decorator with the fast path's options): threads, seed and model, shared
     with the plain loop (benchmarks/plain), so that the overhead ratio compares like with like."""
-    tf = builder._tf()
+    tf = builder.import_tf()
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
@@ -77,7 +77,7 @@ def setup(spec, config) -> tuple:
 def train(spec, data, config, report) -> None:
     tf, model, function = setup(spec, config)
     variables = [*model.kernels.values(), *model.biases.values()]
-    optimizer = _optimizer(tf, variables, config["optimizer"], report)
+    rmsprop = optimizer(tf, variables, config["optimizer"], report)
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
     # harness dropout masks: the step functions take the step's masks as a third argument, a dict of tensors;
@@ -95,7 +95,7 @@ def train(spec, data, config, report) -> None:
     def train_step(x, y, *dropout_masks):
         with tf.GradientTape() as tape:
             loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
-        optimizer.apply(tape.gradient(loss, variables))
+        rmsprop.apply(tape.gradient(loss, variables))
         return loss, correct
 
     @function
@@ -104,7 +104,7 @@ def train(spec, data, config, report) -> None:
         with tf.GradientTape() as tape:
             loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
         grads = tape.gradient(loss, variables)
-        optimizer.apply(grads)
+        rmsprop.apply(grads)
         return loss, correct, grads
 
     names = [*model.kernels, *model.biases]  # layer names, in the order of `variables`

@@ -21,7 +21,7 @@ from trainers import masks, tf_shared
 NAME = "tensorlayer"
 
 
-def _optimizer(tf, opt: dict, report):
+def optimizer(tf, opt: dict, report):
     if opt["mode"] == "canonical":
         # Keras 3's RMSprop is the canonical update itself: v = rho*v + (1-rho)*g^2 from 0; w -= lr*g/sqrt(v+eps)
         optimizer = tf.optimizers.RMSprop(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
@@ -89,7 +89,7 @@ def setup(config) -> tuple:
     # before tensorlayer is imported: its import runs TensorFlow ops, after which the thread pools are fixed
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf, tl = builder._import()
+    tf, tl = builder.import_tensorlayer()
     tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
     return tf, tl
 
@@ -100,7 +100,7 @@ def train(spec, data, config, report) -> None:
     harness_masks = masks.uses_harness_masks(config)
     dropout, holders = _harness_dropout(tf, tl) if harness_masks else (None, {})
     model = builder.build(spec, dropout=dropout)
-    optimizer = _optimizer(tf, config["optimizer"], report)
+    rmsprop = optimizer(tf, config["optimizer"], report)
     weights = model.trainable_weights
     dump_steps = config.get("dump_steps", 0)
     if dump_steps > 0:
@@ -126,7 +126,7 @@ def train(spec, data, config, report) -> None:
         with tf.GradientTape() as tape:
             loss, correct = tf_shared.loss_and_correct(tf, model(x)[-1], y)  # the builder's model outputs every layer
         grads = tape.gradient(loss, weights)
-        optimizer.apply_gradients(zip(grads, weights))
+        rmsprop.apply_gradients(zip(grads, weights))
         if dump_steps > 0:
             return loss, correct, grads  # the gradients just applied (dump runs only)
         return loss, correct

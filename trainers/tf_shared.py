@@ -5,7 +5,8 @@ the full batches and the smaller last one). An open batch size (None) would trac
 graph trained 7-10 % slower here than the concrete one (measured against benchmarks/plain), and the one
 extra trace lands in the first epoch, which is reported apart."""
 from builders import layouts
-from trainers import LOSS_CLIP, masks
+from spec.training import LOSS_CLIP
+from trainers import masks
 
 
 def loss_and_correct(tf, p, y):

@@ -32,7 +32,8 @@ import numpy as np
 
 import builders.tflearn as builder
 from builders import layouts
-from trainers import LOSS_CLIP, masks
+from spec.training import LOSS_CLIP
+from trainers import masks
 
 NAME = "tflearn"
 
@@ -62,7 +63,7 @@ def _canonical_rmsprop(tf, tflearn):
 NATIVE_CLIP_NORM = 5.0  # tflearn.DNN's default clip_gradients
 
 
-def _optimizer(tf, tflearn, opt: dict, report):
+def optimizer(tf, tflearn, opt: dict, report):
     if opt["mode"] == "canonical":
         optimizer = _canonical_rmsprop(tf, tflearn)(learning_rate=opt["lr"], decay=opt["rho"], epsilon=opt["eps"])
         ms_init = 0.0
@@ -135,7 +136,7 @@ def _harness_dropout(tf, tflearn, batch_size: int):
     return dropout, holders
 
 
-def _loss_and_correct(tf, p, y_onehot):
+def loss_and_correct(tf, p, y_onehot):
     """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
     p_y = tf.reduce_sum(p * y_onehot, axis=1)  # exactly p[label]: one-hot rows hold a single 1
     loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
@@ -150,7 +151,7 @@ def setup(config) -> tuple:
     # and a tf.compat.v1.Session created without a config (tflearn.DNN's) takes this global one
     tf2.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf2.config.threading.set_inter_op_parallelism_threads(1)
-    tf, tflearn = builder._import()
+    tf, tflearn = builder.import_tflearn()
     # Importing tflearn disables resource variables (tf.disable_v2_behavior). A TF1 reference variable's read
     # aliases its buffer, so within one step the in-place RMSProp update of an upper layer races the backward pass
     # that still reads those weights: measured, lower-layer gradients changed from run to run and the 2nd step's
@@ -181,17 +182,17 @@ def train(spec, data, config, report) -> None:
         stats = tf.Variable([0.0, 0.0], trainable=False, name="batch_loss_and_correct")
 
         def canonical_loss(y_pred, y_true):
-            loss, correct = _loss_and_correct(tf, y_pred, y_true)
+            loss, correct = loss_and_correct(tf, y_pred, y_true)
             with tf.control_dependencies([tf.assign(stats, tf.stack([loss, correct]))]):
                 return tf.identity(loss)
 
-        optimizer = _optimizer(tf, tflearn, config["optimizer"], report)
+        rmsprop = optimizer(tf, tflearn, config["optimizer"], report)
         targets = tf.placeholder(tf.float32, net.get_shape().as_list(), name="targets")  # one-hot labels
-        net = tflearn.regression(net, placeholder=targets, optimizer=optimizer, loss=canonical_loss, metric=None,
+        net = tflearn.regression(net, placeholder=targets, optimizer=rmsprop, loss=canonical_loss, metric=None,
                                  batch_size=batch_size, shuffle_batches=False)
         # regression() built the TF1 optimizer; tflearn.DNN calls its apply_gradients
-        applied = _capture_applied_gradients(tf, optimizer.get_tensor()) if dump_steps > 0 else {}
-        eval_loss, eval_correct = _loss_and_correct(tf, net, targets)
+        applied = _capture_applied_gradients(tf, rmsprop.get_tensor()) if dump_steps > 0 else {}
+        eval_loss, eval_correct = loss_and_correct(tf, net, targets)
         logs = tempfile.TemporaryDirectory(prefix="tflearn_logs_")
         clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
         model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)

@@ -1,49 +1,30 @@
 """Training worker: `python -m trainers.worker FRAMEWORK JOB_DIR`, in the library's own environment.
 
-Reads JOB_DIR/model.json, weights.npz, data.npz, config.json. Streams events to stdout as lines
-starting with EVENT_PREFIX followed by JSON (the orchestrator draws progress from them and keeps
-every finished epoch even if the worker dies later), and ends with JOB_DIR/FRAMEWORK.train.json
-(complete or absent). Exit 0 on success, 4 on a non-finite loss, 1 on any other failure.
+Reads the job folder (spec.training.load_job). Streams events to stdout (workers.training: the orchestrator
+draws progress from them and keeps every finished epoch even if the worker dies later), and ends with
+JOB_DIR/FRAMEWORK.train.json (complete or absent). Exit codes (workers.ExitCode): OK, NON_FINITE on a
+non-finite loss, FAILED on any other failure, BAD_INPUT on bad arguments.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import math
-import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import lifeline
 from builders import NAMES, resolve
-from spec.ir import ModelSpec
+from spec.training import TrainingData, load_job  # noqa: F401 - TrainingData: what train() is handed
 from trainers import FRAMEWORKS
-
-EVENT_PREFIX = "@@event "
-EXIT_NAN = 4
+from workers import ExitCode, lifeline, results
+from workers.training import event_line, result_path, tensors_path
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-@dataclass
-class TrainingData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    order: np.ndarray
-
-    def batches(self, epoch: int, batch_size: int):
-        """Index arrays of the optimizer steps of `epoch`, in the harness's order."""
-        row = self.order[epoch]
-        return [row[i:i + batch_size] for i in range(0, len(row), batch_size)]
 
 
 class Reporter:
@@ -53,7 +34,7 @@ class Reporter:
         self.tensors = {}  # "grad/<step>/<param>" and "param/<step>/<param>" -> float32, canonical layout
 
     def _emit(self, event: dict) -> None:
-        self.stream.write(EVENT_PREFIX + json.dumps(event) + "\n")
+        self.stream.write(event_line(event))
         self.stream.flush()
 
     def optimizer(self, impl: str, lr: float, rho: float, eps: float, ms_init: float, eps_placement: str,
@@ -99,27 +80,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_job(job: Path):
-    spec = ModelSpec.load(job)
-    with np.load(job / "data.npz") as npz:
-        data = TrainingData(*(npz[k] for k in ("x_train", "y_train", "x_val", "y_val", "order")))
-    return spec, data, json.loads((job / "config.json").read_text())
-
-
-def result_path(job: Path, framework: str) -> Path:
-    return job / f"{framework}.train.json"
-
-
-def tensors_path(job: Path, framework: str) -> Path:
-    return job / f"{framework}.steps.npz"
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     lifeline.die_with_parent()  # no orphan if the run that started this worker dies
     if len(argv) != 2 or argv[0] not in NAMES:
         print(f"usage: python -m trainers.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     framework, job = argv[0], Path(argv[1])
     reporter = Reporter()
     started = time.perf_counter()
@@ -133,20 +99,16 @@ def main(argv=None) -> int:
                   "python": sys.version.split()[0], "peak_rss_mib": peak_rss_mib()}
     except NonFiniteLoss as exc:
         print(f"non-finite loss: {exc}", file=sys.stderr)
-        return EXIT_NAN
+        return ExitCode.NON_FINITE
     except Exception as exc:
         traceback.print_exc()
         print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     if reporter.tensors:
-        tmp = tensors_path(job, framework).with_name(f"{framework}.steps.part.npz")
-        np.savez(tmp, **reporter.tensors)
-        os.replace(tmp, tensors_path(job, framework))
-    path = result_path(job, framework)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-    return 0
+        with results.atomic_file(tensors_path(job, framework)) as handle:
+            np.savez(handle, **reporter.tensors)
+    results.write_json(result_path(job, framework), record)
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

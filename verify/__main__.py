@@ -3,8 +3,9 @@ import argparse
 import sys
 
 from envs import reexec_in_main
+from workers.status import ExitCode
 
-EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _steps(args, equivalence) -> int:
-    import results
+    from workers import results
     from verify import steps
 
     if args.steps < 1:
@@ -64,7 +65,7 @@ def _steps(args, equivalence) -> int:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import cifar10
-    import results
+    from workers import results
     from spec import experiments
     from spec.onnx_import import ModelError, describe, import_model
     from verify import equivalence
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the workers were stopped on the way out (verify.equivalence)
         print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     print(equivalence.table(report))
     passed = sum(r["status"] == "pass" for r in report["frameworks"].values())
     print(f"\n{passed}/{len(report['frameworks'])} libraries match onnxruntime; {report['wall_s']:.1f} s")

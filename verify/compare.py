@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workers import Status
+
 TOLERANCES = Path(__file__).with_name("tolerances.json")
 
 
@@ -56,7 +58,7 @@ def compare(spec, got: dict, ref: dict, policy: dict) -> dict:
     last = spec.layers[-1].name
     out = output_stats(np.asarray(got[last]), np.asarray(ref[last]), policy) if "shape" not in layers[-1] else None
     ok = first is None and out is not None and out["allclose"] and out["argmax_disagree_decided"] == 0
-    result = {"verdict": "pass" if ok else "mismatch", "output": out, "layers": layers, "policy": policy,
+    result = {"verdict": Status.PASS if ok else Status.MISMATCH, "output": out, "layers": layers, "policy": policy,
               "first_divergent_layer": None}
     if first is not None:
         result["first_divergent_layer"] = {k: first[k] for k in ("name", "kind", "scaled") if k in first}

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 import cifar10
-import lifeline
 from builders import select
 from spec import experiments
 from spec.ir import ModelSpec
@@ -21,6 +20,7 @@ from spec.onnx_import import import_model, load_onnx
 from verify import reference
 from verify.compare import compare, load_policy
 from verify.runner import run_worker
+from workers import Status, lifeline, number
 
 CIFAR_SHAPE = (3, 32, 32)
 
@@ -74,9 +74,9 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
             row = {"status": result.status, "message": result.message, "wall_s": round(result.wall_s, 2),
                    "versions": result.info.get("versions", {})}
             missing = [layer.name for layer in spec.layers if layer.name not in result.outputs]
-            if result.status == "ok" and missing:
-                row.update(status="error", message=f"worker output lacks layers {', '.join(missing)}")
-            elif result.status == "ok":
+            if result.status == Status.OK and missing:
+                row.update(status=Status.CRASHED, message=f"worker output lacks layers {', '.join(missing)}")
+            elif result.status == Status.OK:
                 row.update(compare(spec, result.outputs, ref, load_policy(framework)))
                 row["status"] = row.pop("verdict")
             with lock:
@@ -99,10 +99,6 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
     return report
 
 
-def _fmt(value, spec=".1e") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def table(report: dict) -> str:
     head = ("| library | verdict | max abs diff | max rel diff | argmax agree | first divergent layer | time |\n"
             "|---|---|---|---|---|---|---|")
@@ -111,10 +107,10 @@ def table(report: dict) -> str:
         out = r.get("output") or {}
         where = r.get("first_divergent_layer")
         where_text = f"{where['name']} ({where['kind']}, scaled err {where['scaled']:.1e})" if where else "-"
-        if r["status"] in ("error", "unsupported"):
+        if r["status"] not in (Status.PASS, Status.MISMATCH):
             where_text = r["message"]
         agree = f"{out['argmax_agree']}/{out['samples']}" if out else "-"
-        rows.append(f"| {name} | {r['status'].upper()} | {_fmt(out.get('max_abs'))} | {_fmt(out.get('max_rel'))} "
-                    f"| {agree} | {where_text} | {r['wall_s']:.1f} s |")
+        rows.append(f"| {name} | {r['status'].upper()} | {number(out.get('max_abs'), '.1e')} | "
+                    f"{number(out.get('max_rel'), '.1e')} | {agree} | {where_text} | {r['wall_s']:.1f} s |")
     return "\n".join([head, *rows])
 

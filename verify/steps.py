@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 import cifar10
-from spec import experiments
+from builders import resolve
+from spec import experiments, training
 from spec.onnx_import import import_model
-from trainers import harness
-from trainers.supervisor import train_one
-from trainers.worker import tensors_path
 from verify.compare import TOLERANCES
 from spec.reference64 import Reference
+from workers import Status
+from workers.training import tensors_path, train_one
 
 
 def load_policy() -> dict:
@@ -69,15 +69,15 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
 def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,
         timeout: float = 1800, log=sys.stderr) -> dict:
     experiment = experiments.load(experiment_name)
-    spec = harness.without_dropout(import_model(experiments.model_path(experiment)))
-    arrays = harness.datasets(cifar10.find(data_path), experiment)
+    spec = training.without_dropout(import_model(experiments.model_path(experiment)))
+    arrays = training.datasets(cifar10.find(data_path), experiment)
     batch_size = experiment["batch_size"]
     per_epoch = -(-len(arrays[0]) // batch_size)
     epochs = -(-n_steps // per_epoch)
     limit = n_steps * batch_size if epochs == 1 else None
-    order = harness.batch_order(len(arrays[0]), epochs, experiment["shuffle"], experiment["seed"], limit)
-    config = harness.config_for(experiment, epochs, batch_size, mode, threads=2, seed=experiment["seed"],
-                                dropout=False, dump_steps=n_steps)
+    order = training.batch_order(len(arrays[0]), epochs, experiment["shuffle"], experiment["seed"], limit)
+    config = training.config_for(experiment, epochs, batch_size, mode, threads=2, seed=experiment["seed"],
+                                 dropout=False, dump_steps=n_steps)
     batches = [b for e in range(epochs) for b in [order[e][i:i + batch_size]
                                                    for i in range(0, order.shape[1], batch_size)]][:n_steps]
     policy = load_policy()
@@ -86,14 +86,14 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
               "frameworks": {}}
     with tempfile.TemporaryDirectory(prefix="steps-") as tmp:
         job = Path(tmp)
-        harness.write_job(job, spec, arrays, order, config)
+        training.write_job(job, spec, arrays, order, config)
         for framework in frameworks:
-            row = train_one(framework, job, epochs * per_epoch if epochs > 1 else n_steps, 2, timeout,
-                            job / f"{framework}.stderr.log")
+            row = train_one(framework, resolve(framework)[1], job, epochs * per_epoch if epochs > 1 else n_steps, 2,
+                            timeout, job / f"{framework}.stderr.log")
             entry = {"status": row["status"], "reason": row["reason"], "optimizer": row["record"]["optimizer"],
                      "losses": [s["loss"] for s in row["record"]["steps"][:n_steps]]}
             path = tensors_path(job, framework)
-            if row["status"] == "ok" and path.exists():
+            if row["status"] == Status.OK and path.exists():
                 with np.load(path) as npz:
                     tensors = {k: npz[k] for k in npz.files}
                 path.unlink()
@@ -101,8 +101,8 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
                 bad = entry["first_failure"]
                 entry["status"] = "pass" if bad is None else ("departs" if mode == "native" and bad["what"] ==
                                                               "update" else "mismatch")
-            elif row["status"] == "ok":
-                entry.update(status="error", reason="the trainer reported no step tensors")
+            elif row["status"] == Status.OK:
+                entry.update(status=Status.CRASHED, reason="the trainer reported no step tensors")
             print(f"{framework:<17} {entry['status']}" + (f"  {entry['reason']}" if entry["reason"] else ""),
                   file=log, flush=True)
             report["frameworks"][framework] = entry

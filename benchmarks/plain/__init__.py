@@ -2,7 +2,7 @@
 
 `python -m benchmarks.plain LIBRARY JOB_DIR`, in that library's environment (keras-theano: the theano one),
 cwd = the repository root, thread variables (OMP_NUM_THREADS, ...) set by the caller as the harness sets them.
-It reads the job folder the harness wrote (trainers.worker.load_job), builds the model with the library's builder,
+It reads the job folder the harness wrote (spec.training.load_job), builds the model with the library's builder,
 sets threads with the knobs the harness trainer uses, and trains config["epochs"] epochs over the harness's batch
 order with the harness trainer's own optimizer and loss helpers (identical arithmetic) in the library's tutorial
 idiom and nothing else: no per-step events, conversions, callbacks, tensor dumps or harness dropout masks.
@@ -34,7 +34,7 @@ class EpochTimes(list):
 
 
 class NullReport:
-    """Stands in for trainers.worker.Reporter where a harness helper (an _optimizer) wants one: reports nothing."""
+    """Stands in for trainers.worker.Reporter where a trainer's helper (its optimizer) wants one: reports nothing."""
 
     def optimizer(self, *args, **kwargs) -> None:
         pass

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-import lifeline
+from workers import ExitCode, lifeline
 
 
 def main(argv=None) -> int:
@@ -18,10 +18,10 @@ def main(argv=None) -> int:
     lifeline.die_with_parent()  # no orphan if the run that started this worker dies
     if len(argv) != 2 or argv[0] not in LIBRARIES:
         print(f"usage: python -m benchmarks.plain {{{','.join(LIBRARIES)}}} JOB_DIR", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     library, job = argv[0], Path(argv[1])
     try:
-        from trainers.worker import load_job
+        from spec.training import load_job
 
         spec, data, config = load_job(job)
         module_name, options = LIBRARIES[library]
@@ -33,11 +33,11 @@ def main(argv=None) -> int:
             epochs = module.train(spec, data, config)
     except Exception as exc:  # noqa: BLE001 - one line, whatever failed
         print(f"{library}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(json.dumps({"library": library, "epoch_s": list(epochs), "final_loss": epochs.final_loss,
                       "final_loss_of": epochs.final_loss_of}))
     sys.stdout.flush()
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers.keras_tensorflow import _canonical_loss, _optimizer, setup
+from trainers import keras_tensorflow as trainer
 
 
 def train(spec, data, config) -> EpochTimes:
-    keras, model = setup(spec, config)  # the harness trainer's backend, threads, seed and model
+    keras, model = trainer.setup(spec, config)  # the harness trainer's backend, threads, seed and model
     bs = int(config["batch_size"])
     # metrics=["accuracy"] as in Keras's tutorials (and the harness's compile)
-    model.compile(optimizer=_optimizer(keras, config["optimizer"], NullReport()), loss=_canonical_loss(keras),
+    model.compile(optimizer=trainer.optimizer(keras, config["optimizer"], NullReport()),
+                  loss=trainer.canonical_loss(keras),
                   metrics=["accuracy"])
     classes = model.output_shape[-1]
 

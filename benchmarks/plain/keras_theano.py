@@ -8,11 +8,11 @@ import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import keras_theano as builder
-from trainers.keras_theano import _optimizer, setup
+from trainers import keras_theano as trainer
 
 
 def train(spec, data, config) -> EpochTimes:
-    keras = setup(config)  # the harness trainer's threads and seed
+    keras = trainer.setup(config)  # the harness trainer's threads and seed
     from keras.utils import to_categorical
 
     canonical = config["optimizer"]["mode"] == "canonical"
@@ -21,8 +21,8 @@ def train(spec, data, config) -> EpochTimes:
     model = builder.build(spec, pool_gradient="single" if canonical else "theano")
     # Keras 2's categorical_crossentropy is the canonical loss (clip to [1e-7, 1 - 1e-7]); metrics as in the
     # tutorials (and the harness's compile)
-    model.compile(optimizer=_optimizer(keras, config["optimizer"], NullReport()), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=trainer.optimizer(keras, config["optimizer"], NullReport()),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
     classes = model.output_shape[-1]
 
     seconds = []

@@ -7,17 +7,17 @@ import numpy as np
 
 import builders.pytorch as builder
 from benchmarks.plain import EpochTimes, NullReport
-from trainers.pytorch import _loss, _optimizer, setup
+from trainers import pytorch as trainer
 
 
 def train(spec, data, config) -> EpochTimes:
     import torch
 
     options = config.get("options", {})
-    model = setup(spec, config)  # the harness trainer's threads, seed and model
-    optimizer = _optimizer(model.parameters(), config["optimizer"], NullReport())
+    model = trainer.setup(spec, config)  # the harness trainer's threads, seed and model
+    optimizer = trainer.optimizer(model.parameters(), config["optimizer"], NullReport())
     forward = builder.runnable(model, **options)
-    criterion = _loss  # canonical clipped cross-entropy on the softmax output
+    criterion = trainer.loss  # canonical clipped cross-entropy on the softmax output
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     batch_size = config["batch_size"]
 

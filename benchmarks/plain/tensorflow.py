@@ -7,13 +7,13 @@ import time
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import tf_shared
-from trainers.tensorflow import _optimizer, setup
+from trainers import tensorflow as trainer
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf, model, function = setup(spec, config)  # the harness trainer's threads, seed, model, tf.function
+    tf, model, function = trainer.setup(spec, config)  # the harness trainer's threads, seed, model, tf.function
     variables = [*model.kernels.values(), *model.biases.values()]
-    optimizer = _optimizer(tf, variables, config["optimizer"], NullReport())
+    optimizer = trainer.optimizer(tf, variables, config["optimizer"], NullReport())
     x_train = layouts.nchw_to_nhwc(data.x_train)
 
     @function

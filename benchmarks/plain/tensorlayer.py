@@ -8,14 +8,14 @@ import builders.tensorlayer as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import tf_shared
-from trainers.tensorlayer import _optimizer, setup
+from trainers import tensorlayer as trainer
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf, tl = setup(config)  # the harness trainer's threads and seed
+    tf, tl = trainer.setup(config)  # the harness trainer's threads and seed
 
     model = builder.build(spec)
-    optimizer = _optimizer(tf, config["optimizer"], NullReport())
+    optimizer = trainer.optimizer(tf, config["optimizer"], NullReport())
     weights = model.trainable_weights
     x_train = layouts.nchw_to_nhwc(data.x_train)
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 
+from workers.status import ExitCode
+
 PARENT_VARIABLE = "XV_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
@@ -24,7 +26,7 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int):
         self.signal_name = signal.Signals(signum).name
-        self.exit_status = 128 + signum
+        self.exit_status = ExitCode.of_signal(signum)
         super().__init__(f"interrupted by {self.signal_name}")
 
 
@@ -66,17 +68,14 @@ def release(proc: subprocess.Popen) -> None:
         _live.discard(proc)
 
 
-def wait(proc: subprocess.Popen, timeout: float, communicate: bool = False) -> tuple:
-    """(exit status, its stdout if `communicate` else None) of a spawned worker; (None, None) when it ran past
-    `timeout` and was killed. A wait that is interrupted kills the worker too. Either way it is released."""
+def wait(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The exit status of a spawned worker; None when it ran past `timeout` and was killed. A wait that is
+    interrupted kills the worker too. Either way it is released."""
     try:
-        if communicate:
-            out, _ = proc.communicate(timeout=timeout)
-            return proc.returncode, out
-        return proc.wait(timeout=timeout), None
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(proc)
-        return None, None
+        return None
     except BaseException:
         kill(proc)
         raise

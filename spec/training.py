@@ -1,4 +1,5 @@
-"""What every library trains on, decided once: images, preprocessing, batch order, configuration."""
+"""What every library trains on, decided once: images, preprocessing, batch order, configuration, the loss
+clip and what canonical RMSprop means; and the job folder that carries them to a training worker."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,27 @@ from pathlib import Path
 import numpy as np
 
 import cifar10
-from spec import experiments
+from spec import experiments, ops
 from spec.ir import ModelSpec
+
+# the canonical loss is -mean(log(clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP))) on the softmax output, as Keras clips
+LOSS_CLIP = 1e-7
+# canonical RMSprop beyond lr/rho/eps: the mean square starts at 0, eps inside the root, no gradient clipping
+CANONICAL_RMSPROP = {"ms_init": 0.0, "eps_placement": "inside sqrt", "grad_clip_norm": 0.0}
+
+
+@dataclasses.dataclass
+class TrainingData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    order: np.ndarray
+
+    def batches(self, epoch: int, batch_size: int):
+        """Index arrays of the optimizer steps of `epoch`, in the harness's order."""
+        row = self.order[epoch]
+        return [row[i:i + batch_size] for i in range(0, len(row), batch_size)]
 
 
 def batch_order(n: int, epochs: int, shuffle: bool, seed: int, limit: int | None = None) -> np.ndarray:
@@ -45,6 +65,14 @@ def write_job(job: Path, spec: ModelSpec, arrays: tuple, order: np.ndarray, conf
     (job / "config.json").write_text(json.dumps(config, indent=1))
 
 
+def load_job(job: Path) -> tuple:
+    """(spec, TrainingData, config) of a job folder written by write_job."""
+    spec = ModelSpec.load(job)
+    with np.load(job / "data.npz") as npz:
+        data = TrainingData(*(npz[k] for k in ("x_train", "y_train", "x_val", "y_val", "order")))
+    return spec, data, json.loads((job / "config.json").read_text())
+
+
 def config_for(experiment: dict, epochs: int, batch_size: int, mode: str, threads: int, seed: int,
                dropout: bool, dump_steps: int = 0, dropout_masks: str = "library") -> dict:
     """dropout_masks: "library" (each library draws its own, seeded by `seed`) or "harness" (trainers.masks)."""
@@ -62,15 +90,11 @@ def reinitialised(spec: ModelSpec, seed: int) -> ModelSpec:
 
     rng = np.random.Generator(np.random.PCG64(seed))
     weights = dict(spec.weights)
-    for layer in spec.layers:
-        if layer.kind not in ("conv", "dense"):
-            continue
-        w = spec.weight(layer)
-        if layer.kind == "conv":
-            receptive = int(np.prod(w.shape[2:]))
-            fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
-        else:
-            fan_in, fan_out = w.shape
-        weights[f"{layer.name}.weight"] = glorot_uniform(rng, w.shape, fan_in, fan_out)
-        weights[f"{layer.name}.bias"] = np.zeros_like(spec.bias(layer))
+    for node in spec.parametric():
+        for param in ops.get(node.kind).params:
+            key = f"{node.name}.{param.name}"
+            if param.init == "glorot_uniform":
+                weights[key] = glorot_uniform(rng, spec.weights[key].shape, *param.fans(spec.weights[key].shape))
+            else:
+                weights[key] = np.zeros_like(spec.weights[key])
     return dataclasses.replace(spec, weights=weights, source=f"{spec.source} (weights redrawn from seed {seed})")

@@ -1,0 +1,77 @@
+"""The training worker's protocol, both sides of it: `python -m trainers.worker LIBRARY JOB_DIR` streams
+events to stdout as lines EVENT_PREFIX + JSON and leaves its record in result_path (and, when asked, the
+step tensors in tensors_path); train_one runs it and turns all that into a row.
+
+Whatever happens to the worker (crash, signal, hang, non-finite loss), the row keeps every step and epoch
+the worker reported and says why it stopped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workers import spawn
+from workers.status import Status
+
+MODULE = "trainers.worker"
+EVENT_PREFIX = "@@event "
+
+
+def event_line(event: dict) -> str:
+    """One event as the worker writes it: {"type": "optimizer" | "step" | "epoch", ...fields}."""
+    return EVENT_PREFIX + json.dumps(event) + "\n"
+
+
+def result_path(job: Path, framework: str) -> Path:
+    return job / f"{framework}.train.json"
+
+
+def tensors_path(job: Path, framework: str) -> Path:
+    return job / f"{framework}.steps.npz"
+
+
+def empty_record() -> dict:
+    return {"optimizer": None, "steps": [], "epochs": []}
+
+
+def train_one(framework: str, env: str, job: Path, steps_total: int, threads: int, timeout: float, log: Path,
+              progress: bool = True, label: str = "") -> dict:
+    """Train `framework` (in environment `env`) on the job folder; returns its row: status, reason, record
+    (optimizer, steps, epochs, ...) and wall_s. The worker's stderr goes to `log`; `progress` shows a bar
+    labelled `label` (default the framework)."""
+    from tqdm import tqdm  # the orchestrator's environment only
+
+    record = empty_record()
+    with tqdm(total=steps_total, desc=f"{label or framework:<21}", unit="step", leave=True, dynamic_ncols=True,
+              disable=not progress) as bar:
+        def on_line(line: str) -> None:
+            if line.startswith(EVENT_PREFIX):
+                _record_event(record, json.loads(line[len(EVENT_PREFIX):]), bar)
+
+        outcome = spawn.run(MODULE, [framework, job], env, timeout, log, on_line, threads)
+    if outcome.status == Status.OK:
+        try:
+            record = _read_record(result_path(job, framework))
+        except (ValueError, OSError) as exc:  # the events streamed so far stay in the row
+            outcome = outcome.malformed(exc)
+    return {"status": outcome.status, "reason": outcome.reason, "record": record, "wall_s": outcome.wall_s}
+
+
+def _record_event(record: dict, event: dict, bar) -> None:
+    kind = event.pop("type")
+    if kind == "step":
+        record["steps"].append(event)
+        bar.update(1)
+        bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+    elif kind == "epoch":
+        record["epochs"].append(event)
+    elif kind == "optimizer":
+        record["optimizer"] = event
+
+
+def _read_record(path: Path) -> dict:
+    record = json.loads(path.read_text())
+    if not (isinstance(record, dict) and isinstance(record.get("steps"), list)
+            and isinstance(record.get("epochs"), list)):
+        raise ValueError("no steps and epochs")
+    return record
