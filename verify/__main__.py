@@ -37,7 +37,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {value:g}")
     return value
 
 
@@ -127,11 +127,15 @@ def _steps(args) -> int:
     return EXIT_PASS if report["passed"] else EXIT_MISMATCH
 
 
+def _error_line(exc: Exception) -> str:
+    return "error: " + str(exc).replace("\n", "\\n")  # one line even when a path holds a newline
+
+
 def main(argv=None) -> int:
     try:
         args = parse(argv)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     import cifar10
     import results
@@ -148,7 +152,7 @@ def main(argv=None) -> int:
         model = args.model or experiments.model_path(experiments.load("verification"))
         report = equivalence.run(model, args.frameworks, args.data, args.timeout, args.jobs)
     except (ModelError, cifar10.DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the workers were stopped on the way out (verify.equivalence)
         print("interrupted; nothing was written", file=sys.stderr)
