@@ -10,15 +10,20 @@ Where it looks, in order:
   4. a download of the official archive into ~/.keras/datasets, checked against its md5.
 The official batches are pickles; they are read with an unpickler that can build only what a
 CIFAR batch contains, so a hostile file cannot run code.
+A caller says how many images of each split it uses (`train=`, `test=`): only those are read (from an npz,
+only their bytes are decompressed, so a 3 GB x_train costs what 2,000 images cost), and a source that holds
+fewer is refused.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,8 @@ FOLDER_NAME = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 ENV_VAR = "CIFAR10_PATH"
+IMAGE_SHAPE = (32, 32, 3)
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 class DataError(RuntimeError):
@@ -92,24 +99,38 @@ def _checked(images: np.ndarray, labels: np.ndarray, name: str) -> tuple:
 
 # --- the three formats -----------------------------------------------------------------------
 
-def _from_members(read, where: str) -> Cifar10:
-    train = [load_batch(read(b), f"{where}/{b}") for b in TRAIN_BATCHES]
-    x_test, y_test = load_batch(read(TEST_BATCH), f"{where}/{TEST_BATCH}")
-    return Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
-                   x_test, y_test, where)
+def _short(where: str, what: str, have: int, need: int | None) -> None:
+    if need is not None and have < need:
+        raise DataError(f"{where}: {what} has {have} images, {need} are needed")
 
 
-def load_folder(folder: Path) -> Cifar10:
+def _from_members(read, where: str, train: int | None = None, test: int | None = None) -> Cifar10:
+    """The official batches through `read(member) -> bytes`, reading no more batches than the counts need."""
+    parts = [(np.empty((0, *IMAGE_SHAPE), np.uint8), np.empty(0, np.int64))]
+    for member in TRAIN_BATCHES:
+        if train is not None and sum(len(p[1]) for p in parts) >= train:
+            break
+        parts.append(load_batch(read(member), f"{where}/{member}"))
+    x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    _short(where, "the training set", len(x_train), train)
+    x_test, y_test = parts[0]
+    if test != 0:
+        x_test, y_test = load_batch(read(TEST_BATCH), f"{where}/{TEST_BATCH}")
+        _short(f"{where}/{TEST_BATCH}", "the test set", len(x_test), test)
+    return Cifar10(x_train[:train], y_train[:train], x_test[:test], y_test[:test], where)
+
+
+def load_folder(folder: Path, train: int | None = None, test: int | None = None) -> Cifar10:
     def read(member):
         path = folder / member
         if not path.is_file():
             raise DataError(f"{folder}: {member} is missing; expected the extracted official "
                             f"cifar-10-python.tar.gz ({', '.join(TRAIN_BATCHES)}, {TEST_BATCH})")
         return path.read_bytes()
-    return _from_members(read, str(folder))
+    return _from_members(read, str(folder), train, test)
 
 
-def load_archive(path: Path) -> Cifar10:
+def load_archive(path: Path, train: int | None = None, test: int | None = None) -> Cifar10:
     try:
         with tarfile.open(path, "r:gz") as tar:
             def read(member):
@@ -121,38 +142,117 @@ def load_archive(path: Path) -> Cifar10:
                     raise DataError(f"{path}: archive has no {FOLDER_NAME}/{member}; is it the official "
                                     f"python-version archive?")
                 return handle.read()
-            return _from_members(read, str(path))
+            return _from_members(read, str(path), train, test)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"{path}: unreadable archive ({exc}); delete it and fetch it again") from None
 
 
-def load_npz(path: Path) -> Cifar10:
+# --- npz: only the rows asked for --------------------------------------------------------------
+
+@dataclass
+class _Npy:
+    """One array of an npz as its .npy header describes it, before any of its data is read."""
+    member: str
+    name: str
+    shape: tuple
+    dtype: np.dtype
+    fortran: bool
+    offset: int  # where the data starts in the member
+    size: int  # bytes the member holds, from the zip directory
+
+
+def _read_header(stream) -> tuple:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f".npy format version {version[0]}.{version[1]} (an image or label array is saved as 1.0 "
+                     f"or 2.0)")
+
+
+def _npy(archive: zipfile.ZipFile, path: Path, name: str) -> _Npy:
+    member = name + ".npy" if name + ".npy" in archive.namelist() else name
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+        with archive.open(member) as stream:
+            shape, fortran, dtype = _read_header(stream)
+            offset = stream.tell()
+    except (ValueError, EOFError) as exc:  # numpy says "EOFError" for a header cut short
+        raise DataError(f"{path}: {name} is not a readable .npy array ({exc})") from None
+    return _Npy(member, name, shape, dtype, fortran, offset, archive.getinfo(member).file_size)
+
+
+def _check_npy_pair(path: Path, images: _Npy, labels: _Npy) -> None:
+    """Refuse, before any data is read, arrays that cannot be N images and their N labels."""
+    if images.dtype != np.uint8 or len(images.shape) != 4 or images.shape[1:] != IMAGE_SHAPE or images.shape[0] < 0:
+        raise DataError(f"{path}: {images.name} must be uint8 of shape (N, 32, 32, 3), got {images.dtype} "
+                        f"{images.shape}")
+    if images.fortran:
+        raise DataError(f"{path}: {images.name} is stored in Fortran order; save it in C order "
+                        f"(numpy.ascontiguousarray)")
+    if labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
+        raise DataError(f"{path}: {labels.name} must hold {images.shape[0]} integer labels (one per image of "
+                        f"{images.name}), got {labels.dtype} {labels.shape}")
+    for array in (images, labels):
+        whole = array.offset + math.prod(array.shape) * array.dtype.itemsize
+        if array.size < whole:
+            raise DataError(f"{path}: {array.name} is truncated: its header promises {array.shape} but the "
+                            f"file holds {array.size - array.offset} of its {whole - array.offset} bytes")
+
+
+def _read_rows(archive: zipfile.ZipFile, path: Path, array: _Npy, rows: int) -> np.ndarray:
+    """The first `rows` rows of `array`, decompressing no more of the member than they take."""
+    out = np.empty((rows, *array.shape[1:]), array.dtype)
+    flat = memoryview(out.reshape(-1).view(np.uint8))
+    with archive.open(array.member) as stream:
+        stream.read(array.offset)
+        done = 0
+        while done < len(flat):
+            got = stream.readinto(flat[done:done + (16 << 20)])
+            if not got:
+                raise DataError(f"{path}: {array.name} ends after {done} bytes of data; the file is truncated")
+            done += got
+    return out
+
+
+def load_npz(path: Path, train: int | None = None, test: int | None = None) -> Cifar10:
+    """x_train, y_train, x_test, y_test from an npz (uint8 NHWC images, integer labels): the first `train` and
+    `test` of each (all when None), read straight from the zip without loading the rest."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {n.removesuffix(".npy") for n in archive.namelist()}
+            missing = [n for n in NPZ_ARRAYS if n not in names]
             if missing:
-                raise DataError(f"{path}: npz lacks {', '.join(sorted(missing))}")
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+                raise DataError(f"{path}: npz lacks {', '.join(missing)}")
+            arrays = {n: _npy(archive, path, n) for n in NPZ_ARRAYS}
+            counts = {"train": train, "test": test}
+            for split, count in counts.items():  # every header is checked before any data is read
+                _check_npy_pair(path, arrays[f"x_{split}"], arrays[f"y_{split}"])
+                _short(str(path), f"x_{split}", arrays[f"x_{split}"].shape[0], count)
+            splits = []
+            for split, count in counts.items():
+                images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+                rows = images.shape[0] if count is None else count
+                splits += _checked(_read_rows(archive, path, images, rows), _read_rows(archive, path, labels, rows),
+                                   f"{path} ({split})")
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable npz ({type(exc).__name__}: {exc})") from None
-    x_train, y_train = _checked(arrays["x_train"], arrays["y_train"], f"{path} (train)")
-    x_test, y_test = _checked(arrays["x_test"], arrays["y_test"], f"{path} (test)")
-    return Cifar10(x_train, y_train, x_test, y_test, str(path))
+    return Cifar10(*splits, str(path))
 
 
-def load_path(path: Path) -> Cifar10:
+def load_path(path: Path, train: int | None = None, test: int | None = None) -> Cifar10:
     path = Path(path).expanduser()
     if path.is_dir():
         inner = path / FOLDER_NAME
-        return load_folder(inner if inner.is_dir() else path)
+        return load_folder(inner if inner.is_dir() else path, train, test)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
     if path.suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, train, test)
     if path.name.endswith((".tar.gz", ".tgz")):
-        return load_archive(path)
+        return load_archive(path, train, test)
     raise DataError(f"{path}: expected cifar-10-python.tar.gz, its extracted folder, or an .npz")
 
 
@@ -200,11 +300,12 @@ def download(target: Path, url: str = ARCHIVE_URL, md5: str = ARCHIVE_MD5, timeo
     return target
 
 
-def find(path=None, allow_download: bool = True) -> Cifar10:
-    """CIFAR-10 from the first place that has it (see the module docstring)."""
+def find(path=None, allow_download: bool = True, train: int | None = None, test: int | None = None) -> Cifar10:
+    """CIFAR-10 from the first place that has it (see the module docstring): the first `train` training and
+    `test` test images in official order (None: all of them); a place holding fewer is refused."""
     given = path or os.environ.get(ENV_VAR)
     if given:
-        return load_path(Path(given))
+        return load_path(Path(given), train, test)
     for place in candidates():
         if place.exists():
             if place.name in ARCHIVE_NAMES and place.is_file():  # where the official archive is kept: it must be it
@@ -212,11 +313,11 @@ def find(path=None, allow_download: bool = True) -> Cifar10:
                 if got != ARCHIVE_MD5:
                     raise DataError(f"{place}: md5 {got} is not the official archive's {ARCHIVE_MD5} (truncated "
                                     f"or altered); delete it and fetch it again")
-            return load_path(place)
+            return load_path(place, train, test)
     if allow_download:
         target = keras_cache() / ARCHIVE_NAMES[0]
         try:
-            return load_archive(download(target, ARCHIVE_URL, ARCHIVE_MD5))
+            return load_archive(download(target, ARCHIVE_URL, ARCHIVE_MD5), train, test)
         except DataError as exc:
             reason = f" ({exc})"
     else:

@@ -40,6 +40,12 @@ def batch_order(n: int, epochs: int, shuffle: bool, seed: int, limit: int | None
     return np.stack(rows)[:, :limit or n]
 
 
+def needs(experiment: dict) -> dict:
+    """How many training and test images `datasets` takes for the experiment: cifar10.find(path, **needs(e))."""
+    n, split, n_val = experiment["train_images"], experiment["validation"]["split"], experiment["validation"]["images"]
+    return {"train": max(n, n_val), "test": 0} if split == "train" else {"train": n, "test": n_val}
+
+
 def datasets(data: cifar10.Cifar10, experiment: dict) -> tuple:
     """(x_train, y_train, x_val, y_val): float32 NCHW inputs as the experiment preprocesses them."""
     n = experiment["train_images"]

@@ -2,10 +2,14 @@
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -89,13 +93,13 @@ def test_hostile_batch_inside_an_archive_is_refused_by_the_cli(tmp_path, small):
     evil = _Evil()
     evil.marker = marker
     archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w:gz") as tar:  # test_batch: the batch verification reads
         raw = pickle.dumps({b"data": evil}, protocol=2)
-        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
         info.size = len(raw)
         tar.addfile(info, io.BytesIO(raw))
     proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", "--data", archive)
-    assert_one_line_error(proc, "data_batch_1", "refused to load")
+    assert_one_line_error(proc, "test_batch", "refused to load")
     assert not marker.exists()
 
 
@@ -172,3 +176,109 @@ def test_an_altered_archive_where_the_official_one_is_kept_is_refused(tmp_path, 
     proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", env={"KERAS_HOME": str(home),
                                                                            "CIFAR10_PATH": ""})
     assert_one_line_error(proc, "md5", "c58f30108f718f92721af3b95e74349a", "fetch it again")
+
+
+# --- npz: only the rows asked for, headers checked first -----------------------------------------
+
+def _npy_member(archive, name, shape, descr="|u1", fortran=False, version=(1, 0), fill=None):
+    """Write one .npy member into an open ZipFile without holding the array in memory: row i of an image
+    array is all (i % 256), labels are i % 10. `fill(handle, nbytes)` may write the data instead."""
+    header = {"descr": descr, "fortran_order": fortran, "shape": shape}
+    with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+        if version == (1, 0):
+            np.lib.format.write_array_header_1_0(handle, header)
+        else:  # a version numpy writes only for exotic dtypes: magic, 4-byte length, utf-8 header
+            text = repr(header).encode() + b"\n"
+            handle.write(b"\x93NUMPY" + bytes(version) + len(text).to_bytes(4, "little") + text)
+        nbytes = int(np.prod(shape)) * np.dtype(descr).itemsize
+        if fill is not None:
+            fill(handle, nbytes)
+        elif len(shape) == 4:
+            row = int(np.prod(shape[1:]))
+            for start in range(0, shape[0], 1000):
+                stop = min(shape[0], start + 1000)
+                handle.write(np.repeat(np.arange(start, stop) % 256, row).astype(np.uint8).tobytes())
+        else:
+            handle.write((np.arange(shape[0]) % 10).astype(descr).tobytes())
+
+
+def _write_npz(path, n_train=20, n_test=10, compression=zipfile.ZIP_DEFLATED, **override):
+    """An npz of n_train/n_test images; override={array name: dict of _npy_member arguments}."""
+    shapes = {"x_train": (n_train, 32, 32, 3), "y_train": (n_train,), "x_test": (n_test, 32, 32, 3),
+              "y_test": (n_test,)}
+    with zipfile.ZipFile(path, "w", compression, compresslevel=1) as archive:
+        for name, shape in shapes.items():
+            args = {"shape": shape, "descr": "|u1" if len(shape) == 4 else "<i8", **override.get(name, {})}
+            _npy_member(archive, name, **args)
+    return path
+
+
+MEASURE = """
+import json, resource, sys
+import cifar10
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = cifar10.find(sys.argv[1], train=int(sys.argv[2]), test=int(sys.argv[3]))
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+ok = bool((data.x_train[:, 0, 0, 0] == [i % 256 for i in range(len(data.x_train))]).all())
+print(json.dumps({"grown_kib": grown, "train": len(data.x_train), "test": len(data.x_test), "rows_ok": ok}))
+"""
+
+
+@pytest.mark.parametrize("compression,n_train", [(zipfile.ZIP_DEFLATED, 50_000), (zipfile.ZIP_STORED, 20_000)])
+def test_a_large_npz_is_read_only_as_far_as_the_images_asked_for(tmp_path, compression, n_train):
+    """The whole official x_train (150 MB as uint8) in a compressed npz costs what 2,000 images cost: the
+    loader decompresses only their bytes (the old one loaded every array whole)."""
+    path = _write_npz(tmp_path / "big.npz", n_train, 10_000, compression)
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(path), "2000", "64"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["train"] == 2000 and got["test"] == 64 and got["rows_ok"], got
+    whole_kib = n_train * 3072 // 1024
+    assert got["grown_kib"] < whole_kib / 8, (got, whole_kib)  # 2,000 images are 6 MB of the 60-150 MB
+
+
+def _refusal(path, **counts):
+    with pytest.raises(cifar10.DataError) as info:
+        cifar10.load_path(path, **counts)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path)), message
+    return message
+
+
+def _garbage(handle, nbytes):
+    handle.write(b"\xff" * min(nbytes, 1 << 16))  # data that could not be what the header says
+
+
+@pytest.mark.parametrize("override,fragments", [
+    ({"x_train": {"descr": "<f4", "fill": _garbage}}, ["x_train must be uint8 of shape (N, 32, 32, 3)", "float32"]),
+    ({"x_test": {"shape": (10, 3, 32, 32), "fill": _garbage}}, ["x_test must be uint8", "(10, 3, 32, 32)"]),
+    ({"x_train": {"fortran": True, "fill": _garbage}}, ["x_train is stored in Fortran order"]),
+    ({"y_train": {"shape": (19,)}}, ["y_train must hold 20 integer labels", "(19,)"]),
+    ({"y_test": {"descr": "<f8"}}, ["y_test must hold 10 integer labels", "float64"]),
+    ({"y_test": {"descr": "|O", "fill": _garbage}}, ["y_test must hold 10 integer labels", "object"]),
+    ({"x_test": {"version": (3, 0)}}, ["x_test is not a readable .npy array", "version 3.0"]),
+    ({"x_train": {"shape": (10**12, 32, 32, 3), "fill": _garbage}, "y_train": {"shape": (10**12,), "fill": _garbage}},
+     ["x_train is truncated", "(1000000000000, 32"]),
+])
+def test_npz_headers_are_checked_before_any_data_is_read(tmp_path, override, fragments):
+    message = _refusal(_write_npz(tmp_path / "bad.npz", **override))
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_an_npz_with_fewer_images_than_asked_names_the_array_what_it_has_and_what_is_needed(tmp_path):
+    path = _write_npz(tmp_path / "small.npz", n_train=20, n_test=10)
+    assert "x_train has 20 images, 2000 are needed" in _refusal(path, train=2000, test=0)
+    assert "x_test has 10 images, 64 are needed" in _refusal(path, train=0, test=64)
+    data = cifar10.load_path(path, train=20, test=0)
+    assert data.x_train.shape == (20, 32, 32, 3) and data.x_test.shape == (0, 32, 32, 3)
+    assert data.y_train.tolist() == [i % 10 for i in range(20)] and data.x_train[19].max() == 19
+
+
+def test_the_cli_refuses_an_npz_with_too_few_test_images_in_one_line(tmp_path):
+    path = _write_npz(tmp_path / "few.npz", n_train=20, n_test=10)
+    out = tmp_path / "r.json"
+    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", "--data", path, "--json", out)
+    assert_one_line_error(proc, str(path), "x_test has 10 images, 64 are needed")
+    assert not out.exists()

@@ -154,7 +154,7 @@ def prepare(args) -> tuple:
         experiment = experiments.load(args.experiment)
         model_path = experiments.model_path(experiment)
         spec = import_model(model_path)
-        arrays = harness.datasets(cifar10.find(args.data), experiment)
+        arrays = harness.datasets(cifar10.find(args.data, **harness.needs(experiment)), experiment)
     except KeyError as exc:
         raise BadInput(exc.args[0]) from None
     except (ModelError, cifar10.DataError) as exc:

@@ -1,17 +1,51 @@
 """`python -m verify equivalence ...`: prove each library's build of an ONNX model computes what onnxruntime computes."""
 import argparse
+import math
 import sys
+from pathlib import Path
 
 from envs import reexec_in_main
 from workers.status import ExitCode
 
 EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
+STEPS_EXPERIMENT = "seed-2017"  # the experiment `verify steps` trains (verify.steps.run)
+
+
+class UsageError(Exception):
+    """A bad argument, found before any work: one `error:` line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {value:g}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
     from builders import FAST_PATHS, FRAMEWORKS
 
-    p = argparse.ArgumentParser(prog="python -m verify", description=__doc__.split(":", 1)[1].strip())
+    p = _Parser(prog="python -m verify", description=__doc__.split(":", 1)[1].strip())
     sub = p.add_subparsers(dest="command", required=True)
     eq = sub.add_parser("equivalence", help="forward-pass equivalence of every library against onnxruntime",
                         description="Import the ONNX model into each library, run the same fixed batch through "
@@ -24,15 +58,16 @@ def parser() -> argparse.ArgumentParser:
     eq.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     eq.add_argument("--data", default=None, metavar="PATH",
                     help="CIFAR-10 archive, extracted folder or npz (default: $CIFAR10_PATH, then the usual places)")
-    eq.add_argument("--jobs", type=int, default=2,
+    eq.add_argument("--jobs", type=_count, default=2,
                     help="libraries verified at once, each in its own process (default 2)")
-    eq.add_argument("--timeout", type=float, default=900, help="seconds one library may take (default 900)")
+    eq.add_argument("--timeout", type=_seconds, default=900, help="seconds one library may take (default 900)")
     st = sub.add_parser("steps", help="gradients and RMSprop updates of every library against a float64 reference",
                         description="Train the first N steps in each library (canonical batch order, dropout off) "
                                     "and compare, per step and parameter tensor, the gradient and the update with an "
                                     "independent float64 reference. Exit 0 when all pass (in native mode update "
                                     "departures are reported, not failed), 1 otherwise, 2 on bad input.")
-    st.add_argument("--steps", type=int, default=16, help="optimizer steps to check (default 16, one epoch)")
+    st.add_argument("--steps", type=_count, default=16,
+                    help=f"optimizer steps to check (default 16, one epoch; at most the {STEPS_EXPERIMENT} run's)")
     st.add_argument("--frameworks", default="all", help="comma-separated subset (default: all)")
     st.add_argument("--optimizer", choices=("canonical", "native"), default="canonical",
                     help="canonical: all must match; native: show where each library's own RMSprop departs")
@@ -43,27 +78,66 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _steps(args, equivalence) -> int:
+def _output_file(option: str, text: str) -> None:
+    """Refuse, before the run, an output path that could not be written after it."""
+    path = Path(text)
+    if path.is_dir():
+        raise UsageError(f"{option} {text}: is a folder; name a file")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"{option} {text}: {folder} is a file, not a folder")
+            break
+
+
+def _steps_limit() -> int:
+    from spec import experiments
+
+    e = experiments.load(STEPS_EXPERIMENT)
+    return e["epochs"] * -(-e["train_images"] // e["batch_size"])
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """The arguments, every option checked before any work; UsageError names the first bad one.
+    `frameworks` comes back as the list of library names."""
+    args = parser().parse_args(argv)
+    if args.command == "describe":
+        return args
+    from verify.equivalence import parse_frameworks
+
+    try:
+        args.frameworks = parse_frameworks(args.frameworks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _output_file("--json", args.json)
+    if args.command == "steps" and args.steps > _steps_limit():
+        raise UsageError(f"--steps {args.steps}: {STEPS_EXPERIMENT} trains {_steps_limit()} steps; check at most "
+                         f"that many")
+    return args
+
+
+def _steps(args) -> int:
     from workers import results
     from verify import steps
 
-    if args.steps < 1:
-        print("error: --steps must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        frameworks = equivalence.parse_frameworks(args.frameworks)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    report = steps.run(frameworks, args.steps, args.optimizer, data_path=args.data)
+    report = steps.run(args.frameworks, args.steps, args.optimizer, data_path=args.data)
     print(steps.table(report))
     if args.json:
         results.write_json(args.json, report)
     return EXIT_PASS if report["passed"] else EXIT_MISMATCH
 
 
+def _error_line(exc: Exception) -> str:
+    return "error: " + str(exc).replace("\n", "\\n")  # one line even when a path holds a newline
+
+
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        print(_error_line(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
     import cifar10
     from workers import results
     from spec import experiments
@@ -75,16 +149,11 @@ def main(argv=None) -> int:
             print(describe(import_model(args.model)))
             return EXIT_PASS
         if args.command == "steps":
-            return _steps(args, equivalence)
-        try:
-            frameworks = equivalence.parse_frameworks(args.frameworks)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return _steps(args)
         model = args.model or experiments.model_path(experiments.load("verification"))
-        report = equivalence.run(model, frameworks, args.data, args.timeout, args.jobs)
+        report = equivalence.run(model, args.frameworks, args.data, args.timeout, args.jobs)
     except (ModelError, cifar10.DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the workers were stopped on the way out (verify.equivalence)
         print("interrupted; nothing was written", file=sys.stderr)

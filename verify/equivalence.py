@@ -33,7 +33,7 @@ def make_inputs(spec: ModelSpec, data_path=None) -> tuple:
     if spec.batch_size:
         count = max(spec.batch_size, count // spec.batch_size * spec.batch_size)
     if tuple(spec.input_shape) == CIFAR_SHAPE:
-        data = cifar10.find(data_path)
+        data = cifar10.find(data_path, train=0, test=count)
         if len(data.x_test) < count:
             raise cifar10.DataError(f"{data.source}: has {len(data.x_test)} test images, verification needs {count}")
         return experiments.preprocess(data.x_test[:count], setup), f"CIFAR-10 test images 0..{count - 1} ({data.source})"

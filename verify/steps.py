@@ -70,7 +70,7 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
         timeout: float = 1800, log=sys.stderr) -> dict:
     experiment = experiments.load(experiment_name)
     spec = training.without_dropout(import_model(experiments.model_path(experiment)))
-    arrays = training.datasets(cifar10.find(data_path), experiment)
+    arrays = training.datasets(cifar10.find(data_path, **training.needs(experiment)), experiment)
     batch_size = experiment["batch_size"]
     per_epoch = -(-len(arrays[0]) // batch_size)
     epochs = -(-n_steps // per_epoch)
