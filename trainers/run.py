@@ -365,7 +365,8 @@ def execute(args, names, experiment, model_path, spec, arrays, folder: Path | No
         run["varies"] = _varies(experiment, config, args.init)
         run["sweep"] = sweep.summarize(runs, names, epochs, images)
         run["drift"] = sweep.drift(runs, names)
-        run["significance"] = sweep.significance(runs, names, epochs, report.load_tolerances()["significance"])
+        run["significance"] = sweep.significance(runs, names, epochs, report.load_tolerances()["significance"],
+                                                 pair_by_seed=sweep.paired(config))
         text = "\n".join(report.heading(run) + sweep.markdown(run)) + "\n"
         sweep.plots(run, folder)
     if interrupted is not None:
