@@ -169,6 +169,12 @@ def main(argv=None) -> int:
         if args.resume:
             args, folder = resumed(args.resume)
         prepared = prepare(args)
+        if args.scheduler:  # an existing cluster: refused before anything is written unless it can run the jobs
+            from trainers.executors import ClusterError, check_cluster
+            try:
+                check_cluster(args.scheduler, prepared[0])
+            except ClusterError as exc:
+                raise BadInput(str(exc)) from None
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
