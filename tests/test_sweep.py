@@ -95,6 +95,19 @@ def test_the_stated_detectable_difference_is_rejected_80_percent_of_the_time():
     assert power == pytest.approx(0.8, abs=0.015), power  # exact for the paired test
 
 
+def test_two_seeds_give_a_finite_detectable_difference():
+    from scipy import stats
+
+    # two seeds each: Welch's df is near 1, where the noncentral t's lower tail came out NaN and stopped the run
+    two, five = (_pair({"a": _exact(n, 0.42, 0.02, 15), "b": _exact(n, 0.41, 0.04, 16)}) for n in (2, 5))
+    assert two["df"] < 2 and math.isfinite(two["mdd"]) and math.isfinite(two["mdd_strict"])
+    assert two["mdd"] > 2 * five["mdd"]
+    paired = _pair({"a": [0.40, 0.44], "b": [0.41, 0.42]}, pair_by_seed=True)  # df 1
+    power = _simulated_power(lambda x, y, axis: stats.ttest_rel(x, y, axis=axis),
+                             (0.0, float(np.std([-0.01, 0.02], ddof=1))), paired["mdd"], 2)
+    assert power == pytest.approx(0.8, abs=0.015), power
+
+
 def test_detectable_difference_stands_beside_every_not_significant_verdict():
     rules = load_tolerances()["significance"]
     finals = {"a": _exact(5, 0.42, 0.02, 7), "b": _exact(5, 0.41, 0.03, 8), "c": _exact(5, 0.30, 0.02, 9)}

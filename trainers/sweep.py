@@ -110,8 +110,8 @@ def detectable(se: float, df: float, alpha: float, power: float) -> float:
         return 0.0
     crit = stats.t.ppf(1 - alpha / 2, df)
 
-    def shortfall(nc):
-        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) - power
+    def shortfall(nc):  # the lower tail as sf(crit, -nc): nct.cdf(-crit, nc) is NaN at small df and large nc
+        return stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc) - power
 
     high = crit + stats.norm.ppf(power) + 1
     while shortfall(high) < 0:
