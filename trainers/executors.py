@@ -77,7 +77,7 @@ def train_remote(framework: str, files: dict, steps_total: int, threads: int, ti
 
 
 class ByValue:
-    """`function` (from trainers.cluster), pickled by value: whoever unpickles it, the scheduler included,
+    """`function`, pickled by value: whoever unpickles it, the scheduler included,
     needs cloudpickle but not this project (Dask pickles a task graph by reference otherwise). Used like
     the function: submit(ByValue(f), ...)."""
 
@@ -139,7 +139,8 @@ def check_cluster(address: str, frameworks: list) -> None:
 
 def _lost(job: Job, exc: BaseException) -> dict:
     """The row of a job the cluster could not run (a worker lost, a worker without the project)."""
-    return {"status": "failed", "reason": f"the cluster could not run it: {type(exc).__name__}: {exc}",
+    message = (str(exc).strip().splitlines() or [""])[0]
+    return {"status": "failed", "reason": f"the cluster could not run it: {type(exc).__name__}: {message}",
             "wall_s": 0.0, "record": {"optimizer": None, "steps": [], "epochs": []},
             "executor": {"kind": "dask", "host": None, "shared": True}}
 
@@ -165,7 +166,7 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
     cluster = start_local_cluster(workers) if address is None else None
     try:
         with Client(cluster) if cluster else _connect(address) as client:
-            shipped, futures = {}, {}
+            shipped, futures, train = {}, {}, ByValue(remote.train)
             for job in jobs:
                 files = {}
                 for path in sorted(job.folder.iterdir()):
@@ -174,7 +175,7 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
                     if digest not in shipped:
                         shipped[digest] = client.scatter(data, broadcast=True, hash=False)
                     files[path.name] = shipped[digest]
-                future = client.submit(ByValue(remote.train), job.framework, files, job.steps_total, threads, timeout,
+                future = client.submit(train, job.framework, files, job.steps_total, threads, timeout,
                                        key=f"train-{job.framework}-{job.tag.replace(' ', '') or 'run'}", pure=False)
                 futures[future] = job
             print(f"dask: {len(jobs)} jobs on {client.scheduler.address} "
