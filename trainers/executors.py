@@ -3,11 +3,13 @@
 Both executors take the same jobs and return the same rows. A job is a folder written by
 spec.training.write_job; the Dask executor ships its files to the cluster as bytes (identical files,
 such as the data shared by every seed, travel once), so workers need the project and its environments
-but no shared file system.
+but no shared file system. What it runs there (trainers.cluster) travels by value: the scheduler needs
+nothing of this project, and `check_cluster` refuses a cluster whose workers cannot run the jobs.
 """
 from __future__ import annotations
 
 import hashlib
+import pickle
 import socket
 import sys
 import tempfile
@@ -21,6 +23,12 @@ from workers.plain import run_plain
 from workers.training import train_one
 
 LOG_LIMIT = 200_000  # characters of a remote worker's stderr brought back with its row
+CONNECT_S = 10  # to reach a scheduler
+WORKERS_WAIT_S = 5  # for a scheduler's first worker, which may still be registering
+
+
+class ClusterError(Exception):
+    """A Dask cluster that cannot run this run's jobs: the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,75 @@ def train_remote(framework: str, files: dict, steps_total: int, threads: int, ti
     return row
 
 
+class ByValue:
+    """`function`, pickled by value: whoever unpickles it, the scheduler included,
+    needs cloudpickle but not this project (Dask pickles a task graph by reference otherwise). Used like
+    the function: submit(ByValue(f), ...)."""
+
+    def __init__(self, function):
+        import cloudpickle
+
+        module = sys.modules[function.__module__]
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            self.payload = cloudpickle.dumps(function)
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+        self.function = function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self):
+        return pickle.loads, (self.payload,)
+
+
+def _connect(address: str):
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_S)
+    except (OSError, ValueError, TypeError) as exc:  # refused, timed out, not an address
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+
+
+def check_cluster(address: str, frameworks: list) -> None:
+    """Refuse (ClusterError) the cluster at `address` unless it has workers and every one of them can run
+    jobs of `frameworks`: this project importable there, the environments these libraries need built,
+    and the same version of the project as here (trainers.cluster.fingerprint)."""
+    from builders import resolve
+    from trainers import cluster
+
+    environments = sorted({resolve(name)[1] for name in frameworks})
+    with _connect(address) as client:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        except TimeoutError:
+            raise ClusterError(f"the Dask scheduler at {address} has no workers; start them with "
+                               f"`python -m trainers.cluster worker {address}` in a checkout") from None
+        reports = client.run(ByValue(cluster.probe), environments, on_error="return")
+    here = cluster.fingerprint(Path(cluster.__file__).resolve().parent.parent)
+    for worker, report in sorted(reports.items()):
+        if isinstance(report, BaseException):
+            raise ClusterError(f"worker {worker} cannot be probed ({type(report).__name__}: {report})")
+        if report["problem"]:
+            raise ClusterError(f"worker {worker} cannot run the jobs: {report['problem']}; start workers with "
+                               f"`python -m trainers.cluster worker {address}` in a checkout with its environments")
+        differ = sorted(k for k in here.keys() | report["files"].keys() if here.get(k) != report["files"].get(k))
+        if differ:
+            raise ClusterError(f"worker {worker} runs another version of this project: its checkout "
+                               f"{report['root']} differs from this one in {len(differ)} file(s) "
+                               f"({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''})")
+
+
+def _lost(job: Job, exc: BaseException) -> dict:
+    """The row of a job the cluster could not run (a worker lost, a worker without the project)."""
+    message = (str(exc).strip().splitlines() or [""])[0]
+    return {"status": "failed", "reason": f"the cluster could not run it: {type(exc).__name__}: {message}",
+            "wall_s": 0.0, "record": {"optimizer": None, "steps": [], "epochs": []},
+            "executor": {"kind": "dask", "host": None, "shared": True}}
+
+
 def start_local_cluster(workers: int):
     """A Dask LocalCluster of `workers` single-threaded worker processes (each waits on one training
     subprocess); no dashboard, no memory limit (the training subprocesses are not the worker's memory)."""
@@ -85,10 +162,12 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
     processes when address is None)."""
     from distributed import Client, as_completed
 
+    from trainers import cluster as remote
+
     cluster = start_local_cluster(workers) if address is None else None
     try:
-        with Client(cluster or address) as client:
-            shipped, futures = {}, {}
+        with Client(cluster) if cluster else _connect(address) as client:
+            shipped, futures, train = {}, {}, ByValue(remote.train)
             for job in jobs:
                 files = {}
                 for path in sorted(job.folder.iterdir()):
@@ -97,7 +176,7 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
                     if digest not in shipped:
                         shipped[digest] = client.scatter(data, broadcast=True, hash=False)
                     files[path.name] = shipped[digest]
-                future = client.submit(train_remote, job.framework, files, job.steps_total, threads, timeout,
+                future = client.submit(train, job.framework, files, job.steps_total, threads, timeout,
                                        key=f"train-{job.framework}-{job.tag.replace(' ', '') or 'run'}", pure=False)
                 futures[future] = job
             print(f"dask: {len(jobs)} jobs on {client.scheduler.address} "
@@ -105,7 +184,10 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
             with tqdm(total=len(jobs), desc="jobs", unit="job", dynamic_ncols=True) as bar:
                 for future in as_completed(futures):
                     job = futures[future]
-                    row = future.result()
+                    try:
+                        row = future.result()
+                    except Exception as exc:  # noqa: BLE001  a remote error of any type: the job has no row of its own
+                        row = _lost(job, exc)
                     (log_dir / job.log_name).write_text(row.pop("log", ""))
                     bar.update(1)
                     bar.set_postfix_str(f"{job.label}: {row['status']}", refresh=True)

@@ -171,6 +171,12 @@ def main(argv=None) -> int:
         if args.resume:
             args, folder = resumed(args.resume)
         prepared = prepare(args)
+        if args.scheduler:  # an existing cluster: refused before anything is written unless it can run the jobs
+            from trainers.executors import ClusterError, check_cluster
+            try:
+                check_cluster(args.scheduler, prepared[0])
+            except ClusterError as exc:
+                raise BadInput(str(exc)) from None
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -367,7 +373,8 @@ def execute(args, names, experiment, model_path, spec, arrays, folder: Path | No
         run["varies"] = _varies(experiment, config, args.init)
         run["sweep"] = sweep.summarize(runs, names, epochs, images)
         run["drift"] = sweep.drift(runs, names)
-        run["significance"] = sweep.significance(runs, names, epochs, report.load_tolerances()["significance"])
+        run["significance"] = sweep.significance(runs, names, epochs, report.load_tolerances()["significance"],
+                                                 pair_by_seed=sweep.paired(config))
         text = "\n".join(report.heading(run) + sweep.markdown(run)) + "\n"
         sweep.plots(run, folder)
     if interrupted is not None:
