@@ -93,7 +93,7 @@ def plot(run: dict, folder: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainers import report
+    from analysis import report
 
     libs = run["benchmark"]["libraries"]
     names = [n for n, e in libs.items() if e["images_per_s"]["median"]]

@@ -4,9 +4,9 @@ import statistics
 
 import pytest
 
+from analysis import sweep
 from builders import FRAMEWORKS
 from tests.conftest import assert_one_line_error, run_cli
-from trainers import sweep
 
 
 @pytest.fixture(scope="session")

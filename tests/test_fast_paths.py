@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from analysis.report import load_tolerances
 from builders import FAST_PATHS, FRAMEWORKS, select
 from tests.conftest import assert_one_line_error, run_cli, run_training
-from trainers.report import load_tolerances
 
 
 def test_fast_paths_are_chosen_by_name_and_never_part_of_all():

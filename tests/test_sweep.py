@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
+from analysis import sweep
+from analysis.report import load_tolerances
 from tests.conftest import run_cli, run_training
-from trainers import harness, sweep
-from trainers.report import load_tolerances
+from trainers import harness
 
 
 def _runs(finals: dict) -> dict:

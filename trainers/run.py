@@ -230,7 +230,8 @@ def execute(args, names, experiment, model_path, spec, arrays, folder: Path | No
     from benchmarks import bench
     from builders import FAST_PATHS
     from spec import flops
-    from trainers import harness, report, sweep
+    from analysis import report, sweep
+    from trainers import harness
     from trainers.executors import Job, run_dask, run_local
     from verify import equivalence
 

@@ -13,7 +13,7 @@ import numpy as np
 import results
 from trainers import CANONICAL_RMSPROP
 
-TOLERANCES = Path(__file__).with_name("tolerances.json")
+TOLERANCES = Path(__file__).resolve().parent.parent / "trainers" / "tolerances.json"
 
 
 def summarize(row: dict, images_per_epoch: int) -> dict:

@@ -107,7 +107,7 @@ def _welch(a: list, b: list):
 
 
 def explain(docs: dict, published: dict) -> dict:
-    from trainers import report, sweep
+    from analysis import report, sweep
 
     rules = report.load_tolerances()["significance"]
     names = list(docs["canonical"]["sweep"])
@@ -224,7 +224,7 @@ def plot(result: dict, folder: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainers import report
+    from analysis import report
 
     names = list(result["libraries"])
     fig, ax = plt.subplots(figsize=(11, 4.5))
