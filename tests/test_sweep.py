@@ -103,7 +103,7 @@ def test_dask_executor_gives_the_local_results(local_and_dask):
 
 
 def test_sweep_options_are_checked():
-    proc = run_cli("trainers.run", "pytorch", "--seeds", "0")
+    proc = run_cli("cli.train", "pytorch", "--seeds", "0")
     assert proc.returncode == 2 and "--seeds must be at least 1" in proc.stderr
-    proc = run_cli("trainers.run", "pytorch", "--scheduler", "tcp://127.0.0.1:1")
+    proc = run_cli("cli.train", "pytorch", "--scheduler", "tcp://127.0.0.1:1")
     assert proc.returncode == 2 and "--scheduler needs --executor dask" in proc.stderr
