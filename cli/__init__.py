@@ -18,6 +18,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
+def description(doc: str) -> str:
+    """A command's --help description: its docstring after the first colon, first letter capitalised."""
+    text = doc.split(":", 1)[1].strip()
+    return text[:1].upper() + text[1:]
+
+
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from cli import EXIT_OK, Parser, fail, train
+from cli import EXIT_OK, Parser, description, fail, train
 from trainers.plan import BadInput, TrainOptions
 
 
 def parser() -> Parser:
-    p = Parser(prog="python -m cli.explain", description=__doc__.split(":", 1)[1].strip().capitalize(),
+    p = Parser(prog="python -m cli.explain", description=description(__doc__),
                formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="Interrupted, it stops after marking the sweep it was in and says how to finish it.\n"
                       "Exit status: 0 report written, 1 a sweep had failed jobs (the report says which), 2 bad "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lifeline
 import results
-from cli import EXIT_FAILED, EXIT_OK, Parser, fail, gate
+from cli import EXIT_FAILED, EXIT_OK, Parser, description, fail, gate
 from trainers import dispatch
 from trainers import plan as planning
 from trainers.plan import BadInput, TrainOptions
@@ -42,7 +42,7 @@ Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2
 def parser() -> Parser:
     from builders import FAST_PATHS, FRAMEWORKS
 
-    p = Parser(prog="python -m cli.train", description=" ".join(__doc__.split(":", 1)[1].split("\n\n")[0].split()).capitalize(),
+    p = Parser(prog="python -m cli.train", description=description(__doc__.split("\n\n")[0]),
                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("libraries", nargs="*", metavar="LIBRARY",
                    help=f"'all' (the six libraries: {', '.join(FRAMEWORKS)}), 'fast-paths' (faster ways to run "

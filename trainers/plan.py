@@ -7,8 +7,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from records import Typed
+
+if TYPE_CHECKING:
+    from spec.ir import ModelSpec
 
 OPTIMIZERS = ("canonical", "native")
 DROPOUTS = ("own", "identical", "off")
@@ -87,18 +91,18 @@ class Run:
 @dataclass
 class Plan:
     options: TrainOptions
-    names: list  # the libraries and fast paths, in the order the user named them
+    names: list[str]  # the libraries and fast paths, in the order the user named them
     experiment: dict
     model_path: Path
-    spec: object  # spec.ir.ModelSpec
+    spec: ModelSpec
     arrays: tuple  # x_train, y_train, x_val, y_val as the experiment preprocesses them
     epochs: int
     batch_size: int
     threads: int
     dropout: str  # own | identical | off
-    seeds: list
-    runs: list  # [Run]
-    configs: dict  # seed -> trainers.harness configuration
+    seeds: list[int]
+    runs: list[Run]
+    configs: dict[int, dict]  # seed -> trainers.harness configuration
 
     @property
     def mode(self) -> str:
