@@ -147,3 +147,21 @@ def test_a_folder_of_the_old_command_resumes_from_its_argv(tmp_path):
     with pytest.raises(BadInput, match="this run finished"):
         train.resumed(tmp_path)
 
+
+
+def _imports(path) -> set:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {name.split(".")[0] for name in names}
+
+
+def test_planning_dispatch_and_analysis_use_neither_verify_nor_the_commands():
+    # the layering: trainers and analysis below cli; only the commands use verify and the trainers together
+    below = [ROOT / "trainers" / "plan.py", ROOT / "trainers" / "dispatch.py", *(ROOT / "analysis").glob("*.py")]
+    for path in below:
+        assert not _imports(path) & {"verify", "cli"}, path
+    assert not _imports(ROOT / "records.py") & {"verify", "cli", "trainers", "analysis", "builders", "spec"}
+    assert {"verify", "trainers"} <= _imports(ROOT / "cli" / "gate.py")

@@ -140,9 +140,8 @@ def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None) -> 
     return outcome.ordered(plan.names)
 
 
-def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure) -> None:
-    from trainers.executors import run_dask, run_local
-
+def _resume(jobs: list, ledger: Ledger, outcome: Outcome) -> list:
+    """The jobs still to run; the rows of the others come from the ledger."""
     todo = []
     for job in jobs:
         row = ledger.load(job)
@@ -152,6 +151,13 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
             outcome.add(job, row)
     if len(todo) < len(jobs):
         print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done", file=sys.stderr)
+    return todo
+
+
+def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure) -> None:
+    from trainers.executors import run_dask, run_local
+
+    todo = _resume(jobs, ledger, outcome)
     pending = {job.run for job in todo}
     for run in plan.runs:
         if run.key in pending:
