@@ -152,6 +152,7 @@ def execute(plan: planning.Plan, folder: Path | None = None, argv: list | None =
     if folder is None:
         folder = dispatch.new_folder(Path(plan.options.out), plan.folder_name(time.strftime("%Y%m%d-%H%M%S")))
         results.write_json(folder / INVOCATION, {"options": plan.options.to_json(), "argv": argv})
+    if not (folder / gate.VERIFICATION).exists():  # new, or resumed from an interruption during verification
         results.write_json(folder / gate.VERIFICATION, verified.to_json())
     print(f"results folder: {folder}", file=sys.stderr)
     passed, refused = gate.verdicts(verified, plan.names)
