@@ -61,13 +61,24 @@ def test_every_argument_is_checked_before_any_work(tmp_path, args, named):
     assert not out.exists()
 
 
+def _verifying(pid: int) -> bool:
+    """Whether process `pid` has a verification worker running (children come and go while we look)."""
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "builders.worker" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 def test_an_interruption_during_verification_leaves_no_folder(tmp_path):
     out = tmp_path / "results"
     run = subprocess.Popen([sys.executable, "-m", "cli.train", "pytorch", "--epochs", "1", "--max-batches", "1",
                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not any("builders.worker" in " ".join(c.cmdline()) for c in psutil.Process(run.pid).children(True)):
+        while not _verifying(run.pid):
             assert time.monotonic() < deadline and run.poll() is None, "no verification worker started"
             time.sleep(0.1)
         workers = psutil.Process(run.pid).children(recursive=True)
