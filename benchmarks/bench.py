@@ -1,4 +1,4 @@
-"""Benchmark figures of a `trainers.run --repeat N` run: per library, medians and spread over N fresh
+"""Benchmark figures of a `cli.train --repeat N` run: per library, medians and spread over N fresh
 processes, the first epoch apart, achieved GFLOP/s against this machine's measured matrix-multiply peak,
 and peak memory. Plain data in, plain data out; the Markdown and the chart are made from that data."""
 from __future__ import annotations

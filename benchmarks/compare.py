@@ -25,7 +25,7 @@ def load(folder: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise BadInput(f"{path}: not a readable results file ({exc.__class__.__name__})") from None
     if "benchmark" not in doc:
-        raise BadInput(f"{path}: not a benchmark (made without trainers.run --repeat N, N >= 2)")
+        raise BadInput(f"{path}: not a benchmark (made without cli.train --repeat N, N >= 2)")
     return doc
 
 

@@ -37,9 +37,9 @@ def assert_one_line_error(proc, *fragments):
 
 
 def run_training(tmp_path, *args, env=None):
-    """`python -m trainers.run ARGS --out tmp_path/results`: (process, its results folder, results.json)."""
+    """`python -m cli.train ARGS --out tmp_path/results`: (process, its results folder, results.json)."""
     out = tmp_path / "results"
-    proc = run_cli("trainers.run", *args, "--out", out, env=env)
+    proc = run_cli("cli.train", *args, "--out", out, env=env)
     folders = list(out.iterdir()) if out.exists() else []
     assert len(folders) == 1, proc.stdout + proc.stderr
     return proc, folders[0], json.loads((folders[0] / "results.json").read_text())

@@ -58,9 +58,9 @@ def test_the_plain_loops_train_the_same_arithmetic_as_the_harness(repeated):
 
 
 def test_repeat_refuses_settings_that_would_not_be_a_benchmark():
-    proc = run_cli("trainers.run", "pytorch", "--repeat", "2", "--seeds", "2")
+    proc = run_cli("cli.train", "pytorch", "--repeat", "2", "--seeds", "2")
     assert proc.returncode == 2 and "do not combine" in proc.stderr
-    proc = run_cli("trainers.run", "pytorch", "--repeat", "2", "--executor", "dask")
+    proc = run_cli("cli.train", "pytorch", "--repeat", "2", "--executor", "dask")
     assert proc.returncode == 2 and "needs --executor local" in proc.stderr
 
 

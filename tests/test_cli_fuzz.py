@@ -1,5 +1,5 @@
 """Hostile options and data files through the command lines, the way tests/fuzz_onnx.py drives the importer:
-`python -m verify equivalence|steps|describe` and `python -m trainers.run` end with exit 0, 1 or 2, and exit 2
+`python -m verify equivalence|steps|describe` and `python -m cli.train` end with exit 0, 1 or 2, and exit 2
 means one `error:` line, no traceback and nothing written (no results folder, no --json file).
 
 Most examples run in-process and stop at validation (verify's parse(), cifar10's loader); a few run the real
@@ -29,11 +29,9 @@ from verify.__main__ import UsageError, parse
 
 EXAMPLES = int(os.environ.get("XV_CLI_FUZZ_EXAMPLES", "300"))
 RUNS = max(6, EXAMPLES // 50)  # real subprocess runs per property
-TRAIN_CLI = "trainers.run"
+TRAIN_CLI = "cli.train"
 LIBRARY_MODULES = {"torch", "tensorflow", "keras", "theano", "tflearn", "tensorlayer", "jax"}
 SETTINGS = {"deadline": None, "database": None, "derandomize": True, "suppress_health_check": list(HealthCheck)}
-PENDING = ("pending: the training CLI's own folder and option handling is another helper's part of issue 11 "
-           "(trainers/run.py -> cli/train.py validates before creating folders); remove this mark when it lands")
 
 _seed_2017 = tomllib.loads((ROOT / "spec" / "experiments.toml").read_text())["seed-2017"]
 STEPS_LIMIT = _seed_2017["epochs"] * -(-_seed_2017["train_images"] // _seed_2017["batch_size"])  # the run's steps
@@ -411,7 +409,7 @@ def train_places(places, tmp_path) -> dict:
 
 
 INT_OPTIONS = ["--epochs", "--batch-size", "--max-batches", "--seeds", "--repeat", "--workers", "--threads"]
-# (option keys it sets, argv): each refused by trainers.run today, before it creates anything
+# (option keys it sets, argv): each refused by cli.train, before it creates anything
 TRAIN_BAD = [
     ({"lib"}, ["caffe"]), ({"lib"}, ["PyTorch"]), ({"--experiment"}, ["--experiment", "nope"]),
     ({"--optimizer"}, ["--optimizer", "adam"]), ({"--dropout"}, ["--dropout", "maybe"]),
@@ -428,7 +426,7 @@ TRAIN_OK = [({"lib"}, ["pytorch"]), ({"--epochs"}, ["--epochs", "1"]), ({"--max-
 
 @st.composite
 def train_argv(draw, train_places: dict) -> list:
-    """trainers.run arguments with at least one that must be refused and no later one that overrides it."""
+    """cli.train arguments with at least one that must be refused and no later one that overrides it."""
     bad = TRAIN_BAD + [({"--data"}, ["--data", str(p)]) for p in train_places["data"]] + \
         [({"--resume"}, ["--resume", str(p)]) for p in (train_places["folder"], train_places["paths"][0])]
     hostile_count = draw(NUMBERS.filter(lambda t: not _count_ok(t)))
@@ -463,13 +461,12 @@ def few_test_images(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING)
 @pytest.mark.parametrize("case", ["out is a file", "out under a file", "too few test images", "resume a file",
                                   "timeout -1", "timeout nan", "seed -1"])
-def test_training_cases_still_refused_too_late(case, places, few_test_images, tmp_path):
-    """Cases trainers.run still ends in a traceback or after creating a results folder (or, for --timeout and
-    --seed, would start verification with a value that cannot work): the paired --data makes today's code stop
-    early, so the line must name the option itself."""
+def test_training_cases_refused_before_anything_is_written(case, places, few_test_images, tmp_path):
+    """Cases the old trainers.run ended in a traceback or after creating a results folder (or, for --timeout and
+    --seed, started verification with a value that cannot work): the paired --data would stop a run early, so
+    the line must name the option itself."""
     fresh, file_ = tmp_path / "results", places["file"]
     argv, names = {
         "out is a file": (["pytorch", "--out", file_], [str(file_)]),

@@ -1,5 +1,5 @@
 """The "existing cluster" path as a user takes it: a Dask scheduler and workers started as separate processes in
-another checkout (loopback only), `python -m trainers.run ... --executor dask --scheduler ADDRESS` from this one."""
+another checkout (loopback only), `python -m cli.train ... --executor dask --scheduler ADDRESS` from this one."""
 import json
 import os
 import shutil
@@ -101,9 +101,9 @@ def other_checkout(tmp_path_factory):
 
 
 def _train(tmp_path: Path, *args):
-    """`trainers.run RUN ARGS` from this checkout: (process, results.json or None)."""
+    """`cli.train RUN ARGS` from this checkout: (process, results.json or None)."""
     out = tmp_path / "results"
-    proc = run_cli("trainers.run", *RUN, *args, "--out", out, timeout=RUN_S)
+    proc = run_cli("cli.train", *RUN, *args, "--out", out, timeout=RUN_S)
     folders = list(out.iterdir()) if out.exists() else []
     return proc, (json.loads((folders[0] / "results.json").read_text()) if folders else None)
 
@@ -188,7 +188,7 @@ def test_a_cluster_that_cannot_run_the_jobs_is_refused_before_anything_runs(case
                        env={"PIP_NO_INDEX": "1"})
     elif case == "another version":
         cluster.worker([sys.executable, "-m", "trainers.cluster", "worker"], _changed_checkout(tmp_path / "edited"))
-    proc = run_cli("trainers.run", *RUN, "--executor", "dask", "--scheduler", address, "--out", tmp_path / "results",
+    proc = run_cli("cli.train", *RUN, "--executor", "dask", "--scheduler", address, "--out", tmp_path / "results",
                    timeout=RUN_S)
     assert_one_line_error(proc, expected)
     assert not (tmp_path / "results").exists()  # nothing written, nothing verified or trained

@@ -1,18 +1,18 @@
-"""`python -m trainers.explain` on a tiny setting (2 seeds, 1 epoch of 2 batches), its sweeps on a local Dask cluster."""
+"""`python -m cli.explain` on a tiny setting (2 seeds, 1 epoch of 2 batches), its sweeps on a local Dask cluster."""
 import json
 import statistics
 
 import pytest
 
+from analysis import sweep
 from builders import FRAMEWORKS
 from tests.conftest import assert_one_line_error, run_cli
-from trainers import sweep
 
 
 @pytest.fixture(scope="session")
 def explained(tmp_path_factory):
     out = tmp_path_factory.mktemp("explain")
-    proc = run_cli("trainers.explain", "--seeds", "2", "--epochs", "1", "--max-batches", "2", "--executor", "dask",
+    proc = run_cli("cli.explain", "--seeds", "2", "--epochs", "1", "--max-batches", "2", "--executor", "dask",
                    "--out", out)
     (folder,) = [p for p in out.iterdir() if p.name.endswith("-explain-2017")]
     return proc, folder, json.loads((folder / "explain.json").read_text())
@@ -53,8 +53,8 @@ def test_identical_masks_leave_only_numerics(explained):
 
 def test_explain_refuses_folders_that_are_not_its_sweeps(tmp_path, explained):
     proc, folder, result = explained
-    proc = run_cli("trainers.explain", "--reuse", folder, folder, folder, "--out", tmp_path)
+    proc = run_cli("cli.explain", "--reuse", folder, folder, folder, "--out", tmp_path)
     assert_one_line_error(proc, "not a readable results file")
-    proc = run_cli("trainers.explain", "--seeds", "1", "--out", tmp_path)
+    proc = run_cli("cli.explain", "--seeds", "1", "--out", tmp_path)
     assert proc.returncode == 2 and "--seeds must be at least 2" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from analysis.report import load_tolerances
 from builders import FAST_PATHS, FRAMEWORKS, select
 from tests.conftest import assert_one_line_error, run_cli, run_training
-from trainers.report import load_tolerances
 
 
 def test_fast_paths_are_chosen_by_name_and_never_part_of_all():
@@ -18,7 +18,7 @@ def test_fast_paths_are_chosen_by_name_and_never_part_of_all():
 
 
 def test_an_unknown_fast_path_is_one_line_exit_2(tmp_path):
-    proc = run_cli("trainers.run", "pytorch+jit", "--out", tmp_path)
+    proc = run_cli("cli.train", "pytorch+jit", "--out", tmp_path)
     assert_one_line_error(proc, "pytorch+jit", "pytorch+compile")
     assert not any(tmp_path.iterdir())
 

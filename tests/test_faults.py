@@ -58,7 +58,7 @@ def test_an_interrupted_run_stops_its_workers_keeps_what_finished_and_resumes(tm
     out = tmp_path / "results"
     # tensorflow hangs at its second step, so the signal always lands while its worker is training
     env = dict(os.environ, PYTHONPATH=os.pathsep.join((PLANT, str(ROOT))), XV_PLANTED_BUG="hang:tensorflow")
-    run = subprocess.Popen([sys.executable, "-m", "trainers.run", "pytorch", "tensorflow", "keras-tensorflow",
+    run = subprocess.Popen([sys.executable, "-m", "cli.train", "pytorch", "tensorflow", "keras-tensorflow",
                             "--epochs", "1", "--max-batches", "2", "--out", str(out)], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -87,7 +87,7 @@ def test_an_interrupted_run_stops_its_workers_keeps_what_finished_and_resumes(tm
     assert (folder / "INTERRUPTED").exists() and "--resume" in (folder / "results.md").read_text()
     assert not [p for p in folder.rglob("*") if p.name.endswith(".part")]
 
-    resumed = run_cli("trainers.run", "--resume", folder)  # without the planted hang
+    resumed = run_cli("cli.train", "--resume", folder)  # without the planted hang
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 1 of 3 jobs already done" in resumed.stderr
     final = json.loads((folder / "results.json").read_text())
@@ -98,7 +98,7 @@ def test_an_interrupted_run_stops_its_workers_keeps_what_finished_and_resumes(tm
 
 def test_an_interrupted_explanation_stops_and_says_how_to_finish(tmp_path):
     out = tmp_path / "results"
-    run = subprocess.Popen([sys.executable, "-m", "trainers.explain", "--seeds", "2", "--epochs", "1",
+    run = subprocess.Popen([sys.executable, "-m", "cli.explain", "--seeds", "2", "--epochs", "1",
                             "--max-batches", "2", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
@@ -120,14 +120,14 @@ def test_an_interrupted_explanation_stops_and_says_how_to_finish(tmp_path):
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
     from tests.conftest import assert_one_line_error
 
-    assert_one_line_error(run_cli("trainers.run", "--resume", tmp_path), "not a results folder")
-    proc = run_cli("trainers.run", "--resume", tmp_path, "pytorch")
+    assert_one_line_error(run_cli("cli.train", "--resume", tmp_path), "not a results folder")
+    proc = run_cli("cli.train", "--resume", tmp_path, "pytorch")
     assert proc.returncode == 2 and "no other arguments" in proc.stderr
 
 
 def test_two_runs_started_at_once_keep_to_their_own_folders(tmp_path):
     out = tmp_path / "results"
-    args = [sys.executable, "-m", "trainers.run", "pytorch", "--epochs", "1", "--max-batches", "1", "--out", str(out)]
+    args = [sys.executable, "-m", "cli.train", "pytorch", "--epochs", "1", "--max-batches", "1", "--out", str(out)]
     runs = [subprocess.Popen([*args, "--seed", str(seed)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for seed in (1, 2)]
     for run in runs:
@@ -140,7 +140,7 @@ def test_two_runs_started_at_once_keep_to_their_own_folders(tmp_path):
 
 
 def test_a_results_folder_name_taken_in_the_same_second_gets_a_suffix(tmp_path):
-    from trainers.run import new_folder
+    from trainers.dispatch import new_folder
 
     assert [new_folder(tmp_path, "run").name for _ in range(3)] == ["run", "run-2", "run-3"]
 

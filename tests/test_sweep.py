@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
+from analysis import sweep
+from analysis.report import load_tolerances
 from tests.conftest import run_cli, run_training
 from spec import training
-from trainers import sweep
-from trainers.report import load_tolerances
 
 
 def _runs(finals: dict) -> dict:
@@ -222,7 +222,7 @@ def test_dask_executor_gives_the_local_results(local_and_dask):
 
 
 def test_sweep_options_are_checked():
-    proc = run_cli("trainers.run", "pytorch", "--seeds", "0")
+    proc = run_cli("cli.train", "pytorch", "--seeds", "0")
     assert proc.returncode == 2 and "--seeds must be at least 1" in proc.stderr
-    proc = run_cli("trainers.run", "pytorch", "--scheduler", "tcp://127.0.0.1:1")
+    proc = run_cli("cli.train", "pytorch", "--scheduler", "tcp://127.0.0.1:1")
     assert proc.returncode == 2 and "--scheduler needs --executor dask" in proc.stderr

@@ -1,4 +1,4 @@
-"""Short real training runs of every library through `python -m trainers.run`, as users run it."""
+"""Short real training runs of every library through `python -m cli.train`, as users run it."""
 import json
 import math
 
@@ -97,6 +97,6 @@ def test_a_failing_library_costs_only_its_own_row(tmp_path, fault, status, reaso
 def test_bad_input_is_one_line(tmp_path):
     from tests.conftest import assert_one_line_error
 
-    assert_one_line_error(run_cli("trainers.run", "pytorch", "caffe", "--out", tmp_path), "caffe")
-    assert_one_line_error(run_cli("trainers.run", "all", "--experiment", "nope", "--out", tmp_path), "nope")
+    assert_one_line_error(run_cli("cli.train", "pytorch", "caffe", "--out", tmp_path), "caffe")
+    assert_one_line_error(run_cli("cli.train", "all", "--experiment", "nope", "--out", tmp_path), "nope")
     assert not list(tmp_path.iterdir())

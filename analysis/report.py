@@ -12,35 +12,41 @@ import numpy as np
 
 from spec.training import CANONICAL_RMSPROP
 from workers import results
+from workers.records import Optimizer, Summary, TrainingResults, TrainingRow
 
-TOLERANCES = Path(__file__).with_name("tolerances.json")
+TOLERANCES = Path(__file__).resolve().parent.parent / "trainers" / "tolerances.json"
+
+
+def summary(row: TrainingRow, images_per_epoch: int) -> Summary:
+    epochs = row.record.epochs
+    times = [e.train_s for e in epochs]
+    steady = statistics.median(times[1:]) if len(times) > 1 else None
+    last = epochs[-1] if epochs else None
+    return Summary(
+        epochs_done=len(epochs),
+        first_epoch_s=times[0] if times else None,
+        steady_epoch_s=steady,
+        images_per_s=images_per_epoch / steady if steady else None,
+        first_epoch_images_per_s=images_per_epoch / times[0] if times else None,
+        peak_rss_mib=row.record.peak_rss_mib,
+        **{k: getattr(last, k) if last else None for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+    )
 
 
 def summarize(row: dict, images_per_epoch: int) -> dict:
-    epochs = row["record"]["epochs"]
-    times = [e["train_s"] for e in epochs]
-    steady = statistics.median(times[1:]) if len(times) > 1 else None
-    last = epochs[-1] if epochs else {}
-    return {
-        "epochs_done": len(epochs),
-        "first_epoch_s": times[0] if times else None,
-        "steady_epoch_s": steady,
-        "images_per_s": images_per_epoch / steady if steady else None,
-        "first_epoch_images_per_s": images_per_epoch / times[0] if times else None,
-        "peak_rss_mib": row["record"].get("peak_rss_mib"),
-        **{k: last.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
-    }
+    """`summary` of a row in its JSON form (as analysis.sweep reads a results document)."""
+    return summary(TrainingRow.from_json(row), images_per_epoch).to_json()
 
 
-def departures(optimizer: dict | None, canonical: dict) -> list:
+def departures(optimizer: Optimizer | None, canonical: dict) -> list:
     """How a library's RMSprop differs from canonical, one phrase per difference."""
-    if not optimizer:
+    if optimizer is None:
         return ["unknown (the worker reported no optimizer)"]
     want = {**canonical, **CANONICAL_RMSPROP}
     out = []
     for key, label in (("lr", "lr"), ("rho", "rho"), ("eps", "eps"), ("ms_init", "mean-square starts at"),
                        ("eps_placement", "eps"), ("grad_clip_norm", "gradients clipped to global norm")):
-        got = optimizer.get(key, 0.0)
+        got = getattr(optimizer, key)
         same = got == want[key] if isinstance(got, str) else np.isclose(got, want[key], rtol=1e-9, atol=0)
         if not same:
             out.append(f"{label} {got:g}" if not isinstance(got, str) else f"{label} {got}")
@@ -49,8 +55,8 @@ def departures(optimizer: dict | None, canonical: dict) -> list:
 
 
 def step_agreement(rows: dict, steps: int, rtol: float) -> dict:
-    """Losses of the first `steps` optimizer steps across libraries, against their median."""
-    losses = {f: [s["loss"] for s in r["record"]["steps"][:steps]] for f, r in rows.items() if r["status"] == "ok"}
+    """Losses of the first `steps` optimizer steps across libraries ({name: TrainingRow}), against their median."""
+    losses = {f: [s.loss for s in r.record.steps[:steps]] for f, r in rows.items() if r.status == "ok"}
     losses = {f: v for f, v in losses.items() if len(v) == steps}
     if len(losses) < 2:
         return {"steps": steps, "rtol": rtol, "libraries": {}, "agree": None}
@@ -93,14 +99,14 @@ def dropout_words(config: dict) -> str:
     return "identical dropout masks" if config.get("dropout_masks") == "harness" else "each library's own dropout"
 
 
-def heading(run: dict) -> list:
-    mode = run["config"]["optimizer"]["mode"]
-    return [f"# Training results: {run['experiment']}, {mode} RMSprop, {dropout_words(run['config'])}",
+def heading(run: TrainingResults) -> list:
+    config, env = run.config, run.environment
+    return [f"# Training results: {run.experiment}, {config['optimizer']['mode']} RMSprop, {dropout_words(config)}",
             "",
-            f"{run['images_per_epoch']} training images per epoch, batch {run['config']['batch_size']}, "
-            f"{run['config']['epochs']} epoch(s), {run['config']['threads']} thread(s); {run['validation']}. "
-            f"CPU: {run['environment']['cpu']} ({run['environment']['cores']} cores).",
-            "", *_fast_path_lines(run.get("fast_paths", {}))]
+            f"{run.images_per_epoch} training images per epoch, batch {config['batch_size']}, "
+            f"{config['epochs']} epoch(s), {config['threads']} thread(s); {run.validation}. "
+            f"CPU: {env['cpu']} ({env['cores']} cores).",
+            "", *_fast_path_lines(run.fast_paths)]
 
 
 def _fast_path_lines(fast_paths: dict) -> list:
@@ -112,25 +118,26 @@ def _fast_path_lines(fast_paths: dict) -> list:
             *[f"- {name} ({f['base']}): {f['changes']}" for name, f in fast_paths.items()], ""]
 
 
-def markdown(run: dict) -> str:
-    mode = run["config"]["optimizer"]["mode"]
+def markdown(run: TrainingResults) -> str:
+    """The single-run table of `run.libraries`, with the step agreement when there is one."""
+    mode = run.config["optimizer"]["mode"]
     lines = heading(run) + [
              "| library | status | first epoch s | steady epoch s | images/s | peak RSS MiB | train loss | train acc "
              "| val loss | val acc | RMSprop |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, row in run["libraries"].items():
-        s = row["summary"]
-        if row["status"] != "ok":
-            opt = row["reason"]
+    for name, row in run.libraries.items():
+        s = row.summary
+        if row.status != "ok":
+            opt = row.reason
         elif mode == "native":
-            opt = "; ".join(row["departures"]) or "canonical"
+            opt = "; ".join(row.departures) or "canonical"
         else:
-            opt = (row["record"]["optimizer"] or {}).get("how") or "library's own, already canonical"
-        lines.append(f"| {name} | {row['status']} | {_fmt(s['first_epoch_s'], '.2f')} | {_fmt(s['steady_epoch_s'], '.2f')} "
-                     f"| {_fmt(s['images_per_s'] or s['first_epoch_images_per_s'], '.0f')} "
-                     f"| {_fmt(s.get('peak_rss_mib'), '.0f')} | {_fmt(s['train_loss'], '.4f')} | {_fmt(s['train_acc'], '.3f')} | {_fmt(s['val_loss'], '.4f')} "
-                     f"| {_fmt(s['val_acc'], '.3f')} | {opt} |")
-    agreement = run.get("step_agreement")
+            opt = (row.record.optimizer and row.record.optimizer.how) or "library's own, already canonical"
+        lines.append(f"| {name} | {row.status} | {_fmt(s.first_epoch_s, '.2f')} | {_fmt(s.steady_epoch_s, '.2f')} "
+                     f"| {_fmt(s.images_per_s or s.first_epoch_images_per_s, '.0f')} "
+                     f"| {_fmt(s.peak_rss_mib, '.0f')} | {_fmt(s.train_loss, '.4f')} | {_fmt(s.train_acc, '.3f')} "
+                     f"| {_fmt(s.val_loss, '.4f')} | {_fmt(s.val_acc, '.3f')} | {opt} |")
+    agreement = run.step_agreement
     if agreement and agreement["libraries"]:
         lines += ["", f"First {agreement['steps']} optimizer-step losses (tolerance {agreement['rtol']:g} relative "
                       f"to the median of the libraries): " + ("all agree" if agreement["agree"] else "DISAGREE"), ""]
@@ -143,7 +150,7 @@ def markdown(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(run: dict, folder: Path) -> list:
+def plots(run: TrainingResults, folder: Path) -> list:
     import matplotlib
     import matplotlib.ticker
     matplotlib.use("Agg")
@@ -154,29 +161,27 @@ def plots(run: dict, folder: Path) -> list:
     for (key, title), ax in zip((("train_loss", "training loss"), ("val_loss", "validation loss"),
                                  ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")),
                                 axes.flat):
-        for name, row in run["libraries"].items():
-            epochs = row["record"]["epochs"]
+        for name, row in run.libraries.items():
+            epochs = row.record.epochs
             if epochs:
-                ax.plot([e["epoch"] + 1 for e in epochs], [e[key] for e in epochs], marker="o", label=name)
+                ax.plot([e.epoch + 1 for e in epochs], [getattr(e, key) for e in epochs], marker="o", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{run['experiment']}, {run['config']['optimizer']['mode']} RMSprop")
+    fig.suptitle(f"{run.experiment}, {run.config['optimizer']['mode']} RMSprop")
     fig.tight_layout()
     written.append(_save(fig, folder / "curves.png"))
 
-    names = [n for n, r in run["libraries"].items() if r["summary"]["first_epoch_images_per_s"]]
+    timed = {n: r.summary for n, r in run.libraries.items() if r.summary.first_epoch_images_per_s}
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    steady = [run["libraries"][n]["summary"]["images_per_s"] or 0 for n in names]
-    first = [run["libraries"][n]["summary"]["first_epoch_images_per_s"] for n in names]
-    x = np.arange(len(names))
-    ax.bar(x - 0.2, steady, 0.4, label="steady state")
-    ax.bar(x + 0.2, first, 0.4, label="first epoch")
-    ax.set_xticks(x, names, rotation=20)
+    x = np.arange(len(timed))
+    ax.bar(x - 0.2, [s.images_per_s or 0 for s in timed.values()], 0.4, label="steady state")
+    ax.bar(x + 0.2, [s.first_epoch_images_per_s for s in timed.values()], 0.4, label="first epoch")
+    ax.set_xticks(x, list(timed), rotation=20)
     ax.set_ylabel("training images / s")
-    ax.set_title(f"Training speed, {run['environment']['threads']} thread(s)")
+    ax.set_title(f"Training speed, {run.environment['threads']} thread(s)")
     ax.legend()
     fig.tight_layout()
     written.append(_save(fig, folder / "speed.png"))

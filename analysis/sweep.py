@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers import report
+from analysis import report
 
 METRIC_WORDS = {"val_acc": "final validation accuracy", "val_loss": "final validation loss"}
 

@@ -1,0 +1,188 @@
+"""Dispatching a planned run: the results folder, the job files, the executor, the ledger of finished jobs
+(what makes --resume run only the missing ones) and interruptions. Returns typed rows; reporting them is
+the analysis package's part."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers import lifeline
+from workers import results
+from workers.records import PlainRow, TrainingRow
+from trainers.plan import BadInput, Plan
+
+
+def check_out(out) -> None:
+    """BadInput unless results folders can be made under `out` (an existing folder, or one that can be made)."""
+    path = Path(out)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise BadInput(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {out}: {existing} is not writable")
+
+
+def new_folder(out: Path, name: str) -> Path:
+    """out/name, or out/name-2, -3, ... when a run started in the same second already took it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            folder = out / (name if i == 1 else f"{name}-{i}")
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise BadInput(f"--out {out}: cannot make a results folder there ({exc.strerror or exc})") from None
+    raise BadInput(f"{out}: too many results folders named {name}")
+
+
+class Ledger:
+    """Every finished job's row, saved in the results folder the moment it arrives (rows/), so that an
+    interrupted run loses nothing and --resume runs only what is missing."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder / "rows"
+
+    def _path(self, job) -> Path:
+        return self.folder / job.run / f"{job.framework}{'.plain' if job.plain else ''}.json"
+
+    def load(self, job):
+        """The job's saved row, or None when it has none (or one this version cannot read: it runs again)."""
+        path = self._path(job)
+        if not path.exists():
+            return None
+        try:
+            return (PlainRow if job.plain else TrainingRow).from_json(json.loads(path.read_text()))
+        except ValueError as exc:
+            print(f"{path}: unreadable ({exc}); {job.label} runs again", file=sys.stderr)
+            return None
+
+    def save(self, job, row) -> None:
+        results.write_json(self._path(job), row.to_json())
+
+
+@dataclass
+class Outcome:
+    """The rows of a dispatched run: runs[run key][library] and, with --repeat, plain[run key][library]."""
+    runs: dict
+    plain: dict
+    peaks: list = field(default_factory=list)  # machine peaks measured before and after the jobs
+    interrupted: lifeline.Interrupted | None = None
+    missing: list = field(default_factory=list)  # labels of the jobs that did not finish
+
+    def add(self, job, row) -> None:
+        (self.plain if job.plain else self.runs)[job.run][job.framework] = row
+
+    def has(self, job) -> bool:
+        return job.framework in (self.plain if job.plain else self.runs)[job.run]
+
+    def ordered(self, names: list) -> Outcome:
+        """The same rows with every run's libraries in the order of `names`."""
+        def order(rows):
+            return {key: {n: by_name[n] for n in names if n in by_name} for key, by_name in rows.items()}
+        return Outcome(order(self.runs), order(self.plain), self.peaks, self.interrupted, self.missing)
+
+
+def jobs_of(plan: Plan, names: list, tmp: Path) -> list:
+    """The executor jobs of `names` (the libraries that passed the gate), in the order they run."""
+    from trainers.executors import Job
+
+    jobs = []
+    for run in plan.runs:
+        for name in names:
+            jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag))
+            if plan.mode == "benchmark" and plan.options.plain:  # alternate harness and plain runs
+                jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, plain=True))
+    return jobs
+
+
+def write_job_files(plan: Plan, seed: int, folder: Path) -> None:
+    from spec import training as harness
+
+    if folder.exists():
+        return
+    config = plan.configs[seed]
+    spec = plan.spec if plan.options.init == "fixed" else harness.reinitialised(plan.spec, seed)
+    spec = spec if config["dropout"] else harness.without_dropout(spec)
+    order = harness.batch_order(len(plan.arrays[0]), plan.epochs, plan.experiment["shuffle"], seed, plan.limit)
+    harness.write_job(folder, spec, plan.arrays, order, config)
+
+
+def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None) -> Outcome:
+    """Train `names` in every run of the plan; `rejected` ({library: row}) are the libraries the gate refused,
+    their rows kept as they are. Jobs already in the folder's ledger are not run again. `measure()`, when
+    given, is called before and after the jobs (a benchmark's machine peak). An interruption stops every
+    worker; the outcome then says which jobs are missing and gives them 'interrupted' rows."""
+    outcome = Outcome({r.key: dict(rejected) for r in plan.runs}, {r.key: {} for r in plan.runs})
+    for name, row in rejected.items():
+        print(f"{name}: not trained ({row.reason})", file=sys.stderr)
+    ledger = Ledger(folder)
+    with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+        jobs = jobs_of(plan, names, Path(tmp))
+        try:
+            _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure)
+        except lifeline.Interrupted as exc:
+            stopped = lifeline.stop_all()
+            outcome.interrupted = exc
+            print(f"\n{exc}: stopped {stopped} worker(s); writing what finished", file=sys.stderr, flush=True)
+    for job in jobs:
+        if not outcome.has(job):
+            outcome.missing.append(job.label + (" (plain loop)" if job.plain else ""))
+            reason = "did not finish: the run was interrupted"
+            outcome.add(job, PlainRow("interrupted", reason) if job.plain else
+                        TrainingRow.without_record("interrupted", reason))
+    return outcome.ordered(plan.names)
+
+
+def _resume(jobs: list, ledger: Ledger, outcome: Outcome) -> list:
+    """The jobs still to run; the rows of the others come from the ledger."""
+    todo = []
+    for job in jobs:
+        row = ledger.load(job)
+        if row is None:
+            todo.append(job)
+        else:
+            outcome.add(job, row)
+    if len(todo) < len(jobs):
+        print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done", file=sys.stderr)
+    return todo
+
+
+def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure) -> None:
+    from trainers.executors import run_dask, run_local
+
+    todo = _resume(jobs, ledger, outcome)
+    pending = {job.run for job in todo}
+    for run in plan.runs:
+        if run.key in pending:
+            write_job_files(plan, run.seed, tmp / f"seed-{run.seed}")
+    if measure:
+        outcome.peaks.append(measure())
+    o = plan.options
+    if o.executor == "dask":
+        finished = run_dask(todo, plan.threads, o.timeout, folder, o.scheduler, o.workers)
+    else:
+        finished = run_local(todo, plan.threads, o.timeout, folder)
+    for job, raw in finished:
+        row = typed_row(job, raw)
+        ledger.save(job, row)
+        outcome.add(job, row)
+        if row.status != "ok":
+            print(f"{job.label}: {row.status} — {row.reason}", file=sys.stderr)
+    if measure:
+        outcome.peaks.append(measure())
+
+
+def typed_row(job, raw: dict):
+    """The executor's row as a PlainRow or TrainingRow; one that does not fit the schema is a failed row."""
+    try:
+        return (PlainRow if job.plain else TrainingRow).from_json(raw)
+    except ValueError as exc:
+        reason = f"the worker's result does not fit the results schema ({exc})"
+        return PlainRow("failed", reason) if job.plain else TrainingRow.without_record("crashed", reason)

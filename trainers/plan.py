@@ -1,0 +1,211 @@
+"""Planning a training run: the options (what `python -m cli.train` parses, and what `cli.explain` builds),
+every one of them checked, the experiment, model and data loaded and checked, and the (library, seed) runs
+decided, all before anything is written or started."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workers.records import Typed
+
+if TYPE_CHECKING:
+    from spec.ir import ModelSpec
+
+OPTIMIZERS = ("canonical", "native")
+DROPOUTS = ("own", "identical", "off")
+INITS = ("fixed", "seeded")
+EXECUTORS = ("local", "dask")
+DROPOUT_SUFFIX = {"own": "", "identical": "-identicaldropout", "off": "-nodropout"}
+TRAINING_KEYS = ("model", "train_images", "validation", "shuffle", "seed", "batch_size", "epochs", "optimizer",
+                 "preprocess")
+
+
+class BadInput(Exception):
+    """A user error: one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class TrainOptions(Typed):
+    """Everything a training run is asked to do; the defaults are the train command's."""
+    libraries: list[str]
+    experiment: str = "seed-2017"
+    optimizer: str = "canonical"
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    dropout: str = "own"
+    max_batches: int | None = None
+    seeds: int = 1
+    repeat: int = 1
+    plain: bool = True  # with repeat > 1: also time the plain tutorial-style loops
+    init: str = "fixed"
+    executor: str = "local"
+    scheduler: str | None = None
+    workers: int = 2
+    threads: int | None = None
+    timeout: float = 3600.0
+    out: str = "results"
+    data: str | None = None
+
+    def check(self) -> None:
+        """BadInput naming the first option that cannot work (the data, model and libraries are checked by
+        `make`)."""
+        problem = next(self._problems(), None)
+        if problem:
+            raise BadInput(problem)
+
+    def _problems(self):
+        if not self.libraries:
+            yield "name the libraries to train ('all', 'fast-paths' or names)"
+        for name, allowed in (("optimizer", OPTIMIZERS), ("dropout", DROPOUTS), ("init", INITS),
+                              ("executor", EXECUTORS)):
+            if getattr(self, name) not in allowed:
+                yield f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
+        for name in ("epochs", "batch_size", "max_batches", "threads", "seeds", "workers", "repeat"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                yield f"--{name.replace('_', '-')} must be at least 1"
+        if self.seed is not None and self.seed < 0:
+            yield "--seed must be at least 0"
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            yield f"--timeout must be a positive number of seconds, not {self.timeout:g}"
+        if self.repeat > 1 and self.seeds > 1:
+            yield "--repeat and --seeds do not combine: a benchmark repeats one seed"
+        if self.repeat > 1 and self.executor == "dask":
+            yield "--repeat needs --executor local: timings from several jobs at once are not a benchmark"
+        if self.scheduler and self.executor != "dask":
+            yield "--scheduler needs --executor dask"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of every library: its key in the results' "runs", its seed, and the tag of its labels."""
+    key: str
+    seed: int
+    tag: str
+
+
+@dataclass
+class Plan:
+    options: TrainOptions
+    names: list[str]  # the libraries and fast paths, in the order the user named them
+    experiment: dict
+    model_path: Path
+    spec: ModelSpec
+    arrays: tuple  # x_train, y_train, x_val, y_val as the experiment preprocesses them
+    epochs: int
+    batch_size: int
+    threads: int
+    dropout: str  # own | identical | off
+    seeds: list[int]
+    runs: list[Run]
+    configs: dict[int, dict]  # seed -> trainers.harness configuration
+
+    @property
+    def mode(self) -> str:
+        """single (one run), sweep (--seeds K) or benchmark (--repeat N)."""
+        return "benchmark" if self.options.repeat > 1 else "sweep" if len(self.seeds) > 1 else "single"
+
+    @property
+    def base_seed(self) -> int:
+        return self.seeds[0]
+
+    @property
+    def config(self) -> dict:
+        return self.configs[self.base_seed]
+
+    @property
+    def limit(self) -> int | None:
+        """Training images per epoch when --max-batches cuts the epoch short."""
+        return self.options.max_batches * self.batch_size if self.options.max_batches else None
+
+    @property
+    def images(self) -> int:
+        n = len(self.arrays[0])
+        return n if self.limit is None else min(self.limit, n)
+
+    @property
+    def steps_total(self) -> int:
+        return self.epochs * -(-self.images // self.batch_size)
+
+    def folder_name(self, stamp: str) -> str:
+        o = self.options
+        suffix = {"sweep": f"-{len(self.seeds)}seeds", "benchmark": f"-repeat{o.repeat}"}.get(self.mode, "")
+        return f"{stamp}-{o.experiment}-{o.optimizer}{DROPOUT_SUFFIX[self.dropout]}{suffix}"
+
+
+def make(options: TrainOptions, like: Plan | None = None) -> Plan:
+    """The plan for `options`, or BadInput naming the option, library, experiment, model or data that is wrong.
+    `like`: a plan of the same experiment and data, whose model and data are taken instead of loaded again."""
+    from builders import select
+    from spec import experiments
+    from spec import training as harness
+
+    options.check()
+    try:
+        names = select(options.libraries)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    experiment = _experiment(options.experiment)
+    model_path = experiments.model_path(experiment)
+    if like is not None and (like.options.experiment, like.options.data) == (options.experiment, options.data):
+        spec, arrays = like.spec, like.arrays
+    else:
+        spec, arrays = _model(model_path), _data(options.data, experiment)
+    epochs = options.epochs or experiment["epochs"]
+    batch_size = options.batch_size or experiment["batch_size"]
+    base_seed = experiment["seed"] if options.seed is None else options.seed
+    seeds = [base_seed + i for i in range(options.seeds)]
+    if options.repeat > 1:  # the same seed again, each time in fresh processes
+        runs = [Run(f"repeat{r}", base_seed, f"repeat {r}") for r in range(1, options.repeat + 1)]
+    else:
+        runs = [Run(str(seed), seed, f"seed {seed}" if len(seeds) > 1 else "") for seed in seeds]
+    threads = options.threads or _default_threads(options)
+    configs = {seed: harness.config_for(experiment, epochs, batch_size, options.optimizer, threads, seed,
+                                        dropout=options.dropout != "off",
+                                        dropout_masks="harness" if options.dropout == "identical" else "library")
+               for seed in seeds}
+    return Plan(options, names, experiment, model_path, spec, arrays, epochs, batch_size, threads, options.dropout,
+                seeds, runs, configs)
+
+
+def _experiment(name: str) -> dict:
+    from spec import experiments
+
+    try:
+        experiment = experiments.load(name)
+    except KeyError as exc:
+        raise BadInput(exc.args[0]) from None
+    if not all(key in experiment for key in TRAINING_KEYS):
+        raise BadInput(f"experiment {name!r} is not one to train (it lacks "
+                       f"{', '.join(k for k in TRAINING_KEYS if k not in experiment)})")
+    return experiment
+
+
+def _model(path: Path):
+    from spec.onnx_import import ModelError, import_model
+
+    try:
+        return import_model(path)
+    except ModelError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _data(path, experiment: dict) -> tuple:
+    import cifar10
+    from spec import training as harness
+
+    try:
+        return harness.datasets(cifar10.find(path, **harness.needs(experiment)), experiment)
+    except cifar10.DataError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _default_threads(options: TrainOptions) -> int:
+    """All cores, or with a local Dask cluster the cores divided among its workers."""
+    cores = os.cpu_count() or 1
+    local_cluster = options.executor == "dask" and not options.scheduler
+    return max(1, cores // options.workers) if local_cluster else cores
