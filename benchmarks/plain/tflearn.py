@@ -4,7 +4,7 @@ order, NHWC; no callbacks.
 
 The traps of trainers/tflearn.py are kept, since they change the arithmetic or make a step racy: resource
 variables turned back on after tflearn's import, the canonical RMSProp (mean square from 0) via that trainer's
-_optimizer, its canonical loss, and gradient clipping off in canonical mode. The network is built as that trainer
+optimizer, its canonical loss, and gradient clipping off in canonical mode. The network is built as that trainer
 builds it: the builder's graph and weights, the builder's own session closed, then regression and a new DNN in that
 graph with the weights set.
 
@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-import builders.tflearn as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers.tflearn import NATIVE_CLIP_NORM, _loss_and_correct, _optimizer, setup
+from trainers import masks
+from trainers.tflearn import NATIVE_CLIP_NORM, loss_and_correct, optimizer, setup
 
 
 def _last_raw_loss(tf, logdir: str) -> float:
@@ -38,10 +38,9 @@ def _last_raw_loss(tf, logdir: str) -> float:
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf, tflearn = setup(config)  # the harness trainer's threads and resource variables
-
+    # the harness trainer's threads and build, with tflearn's own dropout masks
+    tf, tflearn, built = setup(spec, {**config, "dropout_masks": masks.LIBRARY})
     batch_size = config["batch_size"]
-    built = builder.build(spec)
     graph, net = built.session.graph, built.net
     with graph.as_default():
         weights = tf.trainable_variables()
@@ -50,13 +49,11 @@ def train(spec, data, config) -> EpochTimes:
 
     logs = tempfile.TemporaryDirectory(prefix="tflearn_plain_logs_")
     with graph.as_default():
-        tf.set_random_seed(config["seed"])
-
         def canonical_loss(y_pred, y_true):
-            return _loss_and_correct(tf, y_pred, y_true)[0]
+            return loss_and_correct(tf, y_pred, y_true)[0]
 
-        optimizer = _optimizer(tf, tflearn, config["optimizer"], NullReport())
-        net = tflearn.regression(net, optimizer=optimizer, loss=canonical_loss, metric=None,
+        rmsprop = optimizer(tf, tflearn, config["optimizer"], NullReport())
+        net = tflearn.regression(net, optimizer=rmsprop, loss=canonical_loss, metric=None,
                                  batch_size=batch_size, shuffle_batches=False)
         clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
         model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
