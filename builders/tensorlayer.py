@@ -151,7 +151,7 @@ def op_tanh(net, node, x):
 
 
 def op_softmax(net, node, x):
-    _flat_input(net, node, "softmax")
+    _flat_input(net, node, "softmax (over the last axis)")
     return net.L.Lambda(net.tf.nn.softmax, name=layouts.safe_name(node.name))(x)
 
 

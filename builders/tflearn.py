@@ -158,7 +158,7 @@ def op_tanh(net, node, x):
 
 
 def op_softmax(net, node, x):
-    _flat_input(net, node, "softmax")
+    _flat_input(net, node, "softmax (over the last axis)")
     return net.tflearn.activation(x, "softmax", name=layouts.safe_name(node.name))
 
 
