@@ -1,16 +1,21 @@
 """tflearn 0.5.0 (TF1 graph mode on TensorFlow 2): ModelSpec -> tflearn layers wrapped in a tflearn.DNN, NHWC.
 
-tflearn has no zero-padding layer, so explicit pads are tf.pad on the layer tensors (tflearn layers are plain
-TF tensors). Its pooling defaults to padding 'same' and its dropout takes the KEEP probability.
+tflearn layers are functions on TF1 tensors, so the graph is walked node by node (`interface.walk`), each node's
+`op_<kind>` applied to the tensors it reads. tflearn has no zero-padding layer, so explicit pads are tf.pad on the
+layer tensors. Its pooling defaults to padding 'same' and its dropout takes the KEEP probability.
+
+Build options (`trainers.tflearn.build_options`): seed, the graph's random seed (tflearn's own dropout masks);
+dropout_masks="harness" with batch_size: the identical-dropout variant (see `harness_dropout`).
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
-from builders import Unsupported, layouts
-from spec import ir
+from builders import Unsupported, interface, layouts
+from spec import ir, ops
 
 NAME = "tflearn"
 
@@ -25,7 +30,31 @@ def dense_kernel(w, flatten_from):
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def import_tflearn():
+def _dense_order(spec, node):
+    return layouts.dense_input_order(spec, spec.index_of(node.name))
+
+
+def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """A canonical parameter (or gradient) -> the layout tflearn's variable holds; vectors are unchanged."""
+    if (node.kind, param) == ("conv", "weight"):
+        return conv_kernel(value)
+    if (node.kind, param) == ("dense", "weight"):
+        return dense_kernel(value, _dense_order(spec, node))
+    return np.ascontiguousarray(value)
+
+
+def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """Inverse of to_native."""
+    if (node.kind, param) == ("conv", "weight"):
+        return layouts.hwio_to_oihw(value)
+    if (node.kind, param) == ("dense", "weight"):
+        return layouts.hwc_rows_to_chw(value, _dense_order(spec, node))
+    return np.ascontiguousarray(value)
+
+
+def library():
+    """(tf.compat.v1, tflearn), imported with the shims tflearn 0.5.0 needs on today's TensorFlow and Pillow.
+    Importing tflearn switches the whole process to TF1 graph mode."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's info banner off the worker's stderr
     from tensorflow.python.util import nest
     nest.is_sequence = nest.is_nested  # removed from TF; tflearn 0.5.0 still calls it
@@ -35,13 +64,37 @@ def import_tflearn():
     import tensorflow.compat.v1 as tf
     tf.get_logger().setLevel("ERROR")  # tflearn's import and each of its TF1 calls log a deprecation notice
     import tflearn
+    # Importing tflearn turns resource variables off (tf.disable_v2_behavior). A TF1 reference variable's read
+    # aliases its buffer, so within one training step the in-place RMSProp update of an upper layer races the
+    # backward pass that still reads those weights: measured, lower-layer gradients changed from run to run and
+    # the 2nd step's loss was 6.44 instead of 2.5527725. Every model is built with resource variables.
+    tf.enable_resource_variables()
     return tf, tflearn
 
 
-def versions() -> dict:
-    tf, tflearn = import_tflearn()
+def versions(**_options) -> dict:
+    tf, _ = library()
     import importlib.metadata as md
     return {"tflearn": md.version("tflearn"), "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+class _Network:
+    """What the op functions share while one graph is built: the libraries, the spec, the options, and what
+    the builder loads or hands out afterwards."""
+
+    def __init__(self, tf, tflearn, spec, mask_rows):
+        self.tf, self.tflearn, self.spec, self.mask_rows = tf, tflearn, spec, mask_rows
+        self.params = {}  # "<node>.<param>" -> tflearn's variable
+        self.loads = []  # (variable, its value in tflearn's layout), set once the session exists
+        self.masks = {}  # dropout node -> (mask placeholder, op assigning it to the mask variable)
+
+    def hold(self, node, **variables) -> None:
+        """Record the variables holding node's parameters (the registry's names, all of them)."""
+        if sorted(variables) != sorted(ops.get(node.kind).param_names):
+            raise RuntimeError(f"{node.name}: variables {sorted(variables)} for {ops.get(node.kind).param_names}")
+        for param, var in variables.items():
+            self.params[f"{node.name}.{param}"] = var
+            self.loads.append((var, to_native(self.spec, node, param, self.spec.weights[f"{node.name}.{param}"])))
 
 
 def _pad(tf, x, pads, value=0.0):
@@ -49,68 +102,121 @@ def _pad(tf, x, pads, value=0.0):
     return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=value)
 
 
-def build(spec, dropout=None):
-    """dropout: None (tflearn.dropout at each dropout layer's rate), or a callable (spec index, spec layer, input
-    tensor) -> output tensor that builds the dropout layers instead, in the network's graph (a trainer applying
-    given masks)."""
-    tf, tflearn = import_tflearn()
+def _window_mode(net, node) -> str:
+    a = node.attrs
+    return ir.padding_mode(net.spec.input_shapes(node)[0][1:], a["kernel"], a["strides"], a["pads"])
+
+
+def _flat_input(net, node, what: str) -> None:
+    shape = net.spec.input_shapes(node)[0]
+    if len(shape) != 1:
+        raise Unsupported(f"{node.name}: {what} on an unflattened {shape} input")
+
+
+def op_conv(net, node, x):
+    a, mode = node.attrs, _window_mode(net, node)
+    if mode == "explicit":
+        x, mode = _pad(net.tf, x, a["pads"]), "valid"
+    y = net.tflearn.conv_2d(x, a["filters"], list(a["kernel"]), list(a["strides"]), padding=mode,
+                            activation="linear", name=layouts.safe_name(node.name))
+    net.hold(node, weight=y.W, bias=y.b)
+    return y
+
+
+def op_dense(net, node, x):
+    _flat_input(net, node, "dense layer")
+    y = net.tflearn.fully_connected(x, node.attrs["units"], activation="linear", name=layouts.safe_name(node.name))
+    net.hold(node, weight=y.W, bias=y.b)
+    return y
+
+
+def op_maxpool(net, node, x):
+    a, mode = node.attrs, _window_mode(net, node)
+    if mode == "explicit":
+        x, mode = _pad(net.tf, x, a["pads"], -np.inf), "valid"
+    return net.tflearn.max_pool_2d(x, list(a["kernel"]), list(a["strides"]), padding=mode,
+                                   name=layouts.safe_name(node.name))
+
+
+def op_avgpool(net, node, x):
+    a, mode = node.attrs, _window_mode(net, node)
+    if mode != "valid" and a["count_include_pad"]:
+        x, mode = _pad(net.tf, x, a["pads"]), "valid"  # TF 'same' would exclude the padding
+    elif mode == "explicit":
+        raise Unsupported(f"{node.name}: average pooling that excludes padding is only 'same' in tflearn, "
+                          f"pads {a['pads']} are not")
+    return net.tflearn.avg_pool_2d(x, list(a["kernel"]), list(a["strides"]), padding=mode,
+                                   name=layouts.safe_name(node.name))
+
+
+def op_relu(net, node, x):
+    return net.tflearn.activation(x, "relu", name=layouts.safe_name(node.name))
+
+
+def op_tanh(net, node, x):
+    return net.tflearn.activation(x, "tanh", name=layouts.safe_name(node.name))
+
+
+def op_softmax(net, node, x):
+    _flat_input(net, node, "softmax (over the last axis)")
+    return net.tflearn.activation(x, "softmax", name=layouts.safe_name(node.name))
+
+
+def op_flatten(net, node, x):
+    return net.tflearn.flatten(x, name=layouts.safe_name(node.name))
+
+
+def op_dropout(net, node, x):
+    if net.mask_rows and node.attrs["rate"] > 0:
+        return harness_dropout(net, node, x)
+    return net.tflearn.dropout(x, 1.0 - node.attrs["rate"], name=layouts.safe_name(node.name))
+
+
+def harness_dropout(net, node, x):
+    """The dropout layer of the identical-dropout variant: in tflearn's training mode, x times the first n rows
+    of a non-trainable variable that holds the step's NHWC mask padded to the full batch (the trainer assigns
+    it before each step, through model.harness_masks); in inference mode the identity, as tflearn.dropout (a
+    tf.cond on tflearn's training-mode variable). The mask starts at zero: a step without its masks drops all."""
+    tf = net.tf
+    shape = [net.mask_rows, *layouts.native_shape(node.output_shape)]
+    with tf.name_scope(layouts.safe_name(node.name)):
+        mask = tf.Variable(tf.zeros(shape), trainable=False, name="mask")
+        value = tf.placeholder(tf.float32, shape, name="mask_value")
+        net.masks[node.name] = (value, mask.assign(value))
+        return tf.cond(net.tflearn.get_training_mode(), lambda: x * mask[:tf.shape(x)[0]], lambda: x)
+
+
+def build(spec, seed=None, dropout_masks="library", batch_size=None):
+    """The network in a graph of its own, in a tflearn.DNN whose session holds the spec's weights.
+    seed: the graph's random seed, set before any op exists (tflearn's dropout masks). dropout_masks="harness"
+    builds `harness_dropout` at every dropout node that drops something, with masks of batch_size rows.
+    The model carries spec_outputs {node: tensor}, spec_params {"<node>.<param>": variable} and harness_masks
+    {dropout node: (mask placeholder, assign op)}."""
+    if dropout_masks not in ("library", "harness") or (dropout_masks == "harness" and not batch_size):
+        raise ValueError(f"dropout_masks={dropout_masks!r}, batch_size={batch_size!r}: expected 'library', or "
+                         f"'harness' with the batch size")
+    tf, tflearn = library()
     graph = tf.Graph()
     with graph.as_default():
-        net = tflearn.input_data(shape=[None, *layouts.native_shape(spec.input_shape)], name="input")
-        outputs, params = {}, []  # params: (variable, value) to load once the session exists
-        for i, layer in enumerate(spec.layers):
-            in_shape = spec.input_shape_of(i)
-            a, name = layer.attrs, layouts.safe_name(layer.name)
-            if layer.kind in ("conv", "maxpool", "avgpool"):
-                mode = ir.padding_mode(in_shape[1:], a["kernel"], a["strides"], a["pads"])
-            if layer.kind == "conv":
-                if mode == "explicit":
-                    net, mode = _pad(tf, net, a["pads"]), "valid"
-                net = tflearn.conv_2d(net, a["filters"], list(a["kernel"]), list(a["strides"]), padding=mode,
-                                      activation="linear", name=name)
-                params += [(net.W, conv_kernel(spec.weight(layer))), (net.b, spec.bias(layer))]
-            elif layer.kind == "maxpool":
-                if mode == "explicit":
-                    net, mode = _pad(tf, net, a["pads"], -np.inf), "valid"
-                net = tflearn.max_pool_2d(net, list(a["kernel"]), list(a["strides"]), padding=mode, name=name)
-            elif layer.kind == "avgpool":
-                if mode != "valid" and a["count_include_pad"]:
-                    net, mode = _pad(tf, net, a["pads"]), "valid"  # TF 'same' would exclude the padding
-                elif mode == "explicit":
-                    raise Unsupported(f"{layer.name}: average pooling that excludes padding is only 'same' "
-                                      f"in tflearn, pads {a['pads']} are not")
-                net = tflearn.avg_pool_2d(net, list(a["kernel"]), list(a["strides"]), padding=mode, name=name)
-            elif layer.kind == "relu":
-                net = tflearn.activation(net, "relu", name=name)
-            elif layer.kind == "softmax":
-                if len(in_shape) != 1:
-                    raise Unsupported(f"{layer.name}: softmax over a spatial tensor's W axis")
-                net = tflearn.activation(net, "softmax", name=name)
-            elif layer.kind == "dropout" and dropout is not None:
-                net = dropout(i, layer, net)
-            elif layer.kind == "dropout":
-                net = tflearn.dropout(net, 1.0 - a["rate"], name=name)
-            elif layer.kind == "flatten":
-                net = tflearn.flatten(net, name=name)
-            elif layer.kind == "dense":
-                if len(in_shape) != 1:
-                    raise Unsupported(f"{layer.name}: dense layer on an unflattened {in_shape} input")
-                net = tflearn.fully_connected(net, a["units"], activation="linear", name=name)
-                params += [(net.W, dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i))),
-                           (net.b, spec.bias(layer))]
-            outputs[layer.name] = net
-        model = tflearn.DNN(net)
-        for var, value in params:
+        if seed is not None:
+            tf.set_random_seed(seed)
+        net = _Network(tf, tflearn, spec, batch_size if dropout_masks == "harness" else None)
+        module = sys.modules[__name__]
+        x = tflearn.input_data(shape=[None, *layouts.native_shape(spec.input_shape)], name="input")
+        values = interface.walk(spec, lambda node, inputs: interface.op_function(module, node)(net, node, *inputs), x)
+        model = tflearn.DNN(values[spec.output().name])
+        for var, value in net.loads:
             model.set_weights(var, value.astype(np.float32))
-    model.spec_outputs = outputs  # each spec layer's tensor, for layer_outputs
+    model.spec_outputs = {node.name: values[node.name] for node in spec.layers}
+    model.spec_params, model.harness_masks = net.params, net.masks
     return model
 
 
-def layer_outputs(model, spec, x) -> dict:
-    tf, tflearn = import_tflearn()
+def layer_outputs(model, spec, x, **_options) -> dict:
+    _, tflearn = library()
     with model.session.graph.as_default():
         tflearn.is_training(False, session=model.session)
-        values = model.session.run([model.spec_outputs[l.name] for l in spec.layers],
+        values = model.session.run([model.spec_outputs[node.name] for node in spec.layers],
                                    feed_dict={model.inputs[0]: layouts.nchw_to_nhwc(x)})
-    return {layer.name: layouts.to_canonical(v, source)
-            for layer, v, source in zip(spec.layers, values, layouts.flatten_sources(spec))}
+    return {node.name: layouts.to_canonical(v, source)
+            for node, v, source in zip(spec.layers, values, layouts.flatten_sources(spec))}

@@ -158,7 +158,7 @@ def _free_port() -> int:
 
 def _changed_checkout(target: Path) -> Path:
     checkout = _checkout(target)
-    with open(checkout / "trainers" / "harness.py", "a") as handle:
+    with open(checkout / "spec" / "training.py", "a") as handle:
         handle.write("\n# a local edit\n")
     return checkout
 
@@ -168,7 +168,7 @@ REFUSALS = {  # what the cluster's worker is, and what the one error line must s
     "no workers": ("none", "has no workers"),
     "no project": ("plain dask in an empty folder", "cannot import this project"),
     "no environments": ("plain dask in a checkout without .envs", "lacks the environment(s) main"),
-    "another version": ("a checkout with an edited trainers/harness.py", "trainers/harness.py"),
+    "another version": ("a checkout with an edited spec/training.py", "spec/training.py"),
 }
 
 

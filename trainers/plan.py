@@ -102,7 +102,7 @@ class Plan:
     dropout: str  # own | identical | off
     seeds: list[int]
     runs: list[Run]
-    configs: dict[int, dict]  # seed -> trainers.harness configuration
+    configs: dict[int, dict]  # seed -> spec.training.config_for configuration
 
     @property
     def mode(self) -> str:

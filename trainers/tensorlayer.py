@@ -5,17 +5,19 @@ static tl.models.Model, NHWC. tensorlayer has no RMSprop of its own: its users t
 With config["dump_steps"] > 0 the train step also returns the tape's gradients (the very tensors passed to
 apply_gradients), and the first dump_steps steps report them and the weights after the update, canonical layout.
 
-With config["dropout_masks"] == "harness" the builder puts a small tensorlayer layer in place of each Dropout: in
-training mode it multiplies by a mask variable that the train step assigns from the step's masks (an argument with an
-in evaluation mode it is the identity."""
+With config["dropout_masks"] == "harness" the model is the builder's identical-dropout variant (build_options): a small
+tensorlayer layer in place of each Dropout multiplies, in training mode, by a mask variable that the train step assigns
+from the step's masks (an argument of the step); in evaluation mode it is the identity."""
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
 
 import builders.tensorlayer as builder
 from builders import layouts
+from spec import ops
 from trainers import masks, tf_shared
 
 NAME = "tensorlayer"
@@ -39,67 +41,37 @@ def optimizer(tf, opt: dict, report):
     return optimizer
 
 
-def _harness_dropout(tf, tl):
-    """The builder's `dropout` for harness masks: at each dropout layer a tensorlayer layer that, in training mode,
-    multiplies its input by the mask held in a variable (open batch size) and, in evaluation mode, is the identity,
-    like tl.layers.Dropout. Returns (that callable, {spec layer name: its mask variable}); the train step assigns
-    the step's masks to those variables before the forward pass."""
-
-    class HarnessDropout(tl.layers.Layer):
-        def __init__(self, mask, name=None):
-            super().__init__(name)
-            self.mask = mask
-            self.build()
-            self._built = True
-
-        def build(self, inputs_shape=None):
-            pass
-
-        def forward(self, inputs):
-            return inputs * self.mask if self.is_train else inputs
-
-    holders = {}
-
-    def dropout(index, layer, net):
-        shape = layouts.native_shape(layer.output_shape)
-        # ones of batch 1 while the static model is built (tl.layers.Input forwards ones of batch 1 through it)
-        holders[layer.name] = tf.Variable(tf.ones((1, *shape)), shape=tf.TensorShape([None, *shape]),
-                                          trainable=False, name=layouts.safe_name(layer.name) + "_mask")
-        return HarnessDropout(holders[layer.name], name=layouts.safe_name(layer.name))(net)
-
-    return dropout, holders
-
-
 def _canonical_params(spec, model):
-    """[(variable, "<layer>.weight"/"<layer>.bias", to_canonical)] for every trainable weight: the inverses of
-    the builder's conv_kernel / dense_kernel (HWIO -> OIHW; dense rows from NHWC (H, W, C) order to (C, H, W))."""
+    """[(weight, "<node>.<param>", to canonical layout)] for every parameter of the builder's model."""
     found = []
-    for i, layer in enumerate(spec.layers):
-        if layer.kind not in ("conv", "dense"):
-            continue
-        convert = (lambda index: lambda w: layouts.kernel_to_canonical(spec, index, w))(i)
-        lyr = model.get_layer(name=layouts.safe_name(layer.name))
-        found += [(lyr.W, f"{layer.name}.weight", convert), (lyr.b, f"{layer.name}.bias", np.asarray)]
+    for node in spec.parametric():
+        for param in ops.get(node.kind).param_names:
+            convert = functools.partial(builder.to_canonical, spec, node, param)
+            found.append((model.spec_params[f"{node.name}.{param}"], f"{node.name}.{param}", convert))
     return found
 
 
-def setup(config) -> tuple:
-    """(tf, tl) with the run's threads and seed; shared with the plain loop (benchmarks/plain)."""
+def build_options(config: dict) -> dict:
+    """The builder options of the model this config trains: the identical-dropout variant."""
+    harness = {"dropout_masks": masks.HARNESS} if masks.uses_harness_masks(config) else {}
+    return {**config.get("options", {}), **harness}
+
+
+def setup(spec, config) -> tuple:
+    """(tf, tl, the builder's model of build_options(config)) with the run's threads and seed; shared with the plain
+    loop (benchmarks/plain)."""
     import tensorflow as tf
     # before tensorlayer is imported: its import runs TensorFlow ops, after which the thread pools are fixed
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf, tl = builder.import_tensorlayer()
+    tf, tl = builder.library()
     tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
-    return tf, tl
+    return tf, tl, builder.build(spec, **build_options(config))
 
 
 def train(spec, data, config, report) -> None:
-    tf, tl = setup(config)
-
-    harness_masks = masks.uses_harness_masks(config)
-    dropout, holders = _harness_dropout(tf, tl) if harness_masks else (None, {})
-    model = builder.build(spec, dropout=dropout)
+    tf, _, model = setup(spec, config)
+    harness_masks, holders = masks.uses_harness_masks(config), model.harness_masks
     rmsprop = optimizer(tf, config["optimizer"], report)
     weights = model.trainable_weights
     dump_steps = config.get("dump_steps", 0)
@@ -107,7 +79,7 @@ def train(spec, data, config, report) -> None:
         params = _canonical_params(spec, model)
         position = [next(j for j, w in enumerate(weights) if w is var) for var, _, _ in params]
         if sorted(position) != list(range(len(weights))):
-            raise RuntimeError("the model's trainable weights are not the spec's conv/dense weights and biases")
+            raise RuntimeError("the model's trainable weights are not the spec's parameters")
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
     # harness dropout masks: train_step takes the step's masks as a third argument, a dict of tensors, and assigns

@@ -17,13 +17,15 @@ tflearn facts this module works around (tflearn 0.5.0 sources, checked numerical
   wrapped before tflearn.DNN builds its train op, so that the op also copies each gradient it applies (tflearn's
   own tf.gradients of its loss, after its clipping if any) into a non-trainable variable, under a control
   dependency of the update; the callback reads those copies and the weights after the step.
-- config["dropout_masks"] == "harness": the builder's dropout layers are replaced by a multiplication with a variable
-  holding the step's mask padded to the full batch (the first n rows used), under tflearn's training-mode switch;
-  a tflearn Callback's on_batch_begin assigns each step's masks in the session before tflearn runs the step.
+- config["dropout_masks"] == "harness": the model is the builder's identical-dropout variant (build_options), whose
+  dropout layers multiply by a variable holding the step's mask padded to the full batch (the first n rows used),
+  under tflearn's training-mode switch; a tflearn Callback's on_batch_begin assigns each step's masks in the
+  session before tflearn runs the step.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -32,6 +34,7 @@ import numpy as np
 
 import builders.tflearn as builder
 from builders import layouts
+from spec import ops
 from spec.training import LOSS_CLIP
 from trainers import masks
 
@@ -105,35 +108,14 @@ def _capture_applied_gradients(tf, tf_optimizer):
     return captured
 
 
-def _canonical_params(spec, outputs):
-    """[(variable, "<layer>.weight"/"<layer>.bias", to_canonical)] for every conv/dense layer of the builder's
-    network: the inverses of its conv_kernel / dense_kernel (HWIO -> OIHW; dense rows (H, W, C) -> (C, H, W))."""
+def _canonical_params(spec, model):
+    """[(variable, "<node>.<param>", to canonical layout)] for every parameter of the builder's network."""
     found = []
-    for i, layer in enumerate(spec.layers):
-        if layer.kind not in ("conv", "dense"):
-            continue
-        convert = (lambda index: lambda w: layouts.kernel_to_canonical(spec, index, w))(i)
-        net = outputs[layer.name]
-        found += [(net.W, f"{layer.name}.weight", convert), (net.b, f"{layer.name}.bias", np.asarray)]
+    for node in spec.parametric():
+        for param in ops.get(node.kind).param_names:
+            convert = functools.partial(builder.to_canonical, spec, node, param)
+            found.append((model.spec_params[f"{node.name}.{param}"], f"{node.name}.{param}", convert))
     return found
-
-
-def _harness_dropout(tf, tflearn, batch_size: int):
-    """The builder's `dropout` for harness masks: at each dropout layer, in tflearn's training mode, the input times
-    the first n rows of a non-trainable variable holding the step's NHWC mask padded to the full batch (the identity
-    in inference mode: a tf.cond on tflearn's training-mode variable, as tflearn.dropout). Returns (that callable,
-    {spec layer name: (mask placeholder, assign op)}), the ops a callback runs before each step to load its masks."""
-    holders = {}
-
-    def dropout(index, layer, net):
-        shape = [batch_size, *layouts.native_shape(layer.output_shape)]
-        with tf.name_scope(layouts.safe_name(layer.name)):
-            mask = tf.Variable(tf.zeros(shape), trainable=False, name="mask")
-            value = tf.placeholder(tf.float32, shape, name="mask_value")
-            holders[layer.name] = (value, mask.assign(value))
-            return tf.cond(tflearn.get_training_mode(), lambda: net * mask[:tf.shape(net)[0]], lambda: net)
-
-    return dropout, holders
 
 
 def loss_and_correct(tf, p, y_onehot):
@@ -144,41 +126,43 @@ def loss_and_correct(tf, p, y_onehot):
     return loss, correct
 
 
-def setup(config) -> tuple:
-    """(tf, tflearn) with the run's threads; shared with the plain loop (benchmarks/plain)."""
+def build_options(config: dict) -> dict:
+    """The builder options of the model this config trains: the graph seed, and the identical-dropout variant."""
+    options = {**config.get("options", {}), "seed": config["seed"]}
+    if masks.uses_harness_masks(config):
+        options.update(dropout_masks=masks.HARNESS, batch_size=config["batch_size"])
+    return options
+
+
+def setup(spec, config) -> tuple:
+    """(tf, tflearn, the builder's model of build_options(config)) with the run's threads; shared with the plain
+    loop (benchmarks/plain)."""
     import tensorflow as tf2
     # before tflearn's import and the builder's session: the first session fixes the process's thread pools,
     # and a tf.compat.v1.Session created without a config (tflearn.DNN's) takes this global one
     tf2.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf2.config.threading.set_inter_op_parallelism_threads(1)
-    tf, tflearn = builder.import_tflearn()
-    # Importing tflearn disables resource variables (tf.disable_v2_behavior). A TF1 reference variable's read
-    # aliases its buffer, so within one step the in-place RMSProp update of an upper layer races the backward pass
-    # that still reads those weights: measured, lower-layer gradients changed from run to run and the 2nd step's
-    # loss was 6.44 instead of 2.5527725. Resource variables give the backward pass the forward pass's values.
-    tf.enable_resource_variables()
-    return tf, tflearn
+    tf, tflearn = builder.library()
+    return tf, tflearn, builder.build(spec, **build_options(config))
 
 
 def train(spec, data, config, report) -> None:
-    tf, tflearn = setup(config)
+    tf, tflearn, built = setup(spec, config)
     batch_size = config["batch_size"]
     harness_masks = masks.uses_harness_masks(config)
-    dropout, holders = _harness_dropout(tf, tflearn, batch_size) if harness_masks else (None, {})
-    # the network in its own graph; weights loaded in the builder's DNN session
-    built = builder.build(spec, dropout=dropout)
+    holders = built.harness_masks
+    # the builder's graph and weights; regression and a DNN with its train op are added below
     graph, net = built.session.graph, built.net
     with graph.as_default():
         weights = tf.trainable_variables()
         values = built.session.run(weights)
     built.session.close()
     dump_steps = config.get("dump_steps", 0)
-    params = _canonical_params(spec, built.spec_outputs) if dump_steps > 0 else []
+    params = _canonical_params(spec, built) if dump_steps > 0 else []
     if dump_steps > 0 and sorted(var.name for var, _, _ in params) != sorted(var.name for var in weights):
-        raise RuntimeError("the graph's trainable variables are not the spec's conv/dense weights and biases")
+        raise RuntimeError("the graph's trainable variables are not the spec's parameters")
 
     with graph.as_default():
-        tf.set_random_seed(config["seed"])  # ops created from here on (the builder's dropout ops are not)
         stats = tf.Variable([0.0, 0.0], trainable=False, name="batch_loss_and_correct")
 
         def canonical_loss(y_pred, y_true):

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import time
 
-import builders.tensorlayer as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers import tf_shared
-from trainers import tensorlayer as trainer
+from trainers import masks, tf_shared
+from trainers.tensorlayer import optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf, tl = trainer.setup(config)  # the harness trainer's threads and seed
-
-    model = builder.build(spec)
-    optimizer = trainer.optimizer(tf, config["optimizer"], NullReport())
+    # the harness trainer's threads, seed and build, with tensorlayer's own dropout
+    tf, _, model = setup(spec, {**config, "dropout_masks": masks.LIBRARY})
+    rmsprop = optimizer(tf, config["optimizer"], NullReport())
     weights = model.trainable_weights
     x_train = layouts.nchw_to_nhwc(data.x_train)
 
@@ -24,7 +22,7 @@ def train(spec, data, config) -> EpochTimes:
         with tf.GradientTape() as tape:
             loss, _ = tf_shared.loss_and_correct(tf, model(x)[-1], y)  # the builder's model outputs every layer
         grads = tape.gradient(loss, weights)
-        optimizer.apply_gradients(zip(grads, weights))
+        rmsprop.apply_gradients(zip(grads, weights))
         return loss
 
     batch_size = config["batch_size"]

@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-import builders.tflearn as builder
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers import tflearn as trainer
+from trainers import masks
+from trainers.tflearn import NATIVE_CLIP_NORM, loss_and_correct, optimizer, setup
 
 
 def _last_raw_loss(tf, logdir: str) -> float:
@@ -38,10 +38,9 @@ def _last_raw_loss(tf, logdir: str) -> float:
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf, tflearn = trainer.setup(config)  # the harness trainer's threads and resource variables
-
+    # the harness trainer's threads and build, with tflearn's own dropout masks
+    tf, tflearn, built = setup(spec, {**config, "dropout_masks": masks.LIBRARY})
     batch_size = config["batch_size"]
-    built = builder.build(spec)
     graph, net = built.session.graph, built.net
     with graph.as_default():
         weights = tf.trainable_variables()
@@ -50,15 +49,13 @@ def train(spec, data, config) -> EpochTimes:
 
     logs = tempfile.TemporaryDirectory(prefix="tflearn_plain_logs_")
     with graph.as_default():
-        tf.set_random_seed(config["seed"])
-
         def canonical_loss(y_pred, y_true):
-            return trainer.loss_and_correct(tf, y_pred, y_true)[0]
+            return loss_and_correct(tf, y_pred, y_true)[0]
 
-        optimizer = trainer.optimizer(tf, tflearn, config["optimizer"], NullReport())
-        net = tflearn.regression(net, optimizer=optimizer, loss=canonical_loss, metric=None,
+        rmsprop = optimizer(tf, tflearn, config["optimizer"], NullReport())
+        net = tflearn.regression(net, optimizer=rmsprop, loss=canonical_loss, metric=None,
                                  batch_size=batch_size, shuffle_batches=False)
-        clip = 0.0 if config["optimizer"]["mode"] == "canonical" else trainer.NATIVE_CLIP_NORM
+        clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
         model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
         for var, value in zip(weights, values):
             model.set_weights(var, value)
