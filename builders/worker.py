@@ -10,6 +10,7 @@ any other failure, BAD_INPUT on bad arguments; the reason is the last line on st
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
 import traceback
@@ -26,8 +27,15 @@ def output_paths(job: Path, framework: str) -> tuple:
     return job / f"{framework}.outputs.npz", job / f"{framework}.worker.json"
 
 
+def options_path(job: Path, framework: str) -> Path:
+    """Builder options beyond the fast path's, when the job has them (the options of a model a trainer trains)."""
+    return job / f"{framework}.options.json"
+
+
 def run(framework: str, job: Path) -> None:
     base, _, options = resolve(framework)
+    if options_path(job, framework).exists():
+        options = {**options, **json.loads(options_path(job, framework).read_text())}
     module = importlib.import_module(FRAMEWORKS[base][0])
     spec = ModelSpec.load(job)
     with np.load(job / "inputs.npz") as npz:

@@ -37,10 +37,26 @@ def verify(plan: Plan, folder: Path | None = None) -> VerifyReport:
             raise BadInput(f"{folder / VERIFICATION}: unreadable ({exc})") from None
     print(f"verifying forward equivalence of {len(plan.names)} libraries first", file=sys.stderr, flush=True)
     try:
-        report = equivalence.run(plan.model_path, plan.names, plan.options.data)
+        report = equivalence.run(plan.model_path, plan.names, plan.options.data, build_options=trained_builds(plan))
     except (ModelError, cifar10.DataError) as exc:
         raise BadInput(str(exc)) from None
     return VerifyReport.from_json(report)
+
+
+def trained_builds(plan: Plan) -> dict:
+    """{library: the builder options of the model it will train} (its trainer's build_options of the run's
+    configuration), so that the gate verifies exactly the model that trains, not a default build."""
+    import importlib
+
+    from builders import FRAMEWORKS, resolve
+
+    config = next(iter(plan.configs.values()))
+    options = {}
+    for name in plan.names:
+        base, _, fast_path = resolve(name)
+        trainer = importlib.import_module(f"trainers.{FRAMEWORKS[base][0].split('.')[-1]}")
+        options[name] = trainer.build_options({**config, "options": fast_path})
+    return options
 
 
 def verdicts(report: VerifyReport, names: list) -> tuple:

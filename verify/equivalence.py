@@ -20,7 +20,8 @@ from spec.onnx_import import import_model, load_onnx
 from verify import reference
 from verify.compare import compare, load_policy
 from verify.runner import run_worker
-from workers import Status, lifeline, number
+from builders.worker import options_path
+from workers import Status, lifeline, number, results
 
 CIFAR_SHAPE = (3, 32, 32)
 
@@ -53,14 +54,16 @@ def environment() -> dict:
 
 
 def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900, jobs: int = 2,
-        log=sys.stderr) -> dict:
-    """Verify each framework; returns the report as plain data. Raises ModelError/DataError on bad input."""
+        log=sys.stderr, build_options: dict | None = None) -> dict:
+    """Verify each framework; returns the report as plain data. Raises ModelError/DataError on bad input.
+    build_options: {library: builder options} to build with beyond its fast path's (a training run's gate
+    passes the options of the model each library will train)."""
     started = time.perf_counter()
     spec = import_model(model_path)
     x, inputs_desc = make_inputs(spec, data_path)
     ref = reference.layer_outputs(load_onnx(model_path), spec, x)
     report = {"model": str(model_path), "parameters": spec.parameter_count(), "inputs": inputs_desc,
-              "environment": environment(), "frameworks": {}}
+              "environment": environment(), "frameworks": {}, "build_options": dict(build_options or {})}
     print(f"model {model_path} ({len(spec.layers)} layers, {spec.parameter_count():,} parameters); {inputs_desc}",
           file=log, flush=True)
     lock = threading.Lock()
@@ -68,6 +71,8 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
         job = Path(tmp)
         spec.save(job)
         np.savez(job / "inputs.npz", x=x)
+        for name, options in (build_options or {}).items():
+            results.write_json(options_path(job, name), options)
 
         def one(framework: str) -> dict:
             result = run_worker(framework, job, timeout)

@@ -15,9 +15,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-TRAINING_STATUSES = ("ok", "failed", "crashed", "timeout", "nan", "not verified", "interrupted")
-PLAIN_STATUSES = ("ok", "failed", "timeout", "interrupted")
-VERIFY_STATUSES = ("pass", "mismatch", "error", "unsupported")
+from workers.status import Status
+
+S = Status
+TRAINING_STATUSES = tuple(map(str, (S.OK, S.FAILED, S.CRASHED, S.TIMEOUT, S.NAN, S.NOT_VERIFIED, S.INTERRUPTED)))
+PLAIN_STATUSES = tuple(map(str, (S.OK, S.FAILED, S.CRASHED, S.TIMEOUT, S.INTERRUPTED)))
+VERIFY_STATUSES = tuple(map(str, (S.PASS, S.MISMATCH, S.UNSUPPORTED, S.CRASHED, S.TIMEOUT, S.FAILED)))
 
 
 OMIT_NONE = {"omit_if_none": True}  # field metadata: the field is absent from the JSON while it is None
@@ -308,6 +311,7 @@ class VerifyReport(Typed):
     frameworks: dict[str, VerifyRow]
     wall_s: float
     passed: bool
+    build_options: dict = field(default_factory=dict)
 
 
 SCHEMA = (TrainingResults, TrainingRow, Record, Optimizer, Step, Epoch, Executor, Summary, PlainRow, Interruption,
