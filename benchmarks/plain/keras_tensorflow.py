@@ -8,14 +8,16 @@ import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers.keras_tensorflow import _canonical_loss, _optimizer, setup
+from trainers import masks
+from trainers.keras_tensorflow import loss, optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    keras, model = setup(spec, config)  # the harness trainer's backend, threads, seed and model
+    # the harness trainer's backend, threads, seed and model, with Keras's own dropout (no harness masks here)
+    keras, model = setup(spec, {**config, "dropout_masks": masks.LIBRARY})
     bs = int(config["batch_size"])
     # metrics=["accuracy"] as in Keras's tutorials (and the harness's compile)
-    model.compile(optimizer=_optimizer(keras, config["optimizer"], NullReport()), loss=_canonical_loss(keras),
+    model.compile(optimizer=optimizer(keras, config["optimizer"], NullReport()), loss=loss(keras),
                   metrics=["accuracy"])
     classes = model.output_shape[-1]
 
