@@ -25,9 +25,7 @@ def test_seed_model_passes_full_checker_and_has_2017_architecture():
 
 def test_initial_weights_are_glorot_uniform_with_zero_biases():
     spec = import_model(SEED_MODEL)
-    for layer in spec.layers:
-        if layer.kind not in ("conv", "dense"):
-            continue
+    for layer in spec.parametric():
         w = spec.weight(layer)
         if layer.kind == "conv":
             receptive = w.shape[2] * w.shape[3]
