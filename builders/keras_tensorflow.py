@@ -226,6 +226,18 @@ def _harness_dropout_class(keras):
     return HarnessDropout
 
 
+def set_dropout_masks(model, spec, step_masks: dict) -> None:
+    """Hand the harness dropout layers of a dropout_masks="harness" model the masks of the next training step:
+    {dropout node name: (n, ...) mask in the canonical layout}, n at most the batch size it was built for."""
+    sources = dict(zip((node.name for node in spec.layers), layouts.flatten_sources(spec)))
+    for name, mask in step_masks.items():
+        holder = model.get_layer(name)
+        rows = holder.step_mask.shape[0]
+        native = layouts.from_canonical(mask, sources[name])
+        holder.step_mask.assign(np.concatenate([native, np.zeros((rows - len(native), *native.shape[1:]),
+                                                                 native.dtype)]))
+
+
 def build(spec, backend: str = "tensorflow", dropout_masks: str = "library", batch_size: int = 0):
     """keras.Model(input, output) of the graph, weights loaded. dropout_masks="harness" (the identical-dropout
     training variant) builds every dropout node as a layer that applies the mask the trainer assigns to its

@@ -119,21 +119,16 @@ def _step_dumper(keras, spec, model, report, steps: int):
     return StepTensors()
 
 
-def _mask_setter(keras, spec, model, seed: int, batch_size: int, sizes: list):
-    """A callback assigning, before each optimizer step, that step's harness masks (in Keras's NHWC / (H, W, C)
-    flatten layout, padded to the full batch) to the `step_mask` variables of the model's harness dropout layers
-    (builder option dropout_masks="harness"). sizes: every step's batch size, over the whole run; one callback
-    for all epochs' fit calls, so its step counts across them."""
-    sources = dict(zip((layer.name for layer in spec.layers), layouts.flatten_sources(spec)))
-    holders = {layer.name: model.get_layer(layer.name) for _, layer in masks.dropout_layers(spec)}
+def _mask_setter(keras, spec, model, seed: int, sizes: list):
+    """A callback handing, before each optimizer step, that step's harness masks to the model's harness dropout
+    layers (builder option dropout_masks="harness"). sizes: every step's batch size, over the whole run; one
+    callback for all epochs' fit calls, so its step counts across them."""
 
     class StepMasks(keras.callbacks.Callback):
         step = 0
 
         def on_train_batch_begin(self, batch, logs=None):
-            for name, mask in masks.step_masks(spec, seed, self.step, sizes[self.step]).items():
-                native = layouts.from_canonical(mask, sources[name])
-                holders[name].step_mask.assign(masks.padded(native, batch_size))
+            builder.set_dropout_masks(model, spec, masks.step_masks(spec, seed, self.step, sizes[self.step]))
             self.step += 1
 
     return StepMasks()
@@ -181,7 +176,7 @@ def train(spec, data, config, report):
     setter = []
     if masks.uses_harness_masks(config):
         sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
-        setter = [_mask_setter(keras, spec, model, int(config["seed"]), bs, sizes)]
+        setter = [_mask_setter(keras, spec, model, int(config["seed"]), sizes)]
     dump_steps = int(config.get("dump_steps", 0))
     # dump mode runs the train step eagerly, so that the gradients reaching the optimizer are concrete tensors
     model.compile(optimizer=optimizer(keras, config["optimizer"], report), loss=loss(keras), metrics=["accuracy"],
