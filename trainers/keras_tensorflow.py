@@ -128,6 +128,10 @@ def _mask_setter(keras, spec, model, seed: int, sizes: list):
         step = 0
 
         def on_train_batch_begin(self, batch, logs=None):
+            # On JAX, fit carries the variables' values from step to step outside the variables, and reads
+            # them back only after a sync: without one, every step after the first would reuse the first mask.
+            if hasattr(model, "jax_state_sync"):
+                model.jax_state_sync()
             builder.set_dropout_masks(model, spec, masks.step_masks(spec, seed, self.step, sizes[self.step]))
             self.step += 1
 
