@@ -114,6 +114,8 @@ def parameters(model, spec) -> dict:
 
 
 # --- the graph: one function per op kind -----------------------------------------------------------------
+# op_<kind>(graph, node, xs) -> the node's output: its Keras layer (named after the node, weights loaded)
+# called on xs, the symbolic tensors of node.inputs; `build` walks the nodes with them.
 
 class Graph(NamedTuple):
     """What every op_<kind> gets besides its node and inputs."""
@@ -202,8 +204,8 @@ def op_softmax(graph: Graph, node, xs):
 
 def _harness_dropout_class(keras):
     """A dropout layer whose mask the harness sets: in training it multiplies its input by the first n rows of
-    a non-trainable variable `step_mask` (rows: the batch size; the trainer assigns each step's mask, padded,
-    before the step); outside training it is the identity, like Dropout."""
+    a non-trainable variable `step_mask` (rows: the batch size; `set_dropout_masks` assigns each step's mask,
+    padded, before the step); outside training it is the identity, like Dropout."""
     ops_ = keras.ops
 
     class HarnessDropout(keras.layers.Layer):
