@@ -1,18 +1,21 @@
-"""Keras 3 on the TensorFlow backend: a keras.Sequential of Keras layers, channels_last (NHWC).
+"""Keras 3 on the TensorFlow backend: a functional keras.Model of Keras layers, one function per op kind
+(`op_<kind>`) walked over the graph, channels_last (NHWC).
 
-Fast-path option (builders.FAST_PATHS): backend "jax" or "torch" builds the same Keras model on that Keras 3
-backend instead; the process must not have imported keras on another backend before."""
+Options: backend "jax" or "torch" (the fast paths, builders.FAST_PATHS) builds the same Keras model on that
+Keras 3 backend instead (the process must not have imported keras on another backend before);
+dropout_masks="harness" with batch_size is the identical-dropout training variant (see `build`)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 
-from builders import Unsupported, cache_dir, layouts
-from spec import ir
+from builders import Unsupported, cache_dir, interface, layouts
+from spec import ir, ops
 
 NAME = "keras-tensorflow"
 
@@ -54,7 +57,8 @@ def _stderr_without(noise):
 BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
 
-def import_keras(backend: str = "tensorflow"):
+def library(backend: str = "tensorflow"):
+    """keras, imported on `backend` (the process must not have imported it on another)."""
     if backend not in BACKEND_PACKAGES:
         raise Unsupported(f"Keras backend {backend!r}; choose from {', '.join(BACKEND_PACKAGES)}")
     os.environ["KERAS_BACKEND"] = backend
@@ -68,13 +72,63 @@ def import_keras(backend: str = "tensorflow"):
     return keras
 
 
-def versions(backend: str = "tensorflow") -> dict:
+def versions(backend: str = "tensorflow", **_options) -> dict:
     import importlib
 
-    keras = import_keras(backend)
+    keras = library(backend)
     return {"keras": keras.__version__, "keras backend": keras.backend.backend(),
             **{p: importlib.import_module(p).__version__ for p in BACKEND_PACKAGES[keras.backend.backend()]},
             "numpy": np.__version__}
+
+
+# --- parameters: canonical <-> Keras ---------------------------------------------------------------------
+
+def _flatten_from(spec, node):
+    return layouts.flatten_source_of(spec, node.inputs[0])
+
+
+# (op kind, param) -> (canonical -> Keras, Keras -> canonical); a parameter not listed is held as it is
+_LAYOUTS = {
+    ("conv", "weight"): (lambda spec, node, w: conv_kernel(w), lambda spec, node, w: layouts.hwio_to_oihw(w)),
+    ("dense", "weight"): (lambda spec, node, w: dense_kernel(w, _flatten_from(spec, node)),
+                          lambda spec, node, w: layouts.hwc_rows_to_chw(w, _flatten_from(spec, node))),
+}
+
+
+def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """A parameter (or its gradient) in the canonical layout -> the layout the Keras layer holds it in."""
+    convert = _LAYOUTS.get((node.kind, param))
+    return convert[0](spec, node, value) if convert else np.ascontiguousarray(value)
+
+
+def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """Inverse of to_native."""
+    convert = _LAYOUTS.get((node.kind, param))
+    return convert[1](spec, node, value) if convert else np.ascontiguousarray(value)
+
+
+def parameters(model, spec) -> dict:
+    """{(node name, param): the Keras variable holding it} for every parameter of the registry."""
+    return {(node.name, param): variable for node in spec.parametric()
+            for param, variable in zip(ops.get(node.kind).param_names, model.get_layer(node.name).weights)}
+
+
+# --- the graph: one function per op kind -----------------------------------------------------------------
+# op_<kind>(graph, node, xs) -> the node's output: its Keras layer (named after the node, weights loaded)
+# called on xs, the symbolic tensors of node.inputs; `build` walks the nodes with them.
+
+class Graph(NamedTuple):
+    """What every op_<kind> gets besides its node and inputs."""
+    keras: object
+    spec: ir.ModelSpec
+    harness_rows: int  # > 0: dropout nodes apply the harness's masks held for this many rows (see build)
+
+
+def _loaded(graph: Graph, layer, node, x):
+    """Call `layer` on x (which builds it), then load the node's parameters into it in Keras's layout."""
+    y = layer(x)
+    layer.set_weights([to_native(graph.spec, node, p, v) for p, v in graph.spec.params(node).items()])
+    return y
 
 
 def _pairs(pads):
@@ -82,59 +136,130 @@ def _pairs(pads):
     return ((top, bottom), (left, right))
 
 
-def build(spec, backend: str = "tensorflow"):
-    keras = import_keras(backend)
-    L = keras.layers
-    model = keras.Sequential([keras.Input(shape=layouts.native_shape(spec.input_shape))])
-    for i, layer in enumerate(spec.layers):
-        a, in_shape = layer.attrs, spec.input_shape_of(i)
-        in_hw = in_shape[1:]
-        if layer.kind == "conv":
-            mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
-            if mode == "explicit":
-                model.add(L.ZeroPadding2D(_pairs(a["pads"])))
-            conv = L.Conv2D(a["filters"], a["kernel"], strides=a["strides"],
-                            padding="same" if mode == "same" else "valid", name=layer.name)
-            model.add(conv)
-            conv.set_weights([conv_kernel(spec.weight(layer)), spec.bias(layer)])
-        elif layer.kind in ("maxpool", "avgpool"):
-            mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
-            pool = L.MaxPooling2D if layer.kind == "maxpool" else L.AveragePooling2D
-            padding = "valid"
-            if mode != "valid" and layer.kind == "avgpool" and a["count_include_pad"]:
-                model.add(L.ZeroPadding2D(_pairs(a["pads"])))
-            elif mode == "same":
-                padding = "same"  # TF SAME: max ignores the pad, average excludes it
-            elif mode == "explicit" and layer.kind == "maxpool" and layouts.nonnegative_input(spec, i):
-                model.add(L.ZeroPadding2D(_pairs(a["pads"])))
-            elif mode == "explicit":
-                what = "max pooling of possibly negative input" if layer.kind == "maxpool" \
-                    else "average pooling with count_include_pad=False"
-                raise Unsupported(f"{layer.name}: Keras cannot express {what} with explicit pads {a['pads']}")
-            model.add(pool(a["kernel"], strides=a["strides"], padding=padding, name=layer.name))
-        elif layer.kind == "relu":
-            model.add(L.ReLU(name=layer.name))
-        elif layer.kind == "dropout":
-            model.add(L.Dropout(a["rate"], name=layer.name))
-        elif layer.kind == "flatten":
-            model.add(L.Flatten(name=layer.name))
-        elif layer.kind == "dense":
-            dense = L.Dense(a["units"], name=layer.name)
-            model.add(dense)
-            dense.set_weights([dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i)),
-                               spec.bias(layer)])
-        elif layer.kind == "softmax":
-            model.add(L.Softmax(axis=-1, name=layer.name))
-        else:
-            raise Unsupported(f"{layer.name}: layer kind {layer.kind!r} has no Keras counterpart here")
-    return model
+def op_conv(graph: Graph, node, xs):
+    L, a, x = graph.keras.layers, node.attrs, xs[0]
+    mode = ir.padding_mode(graph.spec.shape_of(node.inputs[0])[1:], a["kernel"], a["strides"], a["pads"])
+    if mode == "explicit":
+        x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
+    conv = L.Conv2D(a["filters"], a["kernel"], strides=a["strides"], padding="same" if mode == "same" else "valid",
+                    name=node.name)
+    return _loaded(graph, conv, node, x)
 
 
-def layer_outputs(model, spec, x, backend: str = "tensorflow"):
-    keras = import_keras(backend)
-    probe = keras.Model(model.inputs[0], [model.get_layer(l.name).output for l in spec.layers])
+def _nonnegative_input(spec, node) -> bool:
+    return layouts.nonnegative_input(spec, spec.index_of(node.name))
+
+
+def _pool(graph: Graph, node, x, pool):
+    L, a = graph.keras.layers, node.attrs
+    mode = ir.padding_mode(graph.spec.shape_of(node.inputs[0])[1:], a["kernel"], a["strides"], a["pads"])
+    padding = "valid"
+    counts_pad = node.kind == "avgpool" and a["count_include_pad"]
+    if mode != "valid" and counts_pad:
+        x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
+    elif mode == "same":
+        padding = "same"  # TF SAME: max ignores the pad, average excludes it
+    elif mode == "explicit" and node.kind == "maxpool" and _nonnegative_input(graph.spec, node):
+        x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
+    elif mode == "explicit":
+        what = "max pooling of possibly negative input" if node.kind == "maxpool" \
+            else "average pooling with count_include_pad=False"
+        raise Unsupported(f"{node.name}: Keras cannot express {what} with explicit pads {a['pads']}")
+    return pool(a["kernel"], strides=a["strides"], padding=padding, name=node.name)(x)
+
+
+def op_maxpool(graph: Graph, node, xs):
+    return _pool(graph, node, xs[0], graph.keras.layers.MaxPooling2D)
+
+
+def op_avgpool(graph: Graph, node, xs):
+    return _pool(graph, node, xs[0], graph.keras.layers.AveragePooling2D)
+
+
+def op_relu(graph: Graph, node, xs):
+    return graph.keras.layers.ReLU(name=node.name)(xs[0])
+
+
+def op_tanh(graph: Graph, node, xs):
+    return graph.keras.layers.Activation("tanh", name=node.name)(xs[0])
+
+
+def op_dropout(graph: Graph, node, xs):
+    if graph.harness_rows and node.attrs["rate"] > 0:
+        return _harness_dropout_class(graph.keras)(graph.harness_rows, name=node.name)(xs[0])
+    return graph.keras.layers.Dropout(node.attrs["rate"], name=node.name)(xs[0])
+
+
+def op_flatten(graph: Graph, node, xs):
+    return graph.keras.layers.Flatten(name=node.name)(xs[0])
+
+
+def op_dense(graph: Graph, node, xs):
+    return _loaded(graph, graph.keras.layers.Dense(node.attrs["units"], name=node.name), node, xs[0])
+
+
+def op_softmax(graph: Graph, node, xs):
+    return graph.keras.layers.Softmax(axis=-1, name=node.name)(xs[0])
+
+
+def _harness_dropout_class(keras):
+    """A dropout layer whose mask the harness sets: in training it multiplies its input by the first n rows of
+    a non-trainable variable `step_mask` (rows: the batch size; `set_dropout_masks` assigns each step's mask,
+    padded, before the step); outside training it is the identity, like Dropout."""
+    ops_ = keras.ops
+
+    class HarnessDropout(keras.layers.Layer):
+        def __init__(self, rows: int, **kwargs):
+            super().__init__(**kwargs)
+            self.rows = rows
+
+        def build(self, input_shape):
+            self.step_mask = self.add_weight(shape=(self.rows, *input_shape[1:]), initializer="zeros",
+                                             trainable=False, name="mask")
+
+        def call(self, inputs, training=None):
+            if not training:
+                return inputs
+            return inputs * self.step_mask[:ops_.shape(inputs)[0]]
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return HarnessDropout
+
+
+def set_dropout_masks(model, spec, step_masks: dict) -> None:
+    """Hand the harness dropout layers of a dropout_masks="harness" model the masks of the next training step:
+    {dropout node name: (n, ...) mask in the canonical layout}, n at most the batch size it was built for."""
+    sources = dict(zip((node.name for node in spec.layers), layouts.flatten_sources(spec)))
+    for name, mask in step_masks.items():
+        holder = model.get_layer(name)
+        rows = holder.step_mask.shape[0]
+        native = layouts.from_canonical(mask, sources[name])
+        holder.step_mask.assign(np.concatenate([native, np.zeros((rows - len(native), *native.shape[1:]),
+                                                                 native.dtype)]))
+
+
+def build(spec, backend: str = "tensorflow", dropout_masks: str = "library", batch_size: int = 0):
+    """keras.Model(input, output) of the graph, weights loaded. dropout_masks="harness" (the identical-dropout
+    training variant) builds every dropout node as a layer that applies the mask the trainer assigns to its
+    `step_mask` variable (batch_size rows) instead of drawing one; identical to Dropout at inference."""
+    if dropout_masks not in ("library", "harness") or (dropout_masks == "harness" and batch_size < 1):
+        raise ValueError(f"dropout_masks={dropout_masks!r}, batch_size={batch_size!r}: want 'library', or "
+                         f"'harness' with the batch size")
+    keras = library(backend)
+    graph = Graph(keras, spec, batch_size if dropout_masks == "harness" else 0)
+    module = sys.modules[__name__]
+    x = keras.Input(shape=layouts.native_shape(spec.input_shape))
+    values = interface.walk(spec, lambda node, xs: interface.op_function(module, node, NAME)(graph, node, xs), x)
+    return keras.Model(x, values[spec.output().name])
+
+
+def layer_outputs(model, spec, x, backend: str = "tensorflow", **_options):
+    keras = library(backend)
+    probe = keras.Model(model.inputs, [model.get_layer(node.name).output for node in spec.layers])
     ys = probe(layouts.nchw_to_nhwc(x), training=False)
     if not isinstance(ys, (list, tuple)):
         ys = [ys]
-    return {layer.name: layouts.to_canonical(keras.ops.convert_to_numpy(y), source)
-            for layer, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}
+    return {node.name: layouts.to_canonical(keras.ops.convert_to_numpy(y), source)
+            for node, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}

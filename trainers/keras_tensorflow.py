@@ -15,7 +15,7 @@ from trainers import masks
 NAME = "keras-tensorflow"
 
 
-def canonical_loss(keras):
+def loss(keras):
     """-log(clip(p_y, 1e-7, 1 - 1e-7)) per sample; Keras averages it over the batch.
 
     Keras 3's own 'categorical_crossentropy' on the TensorFlow backend does not clip here: it sees that
@@ -31,20 +31,20 @@ def canonical_loss(keras):
 
 def optimizer(keras, opt: dict, report):
     if opt["mode"] == "canonical":
-        optimizer = keras.optimizers.RMSprop(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
+        rmsprop = keras.optimizers.RMSprop(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
         how = "keras.optimizers.RMSprop is canonical as it stands (v from 0, epsilon inside the sqrt)"
     elif opt["mode"] == "native":
-        optimizer = keras.optimizers.RMSprop()
+        rmsprop = keras.optimizers.RMSprop()
         how = ""
     else:
         raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
-    if optimizer.momentum or optimizer.centered:
+    if rmsprop.momentum or rmsprop.centered:
         raise RuntimeError("Keras RMSprop unexpectedly has momentum or centering on")
     # the learning rate lives in a float32 variable: report it as the float32 it is, shortest form
-    lr = float(str(np.float32(keras.ops.convert_to_numpy(optimizer.learning_rate))))
-    report.optimizer("keras.optimizers.RMSprop", lr, float(optimizer.rho), float(optimizer.epsilon), 0.0,
+    lr = float(str(np.float32(keras.ops.convert_to_numpy(rmsprop.learning_rate))))
+    report.optimizer("keras.optimizers.RMSprop", lr, float(rmsprop.rho), float(rmsprop.epsilon), 0.0,
                      "inside sqrt", how)
-    return optimizer
+    return rmsprop
 
 
 def _step_reporter(keras, report, epoch: int, sizes: list):
@@ -76,28 +76,20 @@ def _step_reporter(keras, report, epoch: int, sizes: list):
 
 
 def _canonical_tensors(spec, native: dict) -> dict:
-    """{layer name: (kernel, bias)} in Keras's layout -> {"<layer>.weight"/"<layer>.bias": float32} canonical,
-    by the inverses of builder.conv_kernel and builder.dense_kernel."""
-    out = {}
-    for i, layer in enumerate(spec.layers):
-        if layer.name not in native:
-            continue
-        kernel, bias = (np.asarray(v, dtype=np.float32) for v in native[layer.name])
-        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = layouts.kernel_to_canonical(spec, i, kernel), bias
-    return out
+    """{(node name, param): value in Keras's layout} -> {"<node>.<param>": float32, canonical layout}."""
+    return {f"{name}.{param}": np.asarray(builder.to_canonical(spec, spec.node(name), param, np.asarray(value)),
+                                          dtype=np.float32)
+            for (name, param), value in native.items()}
 
 
 def _step_dumper(keras, spec, model, report, steps: int):
     """For config["dump_steps"]: wraps model.optimizer.apply_gradients to capture the (gradient, variable)
     pairs fit's train step hands the optimizer (run_eagerly, so they are concrete tensors), and reads every
     parameter in on_train_batch_end, after the update. One callback for all epochs: steps count across them."""
-    layers = [l for l in spec.layers if l.kind in ("conv", "dense")]
-    slot = {}  # id(variable) -> (layer name, 0 kernel | 1 bias)
-    for layer in layers:
-        native = model.get_layer(layer.name)
-        slot[id(native.kernel)], slot[id(native.bias)] = (layer.name, 0), (layer.name, 1)
-    optimizer = model.optimizer
-    apply_gradients = optimizer.apply_gradients
+    parameters = builder.parameters(model, spec)  # (node name, param) -> variable
+    slot = {id(variable): key for key, variable in parameters.items()}
+    keras_optimizer = model.optimizer
+    apply_gradients = keras_optimizer.apply_gradients
     captured = []
 
     def capturing_apply_gradients(grads_and_vars):
@@ -105,7 +97,7 @@ def _step_dumper(keras, spec, model, report, steps: int):
         captured.append({slot[id(v)]: keras.ops.convert_to_numpy(g) for g, v in grads_and_vars})
         return apply_gradients(grads_and_vars)
 
-    optimizer.apply_gradients = capturing_apply_gradients
+    keras_optimizer.apply_gradients = capturing_apply_gradients
 
     class StepTensors(keras.callbacks.Callback):
         step = 0
@@ -116,59 +108,32 @@ def _step_dumper(keras, spec, model, report, steps: int):
             if len(captured) != 1:
                 raise RuntimeError(f"expected one optimizer update in step {self.step}, saw {len(captured)}")
             grads = captured.pop()
-            missing = {(l.name, k) for l in layers for k in (0, 1)} - set(grads)
+            missing = set(parameters) - set(grads)
             if missing:
                 raise RuntimeError(f"no gradient captured for {sorted(missing)}")
-            report.step_tensors(self.step,
-                                _canonical_tensors(spec, {l.name: (grads[l.name, 0], grads[l.name, 1])
-                                                          for l in layers}),
-                                _canonical_tensors(spec, {l.name: model.get_layer(l.name).get_weights()
-                                                          for l in layers}))
+            values = {key: keras.ops.convert_to_numpy(variable) for key, variable in parameters.items()}
+            report.step_tensors(self.step, _canonical_tensors(spec, grads), _canonical_tensors(spec, values))
             self.step += 1
             if self.step >= steps:
-                optimizer.apply_gradients = apply_gradients  # done: unwrap
+                keras_optimizer.apply_gradients = apply_gradients  # done: unwrap
 
     return StepTensors()
 
 
-def _harness_dropout(keras, spec, model, batch_size: int):
-    """For config["dropout_masks"] == "harness": the model with every Dropout layer swapped for a layer that
-    multiplies its input by the first n rows of a non-trainable variable holding the step's padded mask
-    (identity outside training, like Dropout), sharing all other layers (and so their weights) with `model`;
-    returns (that model, {layer name: that layer})."""
-    ops = keras.ops
-
-    class HarnessDropout(keras.layers.Layer):
-        def build(self, input_shape):
-            self.step_mask = self.add_weight(shape=(batch_size, *input_shape[1:]), initializer="zeros",
-                                             trainable=False, name="mask")
-
-        def call(self, inputs, training=None):
-            if not training:
-                return inputs
-            return inputs * self.step_mask[:ops.shape(inputs)[0]]
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    holders = {layer.name: HarnessDropout(name=layer.name) for _, layer in masks.dropout_layers(spec)}
-    layers = [holders.get(layer.name, layer) for layer in model.layers]
-    return keras.Sequential([keras.Input(shape=layouts.native_shape(spec.input_shape)), *layers]), holders
-
-
-def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: list):
-    """A callback assigning, before each optimizer step, that step's harness masks (in Keras's NHWC / (H, W, C)
-    flatten layout, padded to the full batch) to the HarnessDropout variables. sizes: every step's batch size,
-    over the whole run; one callback for all epochs' fit calls, so its step counts across them."""
-    sources = dict(zip((layer.name for layer in spec.layers), layouts.flatten_sources(spec)))
+def _mask_setter(keras, spec, model, seed: int, sizes: list):
+    """A callback handing, before each optimizer step, that step's harness masks to the model's harness dropout
+    layers (builder option dropout_masks="harness"). sizes: every step's batch size, over the whole run; one
+    callback for all epochs' fit calls, so its step counts across them."""
 
     class StepMasks(keras.callbacks.Callback):
         step = 0
 
         def on_train_batch_begin(self, batch, logs=None):
-            for name, mask in masks.step_masks(spec, seed, self.step, sizes[self.step]).items():
-                native = layouts.from_canonical(mask, sources[name])
-                holders[name].step_mask.assign(masks.padded(native, batch_size))
+            # On JAX, fit carries the variables' values from step to step outside the variables, and reads
+            # them back only after a sync: without one, every step after the first would reuse the first mask.
+            if hasattr(model, "jax_state_sync"):
+                model.jax_state_sync()
+            builder.set_dropout_masks(model, spec, masks.step_masks(spec, seed, self.step, sizes[self.step]))
             self.step += 1
 
     return StepMasks()
@@ -191,14 +156,23 @@ def _set_threads(backend: str, threads: int) -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
 
+def build_options(config: dict) -> dict:
+    """The fast path's backend, and with harness dropout masks the model whose dropout layers apply them."""
+    options = dict(config.get("options", {}))
+    if masks.uses_harness_masks(config):
+        options.update(dropout_masks=masks.HARNESS, batch_size=int(config["batch_size"]))
+    return options
+
+
 def setup(spec, config) -> tuple:
-    """(keras, model): backend, threads, seed and model, shared with the plain loop (benchmarks/plain), so that
-    the overhead ratio compares like with like."""
-    backend = config.get("options", {}).get("backend", "tensorflow")
+    """(keras, model): backend, threads, seed and the model `build_options(config)` asks for, shared with the
+    plain loop (benchmarks/plain), so that the overhead ratio compares like with like."""
+    options = build_options(config)
+    backend = options.get("backend", "tensorflow")
     _set_threads(backend, int(config["threads"]))  # before the backend starts
-    keras = builder.import_keras(backend)
+    keras = builder.library(backend)
     keras.utils.set_random_seed(int(config["seed"]))  # dropout masks
-    return keras, builder.build(spec, backend)
+    return keras, builder.build(spec, **options)
 
 
 def train(spec, data, config, report):
@@ -206,13 +180,11 @@ def train(spec, data, config, report):
     bs = int(config["batch_size"])
     setter = []
     if masks.uses_harness_masks(config):
-        model, holders = _harness_dropout(keras, spec, model, bs)
         sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
-        setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
-    rmsprop = optimizer(keras, config["optimizer"], report)
+        setter = [_mask_setter(keras, spec, model, int(config["seed"]), sizes)]
     dump_steps = int(config.get("dump_steps", 0))
     # dump mode runs the train step eagerly, so that the gradients reaching the optimizer are concrete tensors
-    model.compile(optimizer=rmsprop, loss=canonical_loss(keras), metrics=["accuracy"],
+    model.compile(optimizer=optimizer(keras, config["optimizer"], report), loss=loss(keras), metrics=["accuracy"],
                   **({"run_eagerly": True} if dump_steps > 0 else {}))
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 

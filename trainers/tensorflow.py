@@ -23,7 +23,8 @@ class _RMSprop:
 
     def __init__(self, tf, variables, lr, rho, eps, ms_init):
         self.tf, self.variables = tf, list(variables)
-        self.ms = [tf.Variable(tf.fill(v.shape, tf.constant(ms_init, v.dtype)), trainable=False) for v in self.variables]
+        self.ms = [tf.Variable(tf.fill(v.shape, tf.constant(ms_init, v.dtype)), trainable=False)
+                   for v in self.variables]
         self.mom = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self.lr, self.rho, self.eps = (tf.constant(x, tf.float32) for x in (lr, rho, eps))
         self.momentum = tf.constant(0.0, tf.float32)
@@ -50,33 +51,34 @@ def optimizer(tf, variables, opt: dict, report) -> _RMSprop:
     return _RMSprop(tf, variables, lr, rho, eps, ms_init)
 
 
-def _canonical_tensors(spec, values: dict) -> dict:
-    """{spec layer name: (kernel, bias)} as numpy in the builder's layout -> {"<layer>.weight"/"<layer>.bias":
-    float32} in the canonical layout (the inverses of builder.conv_kernel / builder.dense_kernel)."""
-    out = {}
-    for i, layer in enumerate(spec.layers):
-        if layer.name not in values:
-            continue
-        kernel, bias = values[layer.name]
-        out[f"{layer.name}.weight"] = np.asarray(layouts.kernel_to_canonical(spec, i, kernel), dtype=np.float32)
-        out[f"{layer.name}.bias"] = np.asarray(bias, dtype=np.float32)
-    return out
+def _canonical_tensors(spec, keys: list, values) -> dict:
+    """Values of the parameters `keys` ((node name, param), in that order) in the builder's layout ->
+    {"<node>.<param>": float32 in the canonical layout}."""
+    return {f"{name}.{param}": np.asarray(builder.to_canonical(spec, spec.node(name), param, np.asarray(value)),
+                                          dtype=np.float32)
+            for (name, param), value in zip(keys, values)}
+
+
+def build_options(config: dict) -> dict:
+    """The fast path's options; harness dropout masks need none: they are an argument of the model's call."""
+    return dict(config.get("options", {}))
 
 
 def setup(spec, config) -> tuple:
     """(tf, the model, a tf.function decorator with the fast path's options): threads, seed and model, shared
     with the plain loop (benchmarks/plain), so that the overhead ratio compares like with like."""
-    tf = builder.import_tf()
+    tf = builder.library()
     tf.config.threading.set_intra_op_parallelism_threads(config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.random.set_seed(config["seed"])  # dropout masks (the library's own)
-    options = config.get("options", {})
+    options = build_options(config)
     return tf, builder.build(spec, **options), functools.partial(builder.function, **options)
 
 
 def train(spec, data, config, report) -> None:
     tf, model, function = setup(spec, config)
-    variables = [*model.kernels.values(), *model.biases.values()]
+    parameters = builder.parameters(model, spec)  # (node name, param) -> tf.Variable
+    keys, variables = list(parameters), list(parameters.values())
     rmsprop = optimizer(tf, variables, config["optimizer"], report)
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
@@ -107,15 +109,6 @@ def train(spec, data, config, report) -> None:
         rmsprop.apply(grads)
         return loss, correct, grads
 
-    names = [*model.kernels, *model.biases]  # layer names, in the order of `variables`
-    n_kernels = len(model.kernels)
-
-    def by_layer(values):
-        """Values in the order of `variables` -> {layer name: (kernel, bias)} as numpy."""
-        kernels = dict(zip(names[:n_kernels], values[:n_kernels]))
-        biases = dict(zip(names[n_kernels:], values[n_kernels:]))
-        return {name: (np.asarray(kernels[name]), np.asarray(biases[name])) for name in kernels}
-
     dump_steps, global_step = config.get("dump_steps", 0), 0
 
     @function
@@ -131,8 +124,8 @@ def train(spec, data, config, report) -> None:
             dropout_masks = step_masks(global_step, len(idx))
             if global_step < dump_steps:
                 loss, n_correct, grads = train_step_with_grads(x, y, *dropout_masks)
-                report.step_tensors(global_step, _canonical_tensors(spec, by_layer([g.numpy() for g in grads])),
-                                    _canonical_tensors(spec, by_layer([v.numpy() for v in variables])))
+                report.step_tensors(global_step, _canonical_tensors(spec, keys, [g.numpy() for g in grads]),
+                                    _canonical_tensors(spec, keys, [v.numpy() for v in variables]))
             else:
                 loss, n_correct = train_step(x, y, *dropout_masks)
             global_step += 1

@@ -8,15 +8,16 @@ import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
-from trainers import keras_tensorflow as trainer
+from trainers import masks
+from trainers.keras_tensorflow import loss, optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    keras, model = trainer.setup(spec, config)  # the harness trainer's backend, threads, seed and model
+    # the harness trainer's backend, threads, seed and model, with Keras's own dropout (no harness masks here)
+    keras, model = setup(spec, {**config, "dropout_masks": masks.LIBRARY})
     bs = int(config["batch_size"])
     # metrics=["accuracy"] as in Keras's tutorials (and the harness's compile)
-    model.compile(optimizer=trainer.optimizer(keras, config["optimizer"], NullReport()),
-                  loss=trainer.canonical_loss(keras),
+    model.compile(optimizer=optimizer(keras, config["optimizer"], NullReport()), loss=loss(keras),
                   metrics=["accuracy"])
     classes = model.output_shape[-1]
 

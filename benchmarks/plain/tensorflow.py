@@ -6,21 +6,22 @@ import time
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
+from builders.tensorflow import parameters
 from trainers import tf_shared
-from trainers import tensorflow as trainer
+from trainers.tensorflow import optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    tf, model, function = trainer.setup(spec, config)  # the harness trainer's threads, seed, model, tf.function
-    variables = [*model.kernels.values(), *model.biases.values()]
-    optimizer = trainer.optimizer(tf, variables, config["optimizer"], NullReport())
+    tf, model, function = setup(spec, config)  # the harness trainer's threads, seed, model, tf.function
+    variables = list(parameters(model, spec).values())
+    rmsprop = optimizer(tf, variables, config["optimizer"], NullReport())
     x_train = layouts.nchw_to_nhwc(data.x_train)
 
     @function
     def train_step(x, y):
         with tf.GradientTape() as tape:
             loss, _ = tf_shared.loss_and_correct(tf, model(x, training=True)[-1], y)
-        optimizer.apply(tape.gradient(loss, variables))
+        rmsprop.apply(tape.gradient(loss, variables))
         return loss
 
     batch_size = config["batch_size"]
