@@ -81,9 +81,9 @@ def _step_reporter(keras, report, epoch: int):
 
 
 def _canonical(spec, values: dict) -> dict:
-    """{(node, param): value as Keras holds it} -> {"<node>.<param>": float32, canonical} (builder.to_canonical)."""
-    return {f"{node.name}.{param}": builder.to_canonical(spec, node, param, np.asarray(v, dtype=np.float32))
-            for (node, param), v in values.items()}
+    """{(node name, param): value as Keras holds it} -> {"<node>.<param>": float32, canonical}."""
+    return {f"{name}.{param}": builder.to_canonical(spec, spec.node(name), param, np.asarray(v, dtype=np.float32))
+            for (name, param), v in values.items()}
 
 
 def _step_dumper(keras, spec, model, report, steps: int):
@@ -111,10 +111,10 @@ def _step_dumper(keras, spec, model, report, steps: int):
         raise RuntimeError(f"expected the optimizer to take gradients once, it did {len(captured)} times")
     params, grads = captured[0]
 
-    slot = {id(variable): (node, param) for node in spec.parametric()
-            for param, variable in builder.native_parameters(model, node).items()}  # id(variable) -> (node, param)
+    slot = {id(variable): (node.name, param) for node in spec.parametric()
+            for param, variable in builder.native_parameters(model, node).items()}
     taken = {id(p) for p in params}
-    missing = sorted(f"{node.name}.{param}" for key, (node, param) in slot.items() if key not in taken)
+    missing = sorted(f"{name}.{param}" for key, (name, param) in slot.items() if key not in taken)
     if missing:
         raise RuntimeError(f"the optimizer takes no gradient for {missing}")
     # the train function's own inputs, as Keras 2.3.1's _make_train_function lists them
