@@ -39,21 +39,22 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
 
 
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    if param != "weight":
-        return np.ascontiguousarray(value)
-    if node.kind == "conv":
+    """Kernels as conv_kernel and dense_kernel say; every other parameter (biases) as it is."""
+    if (node.kind, param) == ("conv", "weight"):
         return conv_kernel(value)
-    return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    if (node.kind, param) == ("dense", "weight"):
+        return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    return np.ascontiguousarray(value)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native: undo the spatial flip for Theano's true convolution, then HWIO -> OIHW; dense rows
     back from (H, W, C) to (C, H, W) order."""
-    if param != "weight":
-        return np.ascontiguousarray(value)
-    if node.kind == "conv":
+    if (node.kind, param) == ("conv", "weight"):
         return layouts.hwio_to_oihw(value[::-1, ::-1, :, :])
-    return layouts.hwc_rows_to_chw(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    if (node.kind, param) == ("dense", "weight"):
+        return layouts.hwc_rows_to_chw(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    return np.ascontiguousarray(value)
 
 
 def library():

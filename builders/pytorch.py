@@ -35,13 +35,13 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
 
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Conv weights are canonical already ((O, I, kh, kw), cross-correlation); nn.Linear holds (out, in)."""
-    if node.kind == "dense" and param == "weight":
+    if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
     return np.ascontiguousarray(value)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    if node.kind == "dense" and param == "weight":
+    if (node.kind, param) == ("dense", "weight"):
         return np.ascontiguousarray(value.T)
     return np.ascontiguousarray(value)
 
