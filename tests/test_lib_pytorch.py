@@ -2,7 +2,6 @@
 onnxruntime computes, for every training variant; a forward bug only that variant has is caught at its node."""
 import numpy as np
 import pytest
-import torch
 
 import builders.pytorch as builder
 import trainers.pytorch as trainer
@@ -52,6 +51,8 @@ def test_the_trained_build_matches_onnxruntime(seed, variant):
 
 
 def test_a_harness_dropout_left_on_at_inference_is_caught_at_its_node(seed, monkeypatch):
+    import torch
+
     spec, x, ref = seed
     harness_dropout = builder._harness_dropout()
     monkeypatch.setattr(harness_dropout, "forward", lambda self, h: h * self.mask)  # `if self.training` forgotten
