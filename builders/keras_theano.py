@@ -1,9 +1,16 @@
-"""Keras 2.3.1 on Theano 1.0.5: a keras.models.Sequential of Keras layers, channels_first (Theano's own NCHW)."""
+"""Keras 2.3.1 on Theano 1.0.5: a functional keras.models.Model of Keras layers, channels_first (Theano's own NCHW).
+
+Per op kind one `op_<kind>(spec, node, inputs, **options) -> Keras tensor` (the layers it adds are named after the
+node); `build` applies them through `interface.walk`. Options, the variants a trainer trains:
+pool_gradient="single" gives max pooling whose gradient goes to one maximum per window (as TensorFlow and PyTorch;
+Theano's own, "theano", goes to every tied maximum); dropout_masks="harness" with batch_size puts a
+`HarnessDropout` in place of Dropout, multiplying by a mask variable the trainer sets each step."""
 from __future__ import annotations
 
 import collections
 import collections.abc
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -11,8 +18,8 @@ import sys
 
 import numpy as np
 
-from builders import Unsupported, cache_dir, layouts
-from spec import ir
+from builders import Unsupported, cache_dir, interface, layouts
+from spec import ir, ops
 
 NAME = "keras-theano"
 
@@ -31,7 +38,27 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def import_keras():
+def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """Kernels as conv_kernel and dense_kernel say; every other parameter (biases) as it is."""
+    if (node.kind, param) == ("conv", "weight"):
+        return conv_kernel(value)
+    if (node.kind, param) == ("dense", "weight"):
+        return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    return np.ascontiguousarray(value)
+
+
+def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """Inverse of to_native: undo the spatial flip for Theano's true convolution, then HWIO -> OIHW; dense rows
+    back from (H, W, C) to (C, H, W) order."""
+    if (node.kind, param) == ("conv", "weight"):
+        return layouts.hwio_to_oihw(value[::-1, ::-1, :, :])
+    if (node.kind, param) == ("dense", "weight"):
+        return layouts.hwc_rows_to_chw(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    return np.ascontiguousarray(value)
+
+
+def library():
+    """The keras module on the Theano backend, imported with the shims Python 3.11 needs."""
     if "keras" in sys.modules:
         keras = sys.modules["keras"]
         if keras.backend.backend() != "theano":
@@ -60,8 +87,8 @@ def import_keras():
     return keras
 
 
-def versions() -> dict:
-    keras = import_keras()
+def versions(**_options) -> dict:
+    keras = library()
     import theano
     return {"keras": keras.__version__, "theano": theano.__version__, "numpy": np.__version__}
 
@@ -80,6 +107,7 @@ def _theano_same_matches(kind, in_hw, kernel, strides, pads) -> bool:
     return True
 
 
+@functools.cache
 def _single_max_pooling_2d(keras):
     """keras.layers.MaxPooling2D whose gradient goes to one maximum per window, the first in row-major window
     order, as in TensorFlow and PyTorch; Theano's own max-pool gradient goes to every tied maximum. Forward
@@ -102,76 +130,174 @@ def _single_max_pooling_2d(keras):
     return SingleMaxPooling2D
 
 
-def build(spec, pool_gradient="theano"):
-    """pool_gradient: "theano" keeps Keras's MaxPooling2D (gradient to every tied maximum of a window);
-    "single" uses SingleMaxPooling2D (gradient to the first maximum only). Forward outputs are the same."""
-    keras = import_keras()
-    L = keras.layers
-    if pool_gradient not in ("theano", "single"):
-        raise ValueError(f"unknown pool_gradient {pool_gradient!r}")
-    max_pool = _single_max_pooling_2d(keras) if pool_gradient == "single" else L.MaxPooling2D
-    cf = "channels_first"
-    model = keras.models.Sequential([L.InputLayer(input_shape=tuple(spec.input_shape))])
-
-    def zero_pad(pads):
-        top, left, bottom, right = pads
-        model.add(L.ZeroPadding2D(((top, bottom), (left, right)), data_format=cf))
-
-    for i, layer in enumerate(spec.layers):
-        a, in_shape = layer.attrs, spec.input_shape_of(i)
-        if layer.kind in ("conv", "maxpool", "avgpool"):
-            in_hw = in_shape[1:]
-            mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
-            pads = ir.same_pads(in_hw, a["kernel"], a["strides"]) if mode == "same" else tuple(a["pads"])
-            native_same = mode != "valid" and _theano_same_matches(layer.kind, in_hw, a["kernel"],
-                                                                   a["strides"], pads)
-        if layer.kind == "conv":
-            if mode != "valid" and not native_same:
-                zero_pad(pads)
-            conv = L.Conv2D(a["filters"], a["kernel"], strides=a["strides"],
-                            padding="same" if native_same else "valid", data_format=cf, name=layer.name)
-            model.add(conv)
-            conv.set_weights([conv_kernel(spec.weight(layer)), spec.bias(layer)])
-        elif layer.kind in ("maxpool", "avgpool"):
-            padding = "valid"
-            if mode == "valid":
-                pass
-            elif layer.kind == "avgpool" and a["count_include_pad"]:
-                zero_pad(pads)
-            elif native_same:
-                padding = "same"  # Theano's pooling pad: max ignores it, average excludes it
-            elif layer.kind == "maxpool" and layouts.nonnegative_input(spec, i):
-                zero_pad(pads)
-            else:
-                what = "max pooling of possibly negative input" if layer.kind == "maxpool" \
-                    else "average pooling with count_include_pad=False"
-                raise Unsupported(f"{layer.name}: Keras 2 on Theano cannot express {what} with pads {pads} "
-                                  f"(its padding='same' pads symmetrically)")
-            pool = max_pool if layer.kind == "maxpool" else L.AveragePooling2D
-            model.add(pool(a["kernel"], strides=a["strides"], padding=padding, data_format=cf, name=layer.name))
-        elif layer.kind == "relu":
-            model.add(L.ReLU(name=layer.name))
-        elif layer.kind == "dropout":
-            model.add(L.Dropout(a["rate"], name=layer.name))
-        elif layer.kind == "flatten":
-            if len(in_shape) == 3:
-                model.add(L.Flatten(data_format=cf, name=layer.name))
-            else:  # Keras 2 Flatten needs a spatial input; flattening a vector is the identity
-                model.add(L.Reshape(tuple(layer.output_shape), name=layer.name))
-        elif layer.kind == "dense":
-            dense = L.Dense(a["units"], name=layer.name)
-            model.add(dense)
-            dense.set_weights([dense_kernel(spec.weight(layer), layouts.dense_input_order(spec, i)),
-                               spec.bias(layer)])
-        elif layer.kind == "softmax":
-            model.add(L.Softmax(axis=-1, name=layer.name))
-        else:
-            raise Unsupported(f"{layer.name}: layer kind {layer.kind!r} has no Keras counterpart here")
-    return model
 
 
-def layer_outputs(model, spec, x):
-    keras = import_keras()
+@functools.cache
+def _harness_dropout(keras):
+    from keras import backend as K
+
+    class HarnessDropout(keras.layers.Layer):
+        """Dropout by the harness's masks: in the train phase (K.in_train_phase, as Dropout) the input times the
+        first n rows of `step_mask`, a non-trainable variable of the full batch size holding the step's mask
+        (padded; the trainer sets it before each step); the identity otherwise."""
+
+        def __init__(self, batch_size: int, **kwargs):
+            super().__init__(**kwargs)
+            self.batch_size = batch_size
+
+        def build(self, input_shape):
+            self.step_mask = self.add_weight(name="mask", shape=(self.batch_size, *input_shape[1:]),
+                                             initializer="zeros", trainable=False)
+            super().build(input_shape)
+
+        def call(self, inputs, training=None):
+            return K.in_train_phase(lambda: inputs * self.step_mask[:K.shape(inputs)[0]], inputs, training=training)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return HarnessDropout
+
+
+# --- per-op layers: op_<kind>(spec, node, inputs, **options) -> the node's output tensor ----------------------
+
+CF = "channels_first"
+
+
+def _load(layer, spec, node) -> None:
+    """The node's canonical parameters, in Keras's layout, into the (called, so built) layer: Keras lists a
+    layer's weights in the registry's parameter order (kernel, bias)."""
+    params = spec.params(node)
+    if len(layer.weights) != len(params):
+        raise RuntimeError(f"{node.name}: Keras layer has {len(layer.weights)} weights, the op {len(params)}")
+    layer.set_weights([to_native(spec, node, p, v) for p, v in params.items()])
+
+
+def _window_padding(spec, node) -> tuple:
+    """(pads, padding mode, whether Keras's padding='same' on Theano gives exactly these pads)."""
+    a, in_hw = node.attrs, spec.input_shapes(node)[0][1:]
+    mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
+    pads = ir.same_pads(in_hw, a["kernel"], a["strides"]) if mode == "same" else tuple(a["pads"])
+    native_same = mode != "valid" and _theano_same_matches(node.kind, in_hw, a["kernel"], a["strides"], pads)
+    return pads, mode, native_same
+
+
+def _zero_pad(x, pads):
+    top, left, bottom, right = pads
+    return library().layers.ZeroPadding2D(((top, bottom), (left, right)), data_format=CF)(x)
+
+
+def op_conv(spec, node, inputs, **_options):
+    (x,), a = inputs, node.attrs
+    pads, mode, native_same = _window_padding(spec, node)
+    if mode != "valid" and not native_same:
+        x = _zero_pad(x, pads)
+    conv = library().layers.Conv2D(a["filters"], a["kernel"], strides=a["strides"],
+                                   padding="same" if native_same else "valid", data_format=CF, name=node.name)
+    y = conv(x)
+    _load(conv, spec, node)
+    return y
+
+
+def _pool(spec, node, inputs, pool_class):
+    (x,), a = inputs, node.attrs
+    pads, mode, native_same = _window_padding(spec, node)
+    padding = "valid"
+    if mode == "valid":
+        pass
+    elif node.kind == "avgpool" and a["count_include_pad"]:
+        x = _zero_pad(x, pads)
+    elif native_same:
+        padding = "same"  # Theano's pooling pad: max ignores it, average excludes it
+    elif node.kind == "maxpool" and layouts.nonnegative_input(spec, spec.index_of(node.name)):
+        x = _zero_pad(x, pads)
+    else:
+        what = "max pooling of possibly negative input" if node.kind == "maxpool" \
+            else "average pooling with count_include_pad=False"
+        raise Unsupported(f"{node.name}: Keras 2 on Theano cannot express {what} with pads {pads} "
+                          f"(its padding='same' pads symmetrically)")
+    return pool_class(a["kernel"], strides=a["strides"], padding=padding, data_format=CF, name=node.name)(x)
+
+
+def op_maxpool(spec, node, inputs, pool_gradient="theano", **_options):
+    keras = library()
+    pool = _single_max_pooling_2d(keras) if pool_gradient == "single" else keras.layers.MaxPooling2D
+    return _pool(spec, node, inputs, pool)
+
+
+def op_avgpool(spec, node, inputs, **_options):
+    return _pool(spec, node, inputs, library().layers.AveragePooling2D)
+
+
+def op_relu(spec, node, inputs, **_options):
+    return library().layers.ReLU(name=node.name)(*inputs)
+
+
+def op_tanh(spec, node, inputs, **_options):
+    return library().layers.Activation("tanh", name=node.name)(*inputs)
+
+
+def op_dropout(spec, node, inputs, dropout_masks="library", batch_size=None, **_options):
+    keras, rate = library(), node.attrs["rate"]
+    if dropout_masks == "harness" and rate > 0:
+        return _harness_dropout(keras)(batch_size, name=node.name)(*inputs)
+    return keras.layers.Dropout(rate, name=node.name)(*inputs)
+
+
+def op_flatten(spec, node, inputs, **_options):
+    L = library().layers
+    if len(spec.input_shapes(node)[0]) == 3:
+        return L.Flatten(data_format=CF, name=node.name)(*inputs)
+    # Keras 2 Flatten needs a spatial input; flattening a vector is the identity
+    return L.Reshape(tuple(node.output_shape), name=node.name)(*inputs)
+
+
+def op_dense(spec, node, inputs, **_options):
+    dense = library().layers.Dense(node.attrs["units"], name=node.name)
+    y = dense(*inputs)
+    _load(dense, spec, node)
+    return y
+
+
+def op_softmax(spec, node, inputs, **_options):
+    return library().layers.Softmax(axis=-1, name=node.name)(*inputs)
+
+
+# --- the model ----------------------------------------------------------------------------------------------
+
+POOL_GRADIENTS = ("theano", "single")
+DROPOUT_MASKS = ("library", "harness")
+
+
+def build(spec, pool_gradient: str = "theano", dropout_masks: str = "library", batch_size: int | None = None):
+    """keras.models.Model(input, output) of the graph. pool_gradient: "theano" keeps Keras's MaxPooling2D
+    (gradient to every tied maximum of a window), "single" uses SingleMaxPooling2D (to the first maximum only);
+    forward outputs are the same. dropout_masks="harness" (needs batch_size, the training batch size): each
+    Dropout that drops something becomes a HarnessDropout."""
+    if pool_gradient not in POOL_GRADIENTS:
+        raise ValueError(f"unknown pool_gradient {pool_gradient!r}; choose from {', '.join(POOL_GRADIENTS)}")
+    if dropout_masks not in DROPOUT_MASKS:
+        raise ValueError(f"unknown dropout_masks {dropout_masks!r}; choose from {', '.join(DROPOUT_MASKS)}")
+    if dropout_masks == "harness" and not batch_size:
+        raise ValueError("dropout_masks='harness' needs batch_size, the size of the mask variables")
+    keras, this = library(), sys.modules[__name__]
+    options = {"pool_gradient": pool_gradient, "dropout_masks": dropout_masks, "batch_size": batch_size}
+
+    def apply(node, inputs):
+        return interface.op_function(this, node, NAME)(spec, node, inputs, **options)
+
+    x = keras.layers.Input(shape=tuple(spec.input_shape))
+    values = interface.walk(spec, apply, x)
+    return keras.models.Model(x, values[spec.output().name])
+
+
+def native_parameters(model, node) -> dict:
+    """{param name (the registry's): the Keras variable holding it} of a node with parameters."""
+    return dict(zip(ops.get(node.kind).param_names, model.get_layer(node.name).weights))
+
+
+def layer_outputs(model, spec, x, **_options):
+    keras = library()
     probe = keras.models.Model(model.input, [model.get_layer(l.name).output for l in spec.layers])
     ys = probe.predict(x, batch_size=len(x))  # predict runs in the test phase: dropout inactive
     if len(spec.layers) == 1:

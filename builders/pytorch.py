@@ -1,18 +1,31 @@
-"""PyTorch: an nn.Sequential of torch.nn modules, one entry per spec layer, NCHW like the spec.
+"""PyTorch: a graph module (`Graph`, an nn.Module holding one torch.nn module per node in an nn.ModuleDict,
+its forward walking the nodes), NCHW like the spec.
 
-Fast-path options (builders.FAST_PATHS): channels_last keeps conv weights and inputs in NHWC memory (the
-tensors stay logically NCHW); compile runs the forward through torch.compile. `runnable` and `inputs` give
-a training loop the model and the batches as the options want them."""
+Per op kind one `op_<kind>(spec, node, **options) -> nn.Module`; a node's module takes the node's inputs as
+its arguments. Options: channels_last keeps conv weights and inputs in NHWC memory (the tensors stay
+logically NCHW); compile runs the forward through torch.compile (fast paths, builders.FAST_PATHS);
+dropout_masks="harness" puts a `HarnessDropout` (multiplies by the mask the trainer sets each step) in place
+of nn.Dropout. `runnable` and `inputs` give a training loop the model and the batches as the options want."""
 from __future__ import annotations
 
+import functools
 import os
+import re
+import sys
 
 import numpy as np
 
-from builders import Unsupported, cache_dir, layouts
-from spec import ir
+from builders import Unsupported, cache_dir, interface, layouts
+from spec import ir, ops
 
 NAME = "pytorch"
+
+DROPOUT_MASKS = ("library", "harness")
+
+
+def library():
+    import torch
+    return torch
 
 
 def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
@@ -20,14 +33,29 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
+def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """Conv weights are canonical already ((O, I, kh, kw), cross-correlation); nn.Linear holds (out, in)."""
+    if (node.kind, param) == ("dense", "weight"):
+        return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    return np.ascontiguousarray(value)
+
+
+def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    if (node.kind, param) == ("dense", "weight"):
+        return np.ascontiguousarray(value.T)
+    return np.ascontiguousarray(value)
+
+
 def versions(**_options) -> dict:
     import torch
     return {"torch": torch.__version__, "numpy": np.__version__}
 
 
-def _pads(layer, in_shape) -> tuple:
-    """(top, left, bottom, right) as the padding mode says: none, TensorFlow's SAME, or the layer's own."""
-    a = layer.attrs
+# --- per-op modules --------------------------------------------------------------------------------------
+
+def _pads(node, in_shape) -> tuple:
+    """(top, left, bottom, right) as the padding mode says: none, TensorFlow's SAME, or the node's own."""
+    a = node.attrs
     mode = ir.padding_mode(tuple(in_shape[1:]), a["kernel"], a["strides"], a["pads"])
     if mode == "valid":
         return (0, 0, 0, 0)
@@ -37,7 +65,7 @@ def _pads(layer, in_shape) -> tuple:
 
 
 def _symmetric(pads, kernel=None) -> bool:
-    """The layer's own `padding=(ph, pw)` can express these pads (pooling also needs pad <= kernel / 2)."""
+    """The module's own `padding=(ph, pw)` can express these pads (pooling also needs pad <= kernel / 2)."""
     top, left, bottom, right = pads
     return top == bottom and left == right and (kernel is None or (2 * top <= kernel[0] and 2 * left <= kernel[1]))
 
@@ -47,66 +75,187 @@ def _padded(pad, module):
     return module if pad is None else nn.Sequential(pad, module)
 
 
-def _module(layer, in_shape, weights, flatten_from):
+def _load(module, spec, node) -> None:
+    """Copy the node's canonical parameters, in the module's layout, into its parameters of the same names."""
     import torch
-    import torch.nn as nn
-    a, kind = layer.attrs, layer.kind
-    if kind == "conv":
-        w, b = weights
-        top, left, bottom, right = pads = _pads(layer, in_shape)
-        symmetric = _symmetric(pads)
-        conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(a["kernel"]), stride=tuple(a["strides"]),
-                         padding=(top, left) if symmetric else 0)
-        with torch.no_grad():
-            conv.weight.copy_(torch.from_numpy(w))
-            conv.bias.copy_(torch.from_numpy(b))
-        return _padded(None if symmetric else nn.ZeroPad2d((left, right, top, bottom)), conv)
-    if kind in ("maxpool", "avgpool"):
-        kernel, strides = tuple(a["kernel"]), tuple(a["strides"])
-        top, left, bottom, right = pads = _pads(layer, in_shape)
-        native = _symmetric(pads, kernel)
-        padding = (top, left) if native else 0
-        if kind == "maxpool":
-            # torch's own padding is -inf; the explicit pad must be too, else zeros would win over negatives
-            pad = None if native else nn.ConstantPad2d((left, right, top, bottom), float("-inf"))
-            return _padded(pad, nn.MaxPool2d(kernel, strides, padding=padding))
-        if a["count_include_pad"]:
-            pad = None if native else nn.ZeroPad2d((left, right, top, bottom))
-            return _padded(pad, nn.AvgPool2d(kernel, strides, padding=padding, count_include_pad=True))
-        if not native:
-            raise Unsupported(f"{layer.name}: nn.AvgPool2d excludes padding from the average only for "
-                              f"symmetric pads of at most half the kernel, not pads {pads} with kernel {kernel}")
-        return nn.AvgPool2d(kernel, strides, padding=padding, count_include_pad=False)
-    if kind == "relu":
-        return nn.ReLU()
-    if kind == "dropout":
-        return nn.Dropout(a["rate"])
-    if kind == "flatten":
-        return nn.Flatten()
-    if kind == "dense":
-        w, b = weights
-        linear = nn.Linear(w.shape[0], w.shape[1])
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(dense_kernel(w, flatten_from)))
-            linear.bias.copy_(torch.from_numpy(b))
-        return linear
-    if kind == "softmax":
-        return nn.Softmax(dim=-1)
-    raise Unsupported(f"{layer.name}: layer kind {kind!r} has no PyTorch module here")
+    with torch.no_grad():
+        for param, value in spec.params(node).items():
+            native = to_native(spec, node, param, value.astype(np.float32))
+            getattr(module, param).copy_(torch.from_numpy(native))
 
 
-def build(spec: ir.ModelSpec, channels_last: bool = False, compile: bool = False):
-    """The nn.Sequential itself, uncompiled even with `compile` (its layers stay indexable; see runnable)."""
-    import torch
+def _padded_conv2d(pads):
+    """nn.Conv2d that zero-pads (left, right, top, bottom) first: its own padding is symmetric only. A subclass,
+    not Sequential(pad, conv), so that the node's parameters keep their names (weight, bias)."""
     import torch.nn as nn
-    modules = []
-    for i, layer in enumerate(spec.layers):
-        weights = None
-        if layer.kind in ("conv", "dense"):
-            weights = (spec.weight(layer).astype(np.float32), spec.bias(layer).astype(np.float32))
-        modules.append(_module(layer, spec.input_shape_of(i), weights, layouts.dense_input_order(spec, i)))
-    model = nn.Sequential(*modules).eval()
+    import torch.nn.functional as F
+
+    class PaddedConv2d(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(F.pad(x, pads))
+
+    return PaddedConv2d
+
+
+def op_conv(spec, node, **_options):
+    import torch.nn as nn
+    a, (in_shape,) = node.attrs, spec.input_shapes(node)
+    top, left, bottom, right = pads = _pads(node, in_shape)
+    symmetric = _symmetric(pads)
+    cls = nn.Conv2d if symmetric else _padded_conv2d((left, right, top, bottom))
+    conv = cls(in_shape[0], a["filters"], tuple(a["kernel"]), stride=tuple(a["strides"]),
+               padding=(top, left) if symmetric else 0)
+    _load(conv, spec, node)
+    return conv
+
+
+def _pool(node, in_shape):
+    """(kernel, strides, pads, whether the module's own padding expresses the pads, (left, right, top, bottom))."""
+    kernel, strides = tuple(node.attrs["kernel"]), tuple(node.attrs["strides"])
+    top, left, bottom, right = pads = _pads(node, in_shape)
+    native = _symmetric(pads, kernel)
+    return kernel, strides, pads, native, (left, right, top, bottom)
+
+
+def op_maxpool(spec, node, **_options):
+    import torch.nn as nn
+    kernel, strides, pads, native, explicit = _pool(node, spec.input_shapes(node)[0])
+    # torch's own padding is -inf; the explicit pad must be too, else zeros would win over negatives
+    pad = None if native else nn.ConstantPad2d(explicit, float("-inf"))
+    return _padded(pad, nn.MaxPool2d(kernel, strides, padding=pads[:2] if native else 0))
+
+
+def op_avgpool(spec, node, **_options):
+    import torch.nn as nn
+    kernel, strides, pads, native, explicit = _pool(node, spec.input_shapes(node)[0])
+    padding = pads[:2] if native else 0
+    if node.attrs["count_include_pad"]:
+        pad = None if native else nn.ZeroPad2d(explicit)
+        return _padded(pad, nn.AvgPool2d(kernel, strides, padding=padding, count_include_pad=True))
+    if not native:
+        raise Unsupported(f"{node.name}: nn.AvgPool2d excludes padding from the average only for "
+                          f"symmetric pads of at most half the kernel, not pads {pads} with kernel {kernel}")
+    return nn.AvgPool2d(kernel, strides, padding=padding, count_include_pad=False)
+
+
+def op_relu(spec, node, **_options):
+    import torch.nn as nn
+    return nn.ReLU()
+
+
+def op_tanh(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Tanh()
+
+
+@functools.cache
+def _harness_dropout():
+    import torch.nn as nn
+
+    class HarnessDropout(nn.Module):
+        """Dropout whose mask the trainer sets before each step (`mask`, the harness's inverted-dropout mask);
+        the identity in eval mode, like nn.Dropout."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mask", None, persistent=False)
+
+        def forward(self, x):
+            return x * self.mask if self.training else x
+
+    return HarnessDropout
+
+
+def op_dropout(spec, node, dropout_masks="library", **_options):
+    import torch.nn as nn
+    if dropout_masks == "harness" and node.attrs.get("rate", 0) > 0:
+        return _harness_dropout()()
+    return nn.Dropout(node.attrs["rate"])
+
+
+def op_flatten(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Flatten()
+
+
+def op_dense(spec, node, **_options):
+    import torch.nn as nn
+    (in_shape,) = spec.input_shapes(node)
+    linear = nn.Linear(in_shape[0], node.attrs["units"])
+    _load(linear, spec, node)
+    return linear
+
+
+def op_softmax(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Softmax(dim=-1)
+
+
+# --- the graph ------------------------------------------------------------------------------------------
+
+def _keys(spec) -> dict:
+    """{node name: its key in the ModuleDict}: a module name torch accepts (no '.', not an nn.Module
+    attribute), unique."""
+    import torch.nn as nn
+    keys, taken, probe = {}, set(), nn.ModuleDict()
+    for node in spec.layers:
+        key = re.sub(r"\W", "_", node.name) or "node"
+        while key in taken or hasattr(probe, key):
+            key += "_"
+        keys[node.name] = key
+        taken.add(key)
+    return keys
+
+
+@functools.cache
+def _graph_class():
+    import torch.nn as nn
+
+    class Graph(nn.Module):
+        """One module per node in `nodes` (an nn.ModuleDict); forward walks them in topological order, each
+        node's module applied to the outputs of the tensors the node reads."""
+
+        def __init__(self, spec, modules: dict):
+            super().__init__()
+            self.keys = _keys(spec)
+            self.nodes = nn.ModuleDict({self.keys[name]: module for name, module in modules.items()})
+            self.input_name = spec.input_name
+            self.plan = [(node.name, self.keys[node.name], tuple(node.inputs)) for node in spec.layers]
+
+        def module(self, name: str):
+            """The module of node `name`."""
+            return self.nodes[self.keys[name]]
+
+        def node_outputs(self, x) -> dict:
+            """{node name: its output} for input x, in topological order."""
+            values = {self.input_name: x}
+            for name, key, reads in self.plan:
+                values[name] = self.nodes[key](*(values[t] for t in reads))
+            del values[self.input_name]
+            return values
+
+        def forward(self, x):
+            return self.node_outputs(x)[self.plan[-1][0]]
+
+    return Graph
+
+
+def build(spec: ir.ModelSpec, channels_last: bool = False, compile: bool = False, dropout_masks: str = "library"):
+    """The Graph module itself, uncompiled even with `compile` (its nodes stay reachable; see runnable)."""
+    import torch
+    if dropout_masks not in DROPOUT_MASKS:
+        raise ValueError(f"unknown dropout_masks {dropout_masks!r}; choose from {', '.join(DROPOUT_MASKS)}")
+    this = sys.modules[__name__]
+    modules = {node.name: interface.op_function(this, node, NAME)(spec, node, dropout_masks=dropout_masks)
+               for node in spec.layers}
+    model = _graph_class()(spec, modules).eval()
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def native_parameters(model, node) -> dict:
+    """{param name (the registry's): the nn.Parameter holding it} of a node with parameters."""
+    module = model.module(node.name)
+    return {param: getattr(module, param) for param in ops.get(node.kind).param_names}
 
 
 def _compiled(function):
@@ -117,12 +266,12 @@ def _compiled(function):
     return torch.compile(function, dynamic=False)
 
 
-def runnable(model, channels_last: bool = False, compile: bool = False):
+def runnable(model, compile: bool = False, **_options):
     """What a training loop calls: the model, or the model through torch.compile."""
     return _compiled(model) if compile else model
 
 
-def inputs(x, channels_last: bool = False, compile: bool = False):
+def inputs(x, channels_last: bool = False, **_options):
     """A batch (torch tensor, NCHW) in the memory format the options want."""
     import torch
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -132,15 +281,11 @@ def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray, **options) -> dict:
     import torch
     model.eval()
 
-    def every_layer(h):
-        outputs = []
-        for module in model:
-            h = module(h)
-            outputs.append(h)
-        return outputs
+    def every_node(h):
+        return model.node_outputs(h)
 
     # compiled, the whole forward is one graph that also returns every intermediate output
-    forward = _compiled(every_layer) if options.get("compile") else every_layer
+    forward = _compiled(every_node) if options.get("compile") else every_node
     with torch.no_grad():
         ys = forward(inputs(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), **options))
-    return {layer.name: y.contiguous().numpy().copy() for layer, y in zip(spec.layers, ys)}
+    return {node.name: ys[node.name].contiguous().numpy().copy() for node in spec.layers}

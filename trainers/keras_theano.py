@@ -80,19 +80,10 @@ def _step_reporter(keras, report, epoch: int):
     return StepLosses()
 
 
-def _canonical_tensors(spec, native: dict) -> dict:
-    """{layer name: (kernel, bias)} as Keras 2 stores them -> {"<layer>.weight"/"<layer>.bias": float32}
-    canonical, by the inverses of builder.conv_kernel (undo the spatial flip, then HWIO -> OIHW) and
-    builder.dense_kernel."""
-    out = {}
-    for i, layer in enumerate(spec.layers):
-        if layer.name not in native:
-            continue
-        kernel, bias = (np.asarray(v, dtype=np.float32) for v in native[layer.name])
-        if layer.kind == "conv":
-            kernel = kernel[::-1, ::-1, :, :]  # undo the builder's flip for Theano's true convolution
-        out[f"{layer.name}.weight"], out[f"{layer.name}.bias"] = layouts.kernel_to_canonical(spec, i, kernel), bias
-    return out
+def _canonical(spec, values: dict) -> dict:
+    """{(node name, param): value as Keras holds it} -> {"<node>.<param>": float32, canonical}."""
+    return {f"{name}.{param}": builder.to_canonical(spec, spec.node(name), param, np.asarray(v, dtype=np.float32))
+            for (name, param), v in values.items()}
 
 
 def _step_dumper(keras, spec, model, report, steps: int):
@@ -102,8 +93,8 @@ def _step_dumper(keras, spec, model, report, steps: int):
     on_batch_end, after the update. Call after compile, before fit; one callback serves all epochs."""
     from keras import backend as K
 
-    optimizer = model.optimizer
-    get_gradients = optimizer.get_gradients
+    rmsprop = model.optimizer
+    get_gradients = rmsprop.get_gradients
     captured = []
 
     def capturing_get_gradients(loss, params):
@@ -111,23 +102,21 @@ def _step_dumper(keras, spec, model, report, steps: int):
         captured.append((list(params), list(grads)))
         return grads
 
-    optimizer.get_gradients = capturing_get_gradients
+    rmsprop.get_gradients = capturing_get_gradients
     try:
         model._make_train_function()  # what fit does first; builds the updates (and gradients) now
     finally:
-        optimizer.get_gradients = get_gradients
+        rmsprop.get_gradients = get_gradients
     if len(captured) != 1:
         raise RuntimeError(f"expected the optimizer to take gradients once, it did {len(captured)} times")
     params, grads = captured[0]
 
-    layers = [l for l in spec.layers if l.kind in ("conv", "dense")]
-    slot = {}  # id(variable) -> (layer name, 0 kernel | 1 bias)
-    for layer in layers:
-        native = model.get_layer(layer.name)
-        slot[id(native.kernel)], slot[id(native.bias)] = (layer.name, 0), (layer.name, 1)
-    missing = {(l.name, k) for l in layers for k in (0, 1)} - {slot.get(id(p)) for p in params}
+    slot = {id(variable): (node.name, param) for node in spec.parametric()
+            for param, variable in builder.native_parameters(model, node).items()}
+    taken = {id(p) for p in params}
+    missing = sorted(f"{name}.{param}" for key, (name, param) in slot.items() if key not in taken)
     if missing:
-        raise RuntimeError(f"the optimizer takes no gradient for {sorted(missing)}")
+        raise RuntimeError(f"the optimizer takes no gradient for {missing}")
     # the train function's own inputs, as Keras 2.3.1's _make_train_function lists them
     inputs = model._feed_inputs + model._feed_targets + model._feed_sample_weights
     if model._uses_dynamic_learning_phase():
@@ -144,12 +133,9 @@ def _step_dumper(keras, spec, model, report, steps: int):
                 return
             if len(pending) != 1:
                 raise RuntimeError(f"expected one optimizer update in step {self.step}, saw {len(pending)}")
-            values = {slot[id(p)]: g for p, g in zip(params, pending.pop())}
-            report.step_tensors(self.step,
-                                _canonical_tensors(spec, {l.name: (values[l.name, 0], values[l.name, 1])
-                                                          for l in layers}),
-                                _canonical_tensors(spec, {l.name: model.get_layer(l.name).get_weights()
-                                                          for l in layers}))
+            applied = {slot[id(p)]: g for p, g in zip(params, pending.pop()) if id(p) in slot}
+            after = {slot[id(p)]: K.get_value(p) for p in params if id(p) in slot}
+            report.step_tensors(self.step, _canonical(spec, applied), _canonical(spec, after))
             self.step += 1
             if self.step >= steps:
                 model.train_function = train_function  # done: unwrap
@@ -163,32 +149,6 @@ def _step_dumper(keras, spec, model, report, steps: int):
 
     model.train_function = gradients_then_train
     return dumper
-
-
-def _harness_dropout(keras, spec, model, batch_size: int):
-    """For config["dropout_masks"] == "harness": the model with every Dropout layer swapped for a layer that
-    multiplies its input by the first n rows of a non-trainable shared variable holding the step's padded mask,
-    in the train phase only (K.in_train_phase, as Dropout), sharing all other layers (and so their weights)
-    with `model`; returns (that model, {layer name: that layer})."""
-    from keras import backend as K
-
-    class HarnessDropout(keras.layers.Layer):
-        def build(self, input_shape):
-            self.step_mask = self.add_weight(name="mask", shape=(batch_size, *input_shape[1:]),
-                                             initializer="zeros", trainable=False)
-            super().build(input_shape)
-
-        def call(self, inputs, training=None):
-            return K.in_train_phase(lambda: inputs * self.step_mask[:K.shape(inputs)[0]], inputs,
-                                    training=training)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    holders = {layer.name: HarnessDropout(name=layer.name) for _, layer in masks.dropout_layers(spec)}
-    layers = [holders.get(layer.name, layer) for layer in model.layers]
-    inputs = keras.layers.InputLayer(input_shape=tuple(spec.input_shape))
-    return keras.models.Sequential([inputs, *layers]), holders
 
 
 def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: list):
@@ -213,8 +173,18 @@ def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: 
     return StepMasks()
 
 
-def setup(config):
-    """keras, with the run's threads and seed; shared with the plain loop (benchmarks/plain)."""
+def build_options(config: dict) -> dict:
+    """Canonical mode's max pooling with a single-maximum gradient; harness dropout when the run applies the
+    harness's masks (mask variables of the batch size)."""
+    options = {"pool_gradient": "single" if config["optimizer"]["mode"] == "canonical" else "theano"}
+    if masks.uses_harness_masks(config):
+        options.update(dropout_masks=masks.HARNESS, batch_size=int(config["batch_size"]))
+    return options
+
+
+def setup(spec, config):
+    """(keras, the model that trains), with the run's threads and seed; shared with the plain loop
+    (benchmarks/plain)."""
     # Theano's thread knob is OMP_NUM_THREADS, read when Theano is imported (the builder imports it). Its
     # OpenMP stays off (Theano's default; openmp=True aborts here: CorrMM's OpenMP threads call the NumPy
     # C-API BLAS without the GIL), so the threads that run are those of NumPy's OpenBLAS, which read
@@ -222,19 +192,18 @@ def setup(config):
     os.environ["OMP_NUM_THREADS"] = str(int(config["threads"]))
     # Keras 2 seeds each Dropout layer's Theano RandomStreams from numpy's global generator at build time.
     np.random.seed(int(config["seed"]))
-    return builder.import_keras()
+    keras = builder.library()
+    return keras, builder.build(spec, **build_options(config))
 
 
 def train(spec, data, config, report):
-    keras = setup(config)
+    keras, model = setup(spec, config)
     from keras.utils import to_categorical
 
-    canonical = config["optimizer"]["mode"] == "canonical"
     bs = int(config["batch_size"])
-    model = builder.build(spec, pool_gradient="single" if canonical else "theano")
     setter = []
-    if masks.uses_harness_masks(config):
-        model, holders = _harness_dropout(keras, spec, model, bs)
+    if build_options(config).get("dropout_masks") == masks.HARNESS:
+        holders = {node.name: model.get_layer(node.name) for _, node in masks.dropout_layers(spec)}
         sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
         setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
     rmsprop = optimizer(keras, config["optimizer"], report)

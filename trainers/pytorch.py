@@ -1,4 +1,4 @@
-"""PyTorch: a plain training loop (model.train(), zero_grad, backward, step) on the builder's nn.Sequential."""
+"""PyTorch: a plain training loop (model.train(), zero_grad, backward, step) on the builder's graph module."""
 from __future__ import annotations
 
 import time
@@ -62,65 +62,32 @@ def loss(p, y):
     return -torch.log(p_y.clamp(LOSS_CLIP, 1 - LOSS_CLIP)).mean()
 
 
-def _layer_params(spec, model) -> list:
-    """(spec layer, its nn.Conv2d / nn.Linear) for every conv and dense layer; model[i] is spec layer i
-    (a conv with asymmetric pads is nn.Sequential(pad, conv))."""
-    import torch.nn as nn
-    pairs = []
-    for layer, module in zip(spec.layers, model):
-        if layer.kind in ("conv", "dense"):
-            pairs.append((layer, module[-1] if isinstance(module, nn.Sequential) else module))
-    if 2 * len(pairs) != len(list(model.parameters())):
-        raise RuntimeError("the model has parameters outside its spec's conv and dense layers")
-    return pairs
+def _parameters(spec, model) -> dict:
+    """{"<node>.<param>": (node, param, its nn.Parameter)} for every parameter the registry names."""
+    found = {f"{node.name}.{param}": (node, param, tensor) for node in spec.parametric()
+             for param, tensor in builder.native_parameters(model, node).items()}
+    if len(found) != len(list(model.parameters())):
+        raise RuntimeError("the model has parameters outside its spec's parameter tensors")
+    return found
 
 
-def _canonical(layer, weight: np.ndarray) -> np.ndarray:
-    """Inverse of the builder's conversion: conv weights are already (O, I, kh, kw) cross-correlation;
-    nn.Linear's (out, in) -> canonical (in, out), rows already in (C, H, W) order (the inverse of
-    builder.dense_kernel)."""
-    return np.ascontiguousarray(weight.T) if layer.kind == "dense" else weight
+def _dump(spec, found: dict, what) -> dict:
+    """what(tensor) of every parameter (its .grad or itself), in the canonical layout."""
+    return {key: builder.to_canonical(spec, node, param, what(tensor).detach().numpy().copy())
+            for key, (node, param, tensor) in found.items()}
 
 
-def _grads(pairs) -> dict:
-    """The gradients backward() left in p.grad (what the optimizer is about to apply), canonical layout."""
-    out = {}
-    for layer, module in pairs:
-        out[f"{layer.name}.weight"] = _canonical(layer, module.weight.grad.detach().numpy().copy())
-        out[f"{layer.name}.bias"] = module.bias.grad.detach().numpy().copy()
-    return out
-
-
-def _params(pairs) -> dict:
-    out = {}
-    for layer, module in pairs:
-        out[f"{layer.name}.weight"] = _canonical(layer, module.weight.detach().numpy().copy())
-        out[f"{layer.name}.bias"] = module.bias.detach().numpy().copy()
-    return out
-
-
-def _harness_dropout(spec, model) -> dict:
-    """Swap every nn.Dropout for a module that multiplies by the mask the harness sets before each step
-    (identity in eval mode, like nn.Dropout); returns {layer name: that module}."""
-    import torch.nn as nn
-
-    class HarnessDropout(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mask = None
-
-        def forward(self, x):
-            return x * self.mask if self.training else x
-
-    holders = {}
-    for i, layer in masks.dropout_layers(spec):
-        holders[layer.name] = model[i] = HarnessDropout()
-    return holders
+def build_options(config: dict) -> dict:
+    """The fast path's options, and harness dropout when the run applies the harness's masks."""
+    options = dict(config.get("options", {}))
+    if masks.uses_harness_masks(config):
+        options["dropout_masks"] = masks.HARNESS
+    return options
 
 
 def setup(spec, config):
-    """Threads, seed and the model with the fast path's options: shared with the plain loop (benchmarks/plain),
-    so that the overhead ratio compares like with like."""
+    """Threads, seed and the model that trains: shared with the plain loop (benchmarks/plain), so that the
+    overhead ratio compares like with like."""
     import torch
     torch.set_num_threads(config["threads"])
     try:
@@ -128,22 +95,23 @@ def setup(spec, config):
     except RuntimeError:  # only settable before the first inter-op parallel work of the process
         pass
     torch.manual_seed(config["seed"])  # dropout masks
-    return builder.build(spec, **config.get("options", {}))
+    return builder.build(spec, **build_options(config))
 
 
 def train(spec, data, config, report) -> None:
     import torch
 
-    options = config.get("options", {})
+    options = build_options(config)
     model = setup(spec, config)
     rmsprop = optimizer(model.parameters(), config["optimizer"], report)
-    holders = _harness_dropout(spec, model) if masks.uses_harness_masks(config) else {}
+    harness = options.get("dropout_masks") == masks.HARNESS  # the model's HarnessDropout modules take these masks
+    holders = {node.name: model.module(node.name) for _, node in masks.dropout_layers(spec)} if harness else {}
     forward = builder.runnable(model, **options)
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     x_val, y_val = torch.from_numpy(np.ascontiguousarray(data.x_val)), torch.from_numpy(data.y_val)
     batch_size = config["batch_size"]
     dump_steps, global_step = config.get("dump_steps", 0), 0
-    dumped = _layer_params(spec, model) if dump_steps > 0 else None
+    found = _parameters(spec, model) if dump_steps > 0 else None
 
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
@@ -156,16 +124,16 @@ def train(spec, data, config, report) -> None:
                 holders[name].mask = torch.from_numpy(mask)
             rmsprop.zero_grad()
             p = forward(x)
-            step_loss = loss(p, y)
-            step_loss.backward()
+            batch = loss(p, y)
+            batch.backward()
             dump = global_step < dump_steps
             if dump:
-                grads = _grads(dumped)
+                grads = _dump(spec, found, lambda t: t.grad)
             rmsprop.step()
             if dump:
-                report.step_tensors(global_step, grads, _params(dumped))
+                report.step_tensors(global_step, grads, _dump(spec, found, lambda t: t))
             global_step += 1
-            batch_loss, n = step_loss.item(), len(y)
+            batch_loss, n = batch.item(), len(y)
             report.step(epoch, step, batch_loss, n)
             loss_sum += batch_loss * n
             correct += int((p.detach().argmax(1) == y).sum())

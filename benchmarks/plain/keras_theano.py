@@ -7,22 +7,21 @@ import time
 import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
-from builders import keras_theano as builder
-from trainers import keras_theano as trainer
+from trainers import masks
+from trainers.keras_theano import optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
-    keras = trainer.setup(config)  # the harness trainer's threads and seed
+    config = {**config, "dropout_masks": masks.LIBRARY}  # a tutorial loop lets Dropout draw its own masks
+    # the harness trainer's threads, seed and model (in canonical mode: max-pool gradient to the first maximum)
+    keras, model = setup(spec, config)
     from keras.utils import to_categorical
 
-    canonical = config["optimizer"]["mode"] == "canonical"
     bs = int(config["batch_size"])
-    # the harness's canonical build: max-pool gradient to the first maximum only
-    model = builder.build(spec, pool_gradient="single" if canonical else "theano")
     # Keras 2's categorical_crossentropy is the canonical loss (clip to [1e-7, 1 - 1e-7]); metrics as in the
     # tutorials (and the harness's compile)
-    model.compile(optimizer=trainer.optimizer(keras, config["optimizer"], NullReport()),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=optimizer(keras, config["optimizer"], NullReport()), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
     classes = model.output_shape[-1]
 
     seconds = []

@@ -7,17 +7,19 @@ import numpy as np
 
 import builders.pytorch as builder
 from benchmarks.plain import EpochTimes, NullReport
-from trainers import pytorch as trainer
+from trainers import masks
+from trainers.pytorch import build_options, loss, optimizer, setup
 
 
 def train(spec, data, config) -> EpochTimes:
     import torch
 
-    options = config.get("options", {})
-    model = trainer.setup(spec, config)  # the harness trainer's threads, seed and model
-    optimizer = trainer.optimizer(model.parameters(), config["optimizer"], NullReport())
+    config = {**config, "dropout_masks": masks.LIBRARY}  # a tutorial loop lets nn.Dropout draw its own masks
+    options = build_options(config)
+    model = setup(spec, config)  # the harness trainer's threads, seed and model
+    rmsprop = optimizer(model.parameters(), config["optimizer"], NullReport())
     forward = builder.runnable(model, **options)
-    criterion = trainer.loss  # canonical clipped cross-entropy on the softmax output
+    criterion = loss  # canonical clipped cross-entropy on the softmax output
     x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
     batch_size = config["batch_size"]
 
@@ -28,9 +30,9 @@ def train(spec, data, config) -> EpochTimes:
         for idx in data.batches(epoch, batch_size):
             idx = torch.from_numpy(idx)
             x, y = builder.inputs(x_train[idx], **options), y_train[idx]
-            optimizer.zero_grad()
-            loss = criterion(forward(x), y)
-            loss.backward()
-            optimizer.step()
+            rmsprop.zero_grad()
+            batch = criterion(forward(x), y)
+            batch.backward()
+            rmsprop.step()
         seconds.append(time.perf_counter() - started)
-    return EpochTimes(seconds, loss.item(), "last batch")
+    return EpochTimes(seconds, batch.item(), "last batch")

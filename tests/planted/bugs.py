@@ -127,7 +127,7 @@ def _theano_pool_gradient(framework):
 
     module = importlib.import_module("builders.keras_theano")
     original = module.build
-    module.build = lambda spec, pool_gradient="theano": original(spec, pool_gradient="theano")
+    module.build = lambda spec, **options: original(spec, **{**options, "pool_gradient": "theano"})
 
 
 TRAINING_FAULTS["theano-pool-gradient"] = _theano_pool_gradient
