@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 DASK = Path(sys.executable).with_name("dask")  # the main environment's own `dask` command
 START_S = 90  # for a scheduler or its workers to come up on a busy machine
 RUN_S = 600  # for one small training run

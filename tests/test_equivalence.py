@@ -7,6 +7,8 @@ import pytest
 from builders import FRAMEWORKS
 from tests.conftest import SEED_MODEL, run_cli
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 MODELS = ["seed", "strided", "same_pool", "tanh", "torch_script", "torch_dynamo"]
 
 

@@ -8,6 +8,8 @@ from analysis import sweep
 from builders import FRAMEWORKS
 from tests.conftest import assert_one_line_error, run_cli
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 
 @pytest.fixture(scope="session")
 def explained(tmp_path_factory):

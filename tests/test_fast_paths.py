@@ -8,6 +8,8 @@ from analysis.report import load_tolerances
 from builders import FAST_PATHS, FRAMEWORKS, select
 from tests.conftest import assert_one_line_error, run_cli, run_training
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 
 def test_fast_paths_are_chosen_by_name_and_never_part_of_all():
     assert select(["all"]) == list(FRAMEWORKS)

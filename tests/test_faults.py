@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT, run_cli, run_training
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 PLANT = str(ROOT / "tests" / "planted")
 
 

@@ -1,3 +1,4 @@
+import pytest
 """The importer fuzz (tests/fuzz_onnx.py), bounded for CI, and mutated models through the real CLI.
 A longer run on demand: `python -m tests.fuzz_onnx --examples 20000 --seed 7`, or XV_FUZZ_EXAMPLES here."""
 import os
@@ -20,6 +21,7 @@ def test_mutated_models_are_imported_and_run_or_refused_with_one_line():
     assert applied == {m.__name__[2:] for m in fuzz_onnx.STRUCTURAL} | {"bytes"}, applied
 
 
+@pytest.mark.slow
 def test_the_cli_ends_mutated_models_with_exit_0_1_or_2_and_a_clear_line(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-fuzz")
     seeds = fuzz_onnx.seed_models(folder / "seeds")

@@ -11,6 +11,8 @@ from builders import FRAMEWORKS
 from tests.conftest import ROOT, run_training
 from trainers import masks
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 PLANT = str(ROOT / "tests" / "planted")
 
 

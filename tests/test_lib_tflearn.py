@@ -9,6 +9,8 @@ import pytest
 from tests import trained_build
 from tests.conftest import ROOT, SEED_MODEL
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 
 @pytest.fixture(scope="module")
 def checked():

@@ -53,6 +53,7 @@ def test_gradient_check_catches_a_wrong_max_pool_gradient(seed, monkeypatch):
     assert max(_finite_difference_errors(spec, x[:4], y[:4], PROBES)) > 1e-2
 
 
+@pytest.mark.slow
 def test_forward_and_first_steps_match_onnxruntime_and_the_libraries(seed, canonical_run):
     spec, (x, y, _, _) = seed
     ref = reference64.Reference(spec, spec.weights)

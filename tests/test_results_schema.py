@@ -152,6 +152,7 @@ def _check_keys(obj, cls, documented, where):
                 _check_keys(item, getattr(records, name), documented, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [("--no-dropout",), ("--seeds", "2", "--init", "seeded")], ids=["single", "sweep"])
 def test_a_real_run_writes_files_that_validate_against_the_documented_fields(tmp_path, args):
     proc, folder, doc = run_training(tmp_path, "pytorch", "--epochs", "1", "--max-batches", "2", "--threads", "1",

@@ -187,6 +187,7 @@ def local_and_dask(tmp_path_factory):
     return local, dask
 
 
+@pytest.mark.slow
 def test_a_sweep_reports_spread_and_significance(local_and_dask):
     (proc, folder, run), _ = local_and_dask
     assert proc.returncode == 0, proc.stderr
@@ -203,6 +204,7 @@ def test_a_sweep_reports_spread_and_significance(local_and_dask):
     assert "Welch" in table and "Holm" in table and "| pytorch | 2/2 |" in table and "| detectable |" in table
 
 
+@pytest.mark.slow
 def test_dask_executor_gives_the_local_results(local_and_dask):
     (_, _, local), (proc, folder, dask) = local_and_dask
     assert proc.returncode == 0, proc.stderr

@@ -72,6 +72,7 @@ def _verifying(pid: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_an_interruption_during_verification_leaves_no_folder(tmp_path):
     out = tmp_path / "results"
     run = subprocess.Popen([sys.executable, "-m", "cli.train", "pytorch", "--epochs", "1", "--max-batches", "1",
