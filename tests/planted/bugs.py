@@ -212,3 +212,23 @@ def _malformed_layer_outputs(framework):
 
 TRAINING_FAULTS.update({"malformed-output": _malformed_output, "env-missing": _env_missing,
                         "malformed-layer-outputs": _malformed_layer_outputs})
+
+
+def _grad_sign_flip(framework):
+    # a backward pass with one sign wrong, in the last dense layer's weight gradient: a later tensor than
+    # conv1.weight, where native mode's first update departure is found
+    assert framework == "pytorch", "this fault is written for the PyTorch builder"
+    module = importlib.import_module("builders.pytorch")
+    original = module.build
+
+    def build(spec, **options):
+        import torch
+
+        model = original(spec, **options)
+        [*_, last] = (m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        last.weight.register_hook(torch.neg)  # the gradient autograd leaves in .grad, negated
+        return model
+    module.build = build
+
+
+TRAINING_FAULTS["grad-sign-flip"] = _grad_sign_flip
