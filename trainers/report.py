@@ -123,7 +123,8 @@ def markdown(run: dict) -> str:
         if row["status"] != "ok":
             opt = row["reason"]
         elif mode == "native":
-            opt = "; ".join(row["departures"]) or "canonical"
+            impl = (row["record"]["optimizer"] or {}).get("impl", "unknown")
+            opt = f"{impl}: " + ("; ".join(row["departures"]) or "no departure from canonical")
         else:
             opt = (row["record"]["optimizer"] or {}).get("how") or "library's own, already canonical"
         lines.append(f"| {name} | {row['status']} | {_fmt(s['first_epoch_s'], '.2f')} | {_fmt(s['steady_epoch_s'], '.2f')} "
