@@ -39,7 +39,7 @@ def _global_norm(tensors) -> float:
     return float(np.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in tensors)))
 
 
-def _clipped(grads: dict, clip: float) -> dict:
+def clipped(grads: dict, clip: float) -> dict:
     """tf.clip_by_global_norm: every tensor times clip / max(global norm, clip); clip 0 changes nothing."""
     if not clip:
         return grads
@@ -82,46 +82,55 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
     of the gradient the library applied, and of its update (parameters after minus before the step) from
     canonical RMSprop's; with `declared` (native mode: the RMSprop the library reports it runs), the reference
     gradient is clipped as declared before it is compared, and the update is also compared with that RMSprop
-    applied to the library's own gradients (the optimizer judged apart from the gradient).
-
-    Verdict: any gradient off -> "mismatch". Canonical mode: any update off -> "mismatch". Native mode: an
-    update off from the declared RMSprop -> "mismatch" (the library does not run what its row says), else
-    an update off from canonical -> "departs". The first of each kind is reported on its own."""
+    applied to the library's own gradients (the optimizer judged apart from the gradient)."""
     x_train, y_train = arrays[0], arrays[1]
     ref = Reference(spec, spec.weights)
     names = list(spec.weights)
     before = {n: spec.weights[n].astype(np.float64) for n in names}
+    clip = declared.get("grad_clip_norm", 0.0) if declared else 0.0
     canonical_state, declared_state, steps = {}, {}, []
     for k, idx in enumerate(batches):
         ref.params = {n: v.copy() for n, v in before.items()}
         loss, grads = ref.loss_and_grads(x_train[idx], y_train[idx])
-        want_grads = _clipped(grads, declared.get("grad_clip_norm", 0.0)) if declared else grads
         ref.rmsprop_step(grads, canonical_state, optimizer["lr"], optimizer["rho"], optimizer["eps"])
+        got_grads = {n: tensors[f"grad/{k}/{n}"] for n in names}
+        declared_params = None
         if declared:
-            got_grads = {n: tensors[f"grad/{k}/{n}"].astype(np.float64) for n in names}
             declared_params = dict(before)
-            declared_rmsprop(declared_params, _clipped(got_grads, declared.get("grad_clip_norm", 0.0)),
-                             declared_state, declared)
-        rows = []
-        for n in names:
-            got_grad, got_update = tensors[f"grad/{k}/{n}"], tensors[f"param/{k}/{n}"] - before[n]
-            row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grad, want_grads[n]),
-                   "update_rel_l2": _rel_l2(got_update, ref.params[n] - before[n])}
-            if declared:
-                row["declared_update_rel_l2"] = _rel_l2(got_update, declared_params[n] - before[n])
-            rows.append(row)
+            own = clipped({n: g.astype(np.float64) for n, g in got_grads.items()}, clip)
+            declared_rmsprop(declared_params, own, declared_state, declared)
+        after = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names}
+        rows = _rows(names, got_grads, clipped(grads, clip), before, after, ref.params, declared_params)
         steps.append({"step": k + 1, "reference_loss": loss, "tensors": rows,
-                      "grad_norm": _global_norm(tensors[f"grad/{k}/{n}"] for n in names),
-                      "reference_grad_norm": _global_norm(grads.values()),
+                      "grad_norm": _global_norm(got_grads.values()), "reference_grad_norm": _global_norm(grads.values()),
                       **{f"max_{key}": max(r[key] for r in rows) for key, _ in CHECKS.values() if key in rows[0]}})
-        before = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names}
-    found = {what: _first(steps, what, policy) for what in CHECKS if declared or what != "declared update"}
-    decisive = ("gradient", "declared update") if declared else ("gradient", "update")
+        before = after
+    return {"steps": steps, **verdict(steps, policy, native=declared is not None)}
+
+
+def _rows(names, got_grads, want_grads, before, after, canonical, declared) -> list:
+    """Per tensor: the gradient's and the update's relative L2 differences (see judge)."""
+    rows = []
+    for n in names:
+        update = after[n] - before[n]
+        row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grads[n], want_grads[n]),
+               "update_rel_l2": _rel_l2(update, canonical[n] - before[n])}
+        if declared is not None:
+            row["declared_update_rel_l2"] = _rel_l2(update, declared[n] - before[n])
+        rows.append(row)
+    return rows
+
+
+def verdict(steps: list, policy: dict, native: bool) -> dict:
+    """Any gradient off -> "mismatch". Canonical mode: any update off -> "mismatch". Native mode: an update off
+    from the declared RMSprop -> "mismatch" (the library does not run what its row says), else an update off
+    from canonical -> "departs". The first (step, tensor) of each kind is reported on its own."""
+    found = {what: _first(steps, what, policy) for what in CHECKS if native or what != "declared update"}
+    decisive = ("gradient", "declared update") if native else ("gradient", "update")
     failure = next((found[what] for what in decisive if found[what]), None)
-    status = "mismatch" if failure else "departs" if found["update"] else "pass"
-    return {"steps": steps, "status": status, "first_failure": failure,
+    return {"status": "mismatch" if failure else "departs" if found["update"] else "pass", "first_failure": failure,
             "first_gradient_failure": found["gradient"], "first_update_departure": found["update"],
-            **({"first_declared_mismatch": found["declared update"]} if declared else {})}
+            **({"first_declared_mismatch": found["declared update"]} if native else {})}
 
 
 def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,

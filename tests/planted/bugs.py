@@ -232,3 +232,36 @@ def _grad_sign_flip(framework):
 
 
 TRAINING_FAULTS["grad-sign-flip"] = _grad_sign_flip
+
+
+def _tflearn_default_clip(framework):
+    # the trainer's clip_gradients=0 lost: tflearn.DNN's default clips gradients to global norm 5 in canonical mode
+    assert framework == "tflearn", "this fault is written for the tflearn trainer"
+    module = importlib.import_module("trainers.tflearn")
+    original = module.setup
+
+    def setup(config):
+        tf, tflearn = original(config)
+        init = tflearn.DNN.__init__
+
+        def without_clip_argument(self, network, *args, clip_gradients=None, **kwargs):
+            init(self, network, *args, **kwargs)
+        tflearn.DNN.__init__ = without_clip_argument
+        return tf, tflearn
+    module.setup = setup
+
+
+def _misdeclared(framework):
+    # a trainer whose row says canonical epsilon placement while its optimizer puts epsilon outside the root
+    from trainers import worker
+
+    original = worker.Reporter.optimizer
+
+    def optimizer(self, impl, lr, rho, eps, ms_init, eps_placement, *args, **kwargs):
+        if _worker_is(framework):
+            eps_placement = "inside sqrt"
+        return original(self, impl, lr, rho, eps, ms_init, eps_placement, *args, **kwargs)
+    worker.Reporter.optimizer = optimizer
+
+
+TRAINING_FAULTS.update({"tflearn-default-clip": _tflearn_default_clip, "misdeclared": _misdeclared})
