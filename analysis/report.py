@@ -130,7 +130,8 @@ def markdown(run: TrainingResults) -> str:
         if row.status != "ok":
             opt = row.reason
         elif mode == "native":
-            opt = "; ".join(row.departures) or "canonical"
+            impl = row.record.optimizer.impl if row.record.optimizer else "unknown"
+            opt = f"{impl}: " + ("; ".join(row.departures) or "no departure from canonical")
         else:
             opt = (row.record.optimizer and row.record.optimizer.how) or "library's own, already canonical"
         lines.append(f"| {name} | {row.status} | {_fmt(s.first_epoch_s, '.2f')} | {_fmt(s.steady_epoch_s, '.2f')} "

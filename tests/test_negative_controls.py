@@ -51,3 +51,22 @@ def test_comparator_locates_a_small_error_in_one_layer():
     assert result["verdict"] == "mismatch" and result["first_divergent_layer"]["name"] == "conv3"
     got["conv3"] = got["conv3"][:, :, :-1]
     assert compare(spec, got, ref, policy)["first_divergent_layer"]["shape"] == [4, 64, 14, 15]
+
+
+def test_a_library_that_fails_verification_is_not_trained_and_the_others_are(tmp_path):
+    from tests.conftest import run_training
+
+    env = {"PYTHONPATH": str(ROOT / "tests" / "planted"), "XV_PLANTED_BUG": "flatten-order"}  # keras-tensorflow's
+    proc, folder, run = run_training(tmp_path, "keras-tensorflow", "pytorch", "--epochs", "1", "--max-batches", "2",
+                                     "--threads", "1", "--no-dropout", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad, good = run["libraries"]["keras-tensorflow"], run["libraries"]["pytorch"]
+    assert bad["status"] == "not verified", bad
+    assert bad["reason"] == "forward equivalence mismatch: first divergent layer dense1", bad["reason"]
+    assert bad["record"]["steps"] == [] and bad["wall_s"] == 0.0
+    assert "keras-tensorflow: not trained (forward equivalence mismatch" in proc.stderr
+    assert not [p.name for p in folder.iterdir() if p.name.startswith("keras-tensorflow")]  # no worker ran
+    verified = json.loads((folder / "verification.json").read_text())["frameworks"]
+    assert verified["keras-tensorflow"]["first_divergent_layer"]["name"] == "dense1"
+    assert good["status"] == "ok" and len(good["record"]["steps"]) == 2
+    assert "| keras-tensorflow | not verified |" in (folder / "results.md").read_text()

@@ -1,10 +1,13 @@
 """`python -m verify steps`: gradients and RMSprop updates of every library against the float64 reference."""
+import io
 import json
 
 import pytest
 
 from builders import FRAMEWORKS
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, SEED_MODEL, run_cli
+from tests.rmsprop_facts import CANONICAL, NATIVE
+from verify import steps
 
 PLANT = str(ROOT / "tests" / "planted")
 
@@ -23,14 +26,14 @@ def canonical(tmp_path_factory):
 
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
 def test_every_library_matches_the_reference_step_by_step(canonical, framework):
-    proc, report = canonical
+    _, report = canonical
     entry = report["frameworks"][framework]
     assert entry["status"] == "pass", json.dumps({k: v for k, v in entry.items() if k != "steps"}, indent=1)
     assert len(entry["steps"]) == 3 and len(entry["steps"][0]["tensors"]) == 12
 
 
 def test_canonical_run_exits_0_and_prints_the_step_table(canonical):
-    proc, report = canonical
+    proc, _ = canonical
     assert proc.returncode == 0, proc.stderr
     assert "| 3 |" in proc.stdout and all(f"- {f}: PASS" in proc.stdout for f in FRAMEWORKS)
 
@@ -52,13 +55,88 @@ def test_wrong_arithmetic_fails_at_the_first_step_and_names_the_tensor(tmp_path,
     assert f"first at step 1, tensor {failure['tensor']}" in proc.stdout
 
 
-def test_native_mode_shows_where_each_rmsprop_departs(tmp_path):
-    proc, report = _steps(tmp_path, "--steps", "2", "--optimizer", "native",
-                          "--frameworks", "pytorch,tflearn,keras-tensorflow")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    status = {f: e["status"] for f, e in report["frameworks"].items()}
-    assert status == {"pytorch": "departs", "tflearn": "departs", "keras-tensorflow": "pass"}
-    for framework in ("pytorch", "tflearn"):
-        first = report["frameworks"][framework]["steps"][0]
-        assert first["max_grad_rel_l2"] < report["policy"]["grad_rel_l2"]  # same gradient, different update
-        assert first["max_update_rel_l2"] > 0.1
+def test_a_wrong_gradient_behind_a_departing_update_fails_native_mode(tmp_path):
+    # native pytorch departs from canonical first at conv1.weight; its dense2.weight gradient has the wrong sign
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "grad-sign-flip:pytorch"}
+    proc, report = _steps(tmp_path, "--steps", "2", "--optimizer", "native", "--frameworks", "pytorch", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    entry = report["frameworks"]["pytorch"]
+    assert entry["status"] == "mismatch"
+    assert (entry["first_update_departure"]["step"], entry["first_update_departure"]["tensor"]) == (1, "conv1.weight")
+    gradient = entry["first_gradient_failure"]
+    assert (gradient["step"], gradient["tensor"]) == (1, "dense2.weight") and gradient["rel_l2"] == pytest.approx(2)
+    assert entry["first_failure"] == gradient
+    assert "- pytorch: MISMATCH: first at step 1, tensor dense2.weight (gradient rel L2" in proc.stdout
+    assert "update departs from canonical: first at step 1, tensor conv1.weight" in proc.stdout
+
+
+def test_native_mode_fails_a_library_that_does_not_run_the_rmsprop_its_row_names(tmp_path):
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "misdeclared:pytorch"}  # says eps inside the root, runs it outside
+    proc, report = _steps(tmp_path, "--steps", "1", "--optimizer", "native", "--frameworks", "pytorch", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    entry = report["frameworks"]["pytorch"]
+    assert entry["status"] == "mismatch" and entry["first_gradient_failure"] is None
+    assert entry["first_failure"] == entry["first_declared_mismatch"] and entry["first_failure"]["step"] == 1
+    assert "first at step 1, tensor" in proc.stdout and "declared update rel L2" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    return _steps(tmp_path_factory.mktemp("native"), "--steps", "2", "--optimizer", "native")
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_native_mode_measures_each_library_s_own_rmsprop(native, framework):
+    proc, report = native
+    entry, policy = report["frameworks"][framework], report["policy"]
+    known = NATIVE[framework]
+    for fact, want in known.items():  # the row names the RMSprop the library's sources define ...
+        got = entry["optimizer"][fact]
+        assert got == (want if isinstance(want, str) else pytest.approx(want, rel=1e-6)), (fact, got, want)
+    # computed: the library's updates are that RMSprop applied to its own gradients, at every step and tensor ...
+    assert entry["first_declared_mismatch"] is None
+    assert all(s["max_declared_update_rel_l2"] <= policy["update_rel_l2"] for s in entry["steps"])
+    # ... and they depart from canonical's exactly where that RMSprop is not canonical
+    assert (entry["first_update_departure"] is not None) == (known != CANONICAL), entry["first_update_departure"]
+    if framework == "keras-theano":  # Theano's own max-pool gradient goes to every tied maximum
+        assert entry["status"] == "mismatch" and entry["first_gradient_failure"]["tensor"].startswith("conv")
+    else:
+        assert entry["status"] == ("pass" if known == CANONICAL else "departs")
+        assert f"- {framework}: {entry['status'].upper()}" in proc.stdout
+    assert f"runs {entry['optimizer']['impl']}: lr " in proc.stdout
+
+
+def _output_layer_scaled(path, factor: float):
+    """The seed model with its output layer's weights times `factor`: its biases are 0, so the logits are scaled
+    by `factor` and the first-step gradients grow (global norm 0.55 -> 26 at 20) with no probability at the loss
+    clip yet."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(SEED_MODEL)
+    (weight,) = (t for t in model.graph.initializer if t.name == "dense2.weight")
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * factor, weight.name))
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("bug", [None, "tflearn-default-clip:tflearn"])
+def test_tflearn_s_default_gradient_clip_is_caught_in_canonical_mode(tmp_path, monkeypatch, bug):
+    # seed-2017's first gradient norms (0.2-3.7) stay under tflearn.DNN's default clip at global norm 5, so
+    # only a model with larger gradients shows whether canonical mode really turned the clip off
+    if bug:
+        monkeypatch.setenv("PYTHONPATH", PLANT)
+        monkeypatch.setenv("XV_PLANTED_BUG", bug)
+    model = _output_layer_scaled(tmp_path / "large_gradients.onnx", 20)
+    report = steps.run(["tflearn"], 2, "canonical", model=model, log=io.StringIO())
+    entry = report["frameworks"]["tflearn"]
+    assert entry["steps"][0]["reference_grad_norm"] > 20  # the premise: far above the clip
+    if bug is None:
+        assert entry["status"] == "pass" and report["passed"], steps.table(report)
+        return
+    assert not report["passed"] and entry["status"] == "mismatch"
+    failure = entry["first_failure"]
+    assert (failure["step"], failure["tensor"], failure["what"]) == (1, "conv1.weight", "gradient"), failure
+    assert entry["steps"][0]["grad_norm"] == pytest.approx(5.0, rel=1e-4)  # what the clip left
+    assert "first at step 1, tensor conv1.weight (gradient rel L2" in steps.table(report)
+    assert "global gradient norm 5, reference 2" in steps.table(report)

@@ -1,7 +1,7 @@
 """`python -m tests.trained_build LIBRARY MODEL`: the build that trains, checked against onnxruntime in the library's
 own process (tflearn switches a process to TF1 graph mode, so tests run this as a subprocess: `run`).
 
-For two training configs, identical dropout ("trained": what `trainers.run --dropout identical` trains) and the
+For two training configs, identical dropout ("trained": what `cli.train --dropout identical` trains) and the
 library's own dropout ("default"), it builds `build(spec, **trainer.build_options(config))` as the trainer's setup
 does, runs the builder's layer_outputs on seeded inputs and judges them with verify.compare against onnxruntime;
 then again with each bug of PLANTS, which break the identical-dropout variant only, to show that verifying the

@@ -1,5 +1,5 @@
 """Raw TensorFlow 2: a tf.function train step with tf.GradientTape on the builder's tf.Module, RMSprop applied
-with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp), NHWC. With config["dropout_masks"] == "harness"
+with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp; native mode: tf.optimizers.RMSprop), NHWC. With config["dropout_masks"] == "harness"
 the step takes the step's dropout masks as an argument and the model multiplies by them instead of calling
 tf.nn.dropout."""
 from __future__ import annotations
@@ -35,20 +35,33 @@ class _RMSprop:
                                                  rho=self.rho, momentum=self.momentum, epsilon=self.eps, grad=grad)
 
 
-def optimizer(tf, variables, opt: dict, report) -> _RMSprop:
-    impl = "tf.raw_ops.ResourceApplyRMSProp"
+class _KerasRMSprop:
+    """tf.optimizers.RMSprop behind _RMSprop's apply(grads)."""
+
+    def __init__(self, optimizer, variables):
+        self.optimizer, self.variables = optimizer, list(variables)
+        optimizer.build(self.variables)  # its slots now, not while a tf.function is traced
+
+    def apply(self, grads):
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+
+
+def optimizer(tf, variables, opt: dict, report):
     if opt["mode"] == "canonical":
-        lr, rho, eps, ms_init = opt["lr"], opt["rho"], opt["eps"], 0.0
-        how = "TensorFlow's own RMSProp kernel with momentum 0 and the mean-square slots initialised to 0"
-    elif opt["mode"] == "native":
-        # tf.compat.v1.train.RMSPropOptimizer(learning_rate) semantics: lr has no default (the experiment's is
-        # used), decay 0.9, momentum 0, epsilon 1e-10, ms slots initialised to ones
-        lr, rho, eps, ms_init = opt["lr"], 0.9, 1e-10, 1.0
-        how = "tf.compat.v1.train.RMSPropOptimizer defaults (decay 0.9, eps 1e-10, ms starts at 1) on its kernel"
-    else:
+        report.optimizer("tf.raw_ops.ResourceApplyRMSProp", opt["lr"], opt["rho"], opt["eps"], 0.0, "inside sqrt",
+                         "TensorFlow's own RMSProp kernel with momentum 0 and the mean-square slots initialised to 0")
+        return _RMSprop(tf, variables, opt["lr"], opt["rho"], opt["eps"], 0.0)
+    if opt["mode"] != "native":
         raise ValueError(f"unknown optimizer mode {opt['mode']!r}")
-    report.optimizer(impl, lr, rho, eps, ms_init, "inside sqrt", how)
-    return _RMSprop(tf, variables, lr, rho, eps, ms_init)
+    # native: the RMSprop the library's own API offers in the version we run, with its defaults. TensorFlow 2's is
+    # tf.optimizers.RMSprop (Keras 3's); TF1's tf.train.RMSPropOptimizer survives only under tf.compat.v1.
+    optimizer = tf.optimizers.RMSprop()
+    if optimizer.centered or optimizer.momentum or optimizer.get_config()["weight_decay"]:
+        raise ValueError("expected a plain RMSprop: uncentered, no momentum, no weight decay")
+    lr = float(str(np.float32(optimizer.learning_rate)))  # a float32 variable: 0.001, not 0.0010000000474974513
+    report.optimizer(f"{type(optimizer).__module__}.{type(optimizer).__name__} (tf.optimizers.RMSprop)", lr,
+                     float(optimizer.rho), float(optimizer.epsilon), 0.0, "inside sqrt", "")
+    return _KerasRMSprop(optimizer, variables)
 
 
 def _canonical_tensors(spec, keys: list, values) -> dict:

@@ -29,7 +29,9 @@ def optimizer(tf, opt: dict, report):
         optimizer = tf.optimizers.RMSprop(learning_rate=opt["lr"], rho=opt["rho"], epsilon=opt["eps"])
         how = "tf.optimizers.RMSprop (Keras 3) already is the canonical update; the experiment's lr/rho/eps passed"
     elif opt["mode"] == "native":
-        optimizer = tf.optimizers.RMSprop()  # what a tensorlayer 2 user writes: lr 1e-3, rho 0.9, eps 1e-7
+        # native: the RMSprop the library's own API offers in the version we run, with its defaults; tensorlayer 2
+        # has none and its users take TensorFlow 2's, as raw TensorFlow's native mode does: lr 1e-3, rho 0.9, eps 1e-7
+        optimizer = tf.optimizers.RMSprop()
         how = ""
     else:
         raise ValueError(f"unknown optimizer mode {opt['mode']!r}")

@@ -4,7 +4,7 @@ Each library trains its first N steps (canonical data order, dropout off) and re
 gradient its optimizer applied and the parameters after the update. The reference recomputes each step
 in float64 from the library's own parameters before that step (so a library is judged on each step's
 arithmetic, not on float32 drift accumulated over earlier steps), with canonical RMSprop whose mean
-square it accumulates from its own gradients.
+square it accumulates from its own gradients. Every step and every tensor is judged (see judge).
 """
 from __future__ import annotations
 
@@ -35,41 +35,109 @@ def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
     return diff / norm if norm else (0.0 if diff == 0 else float("inf"))
 
 
-def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, policy: dict) -> dict:
-    """Per step: the reference loss, and per parameter the relative L2 difference of the gradient and of
-    the update (parameters after minus before the step) against the reference."""
+def _global_norm(tensors) -> float:
+    return float(np.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in tensors)))
+
+
+def clipped(grads: dict, clip: float) -> dict:
+    """tf.clip_by_global_norm: every tensor times clip / max(global norm, clip); clip 0 changes nothing."""
+    if not clip:
+        return grads
+    scale = clip / max(_global_norm(grads.values()), clip)
+    return {n: g * scale for n, g in grads.items()}
+
+
+def declared_rmsprop(params: dict, grads: dict, state: dict, opt: dict) -> None:
+    """One step of the RMSprop a library declares it runs (trainers.worker.Reporter.optimizer): v = rho*v +
+    (1-rho)*g^2, v starting at ms_init; w -= lr*g/sqrt(v+eps), or lr*g/(sqrt(v)+eps) with eps outside."""
+    for name, g in grads.items():
+        v = state.setdefault(name, np.full_like(g, opt["ms_init"]))
+        v *= opt["rho"]
+        v += (1 - opt["rho"]) * g * g
+        root = np.sqrt(v + opt["eps"]) if opt["eps_placement"] == "inside sqrt" else np.sqrt(v) + opt["eps"]
+        params[name] = params[name] - opt["lr"] * g / root
+
+
+CHECKS = {  # finding -> (per-tensor figure, policy bound)
+    "gradient": ("grad_rel_l2", "grad_rel_l2"),
+    "update": ("update_rel_l2", "update_rel_l2"),
+    "declared update": ("declared_update_rel_l2", "update_rel_l2"),
+}
+
+
+def _first(steps: list, what: str, policy: dict) -> dict | None:
+    """The first (step, tensor) whose figure for `what` breaks the policy (NaN breaks it too), or None."""
+    key, bound = CHECKS[what]
+    for step in steps:
+        for row in step["tensors"]:
+            if key in row and not row[key] <= policy[bound]:
+                return {"step": step["step"], "tensor": row["tensor"], "what": what, "rel_l2": row[key]}
+    return None
+
+
+def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, policy: dict,
+          declared: dict | None = None) -> dict:
+    """Every step and every parameter tensor of one library against the float64 reference, teacher-forced:
+    the reference starts each step from the library's own parameters. Per tensor, the relative L2 difference
+    of the gradient the library applied, and of its update (parameters after minus before the step) from
+    canonical RMSprop's; with `declared` (native mode: the RMSprop the library reports it runs), the reference
+    gradient is clipped as declared before it is compared, and the update is also compared with that RMSprop
+    applied to the library's own gradients (the optimizer judged apart from the gradient)."""
     x_train, y_train = arrays[0], arrays[1]
     ref = Reference(spec, spec.weights)
     names = list(spec.weights)
     before = {n: spec.weights[n].astype(np.float64) for n in names}
-    state, steps, first_bad = {}, [], None
+    clip = declared.get("grad_clip_norm", 0.0) if declared else 0.0
+    canonical_state, declared_state, steps = {}, {}, []
     for k, idx in enumerate(batches):
         ref.params = {n: v.copy() for n, v in before.items()}
         loss, grads = ref.loss_and_grads(x_train[idx], y_train[idx])
-        ref.rmsprop_step(grads, state, optimizer["lr"], optimizer["rho"], optimizer["eps"])
-        rows = []
-        for n in names:
-            got_grad, got_param = tensors[f"grad/{k}/{n}"], tensors[f"param/{k}/{n}"]
-            rows.append({"tensor": n, "grad_rel_l2": _rel_l2(got_grad, grads[n]),
-                         "update_rel_l2": _rel_l2(got_param - before[n], ref.params[n] - before[n])})
-        for r in rows:
-            r["grad_ok"] = r["grad_rel_l2"] <= policy["grad_rel_l2"]
-            r["update_ok"] = r["update_rel_l2"] <= policy["update_rel_l2"]
-            if first_bad is None and not (r["grad_ok"] and r["update_ok"]):
-                first_bad = {"step": k + 1, "tensor": r["tensor"],
-                             "what": "gradient" if not r["grad_ok"] else "update",
-                             "rel_l2": r["grad_rel_l2"] if not r["grad_ok"] else r["update_rel_l2"]}
+        ref.rmsprop_step(grads, canonical_state, optimizer["lr"], optimizer["rho"], optimizer["eps"])
+        got_grads = {n: tensors[f"grad/{k}/{n}"] for n in names}
+        declared_params = None
+        if declared:
+            declared_params = dict(before)
+            own = clipped({n: g.astype(np.float64) for n, g in got_grads.items()}, clip)
+            declared_rmsprop(declared_params, own, declared_state, declared)
+        after = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names}
+        rows = _rows(names, got_grads, clipped(grads, clip), before, after, ref.params, declared_params)
         steps.append({"step": k + 1, "reference_loss": loss, "tensors": rows,
-                      "max_grad_rel_l2": max(r["grad_rel_l2"] for r in rows),
-                      "max_update_rel_l2": max(r["update_rel_l2"] for r in rows)})
-        before = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names}
-    return {"steps": steps, "first_failure": first_bad}
+                      "grad_norm": _global_norm(got_grads.values()), "reference_grad_norm": _global_norm(grads.values()),
+                      **{f"max_{key}": max(r[key] for r in rows) for key, _ in CHECKS.values() if key in rows[0]}})
+        before = after
+    return {"steps": steps, **verdict(steps, policy, native=declared is not None)}
+
+
+def _rows(names, got_grads, want_grads, before, after, canonical, declared) -> list:
+    """Per tensor: the gradient's and the update's relative L2 differences (see judge)."""
+    rows = []
+    for n in names:
+        update = after[n] - before[n]
+        row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grads[n], want_grads[n]),
+               "update_rel_l2": _rel_l2(update, canonical[n] - before[n])}
+        if declared is not None:
+            row["declared_update_rel_l2"] = _rel_l2(update, declared[n] - before[n])
+        rows.append(row)
+    return rows
+
+
+def verdict(steps: list, policy: dict, native: bool) -> dict:
+    """Any gradient off -> "mismatch". Canonical mode: any update off -> "mismatch". Native mode: an update off
+    from the declared RMSprop -> "mismatch" (the library does not run what its row says), else an update off
+    from canonical -> "departs". The first (step, tensor) of each kind is reported on its own."""
+    found = {what: _first(steps, what, policy) for what in CHECKS if native or what != "declared update"}
+    decisive = ("gradient", "declared update") if native else ("gradient", "update")
+    failure = next((found[what] for what in decisive if found[what]), None)
+    return {"status": "mismatch" if failure else "departs" if found["update"] else "pass", "first_failure": failure,
+            "first_gradient_failure": found["gradient"], "first_update_departure": found["update"],
+            **({"first_declared_mismatch": found["declared update"]} if native else {})}
 
 
 def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,
-        timeout: float = 1800, log=sys.stderr) -> dict:
+        timeout: float = 1800, log=sys.stderr, model=None) -> dict:
+    """`model`: an ONNX file to train in place of the experiment's (same input shape and classes)."""
     experiment = experiments.load(experiment_name)
-    spec = training.without_dropout(import_model(experiments.model_path(experiment)))
+    spec = training.without_dropout(import_model(model or experiments.model_path(experiment)))
     arrays = training.datasets(cifar10.find(data_path, **training.needs(experiment)), experiment)
     batch_size = experiment["batch_size"]
     per_epoch = -(-len(arrays[0]) // batch_size)
@@ -82,7 +150,8 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
                                                    for i in range(0, order.shape[1], batch_size)]][:n_steps]
     policy = load_policy()
     report = {"experiment": experiment_name, "steps": n_steps, "optimizer_mode": mode, "policy": policy,
-              "reference": "float64 numpy (spec/reference64.py, the op registry's math), canonical RMSprop, teacher-forced per step",
+              "reference": "float64 numpy (spec/reference64.py, the op registry's math), canonical RMSprop (native "
+                           "mode: also the RMSprop each library declares), teacher-forced per step",
               "frameworks": {}}
     with tempfile.TemporaryDirectory(prefix="steps-") as tmp:
         job = Path(tmp)
@@ -93,14 +162,14 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
             entry = {"status": row["status"], "reason": row["reason"], "optimizer": row["record"]["optimizer"],
                      "losses": [s["loss"] for s in row["record"]["steps"][:n_steps]]}
             path = tensors_path(job, framework)
-            if row["status"] == Status.OK and path.exists():
+            if row["status"] == Status.OK and mode == "native" and not entry["optimizer"]:
+                entry.update(status=Status.CRASHED, reason="the trainer reported no optimizer")
+            elif row["status"] == Status.OK and path.exists():
                 with np.load(path) as npz:
                     tensors = {k: npz[k] for k in npz.files}
                 path.unlink()
-                entry.update(judge(spec, tensors, arrays, batches, experiment["optimizer"], policy))
-                bad = entry["first_failure"]
-                entry["status"] = "pass" if bad is None else ("departs" if mode == "native" and bad["what"] ==
-                                                              "update" else "mismatch")
+                declared = entry["optimizer"] if mode == "native" else None
+                entry.update(judge(spec, tensors, arrays, batches, experiment["optimizer"], policy, declared))
             elif row["status"] == Status.OK:
                 entry.update(status=Status.CRASHED, reason="the trainer reported no step tensors")
             print(f"{framework:<17} {entry['status']}" + (f"  {entry['reason']}" if entry["reason"] else ""),
@@ -124,15 +193,42 @@ def table(report: dict) -> str:
         lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
     lines.append("")
     p = report["policy"]
-    lines.append(f"max relative L2 difference over all parameter tensors, against the float64 reference; "
-                 f"tolerance: gradient {p['grad_rel_l2']:g}, update {p['update_rel_l2']:g}")
+    lines.append(f"max relative L2 difference over all parameter tensors, against the float64 reference with "
+                 f"canonical RMSprop; tolerance: gradient {p['grad_rel_l2']:g}, update {p['update_rel_l2']:g}")
     for n, e in report["frameworks"].items():
-        bad = e.get("first_failure")
-        verdict = e["status"].upper()
-        if bad:
-            verdict += (f": first at step {bad['step']}, tensor {bad['tensor']} ({bad['what']} rel L2 "
-                        f"{bad['rel_l2']:.2e})")
-        elif e["reason"]:
-            verdict += f": {e['reason']}"
-        lines.append(f"- {n}: {verdict}")
+        lines += verdict_lines(n, e, report["optimizer_mode"])
     return "\n".join(lines)
+
+
+def _at(finding: dict) -> str:
+    return f"step {finding['step']}, tensor {finding['tensor']} ({finding['what']} rel L2 {finding['rel_l2']:.2e})"
+
+
+def declared_text(opt: dict) -> str:
+    """The RMSprop a library reports it runs, in one phrase."""
+    text = (f"{opt['impl']}: lr {opt['lr']:g}, rho {opt['rho']:g}, eps {opt['eps']:g} {opt['eps_placement']}, "
+            f"mean square from {opt['ms_init']:g}")
+    return text + (f", gradients clipped to global norm {opt['grad_clip_norm']:g}" if opt.get("grad_clip_norm") else "")
+
+
+def verdict_lines(name: str, e: dict, mode: str) -> list:
+    """One library's verdict: the decisive finding first, then every other kind of finding on its own line."""
+    head = e.get("first_failure") or e.get("first_update_departure")
+    text = f"- {name}: {e['status'].upper()}"
+    if head:
+        text += f": first at {_at(head)}"
+        if head["what"] == "gradient":
+            step = e["steps"][head["step"] - 1]
+            text += f"; global gradient norm {step['grad_norm']:.4g}, reference {step['reference_grad_norm']:.4g}"
+    elif e["reason"]:
+        text += f": {e['reason']}"
+    lines = [text]
+    if mode == "native" and e.get("optimizer"):
+        lines.append(f"  - runs {declared_text(e['optimizer'])}")
+    others = (("first_gradient_failure", "gradient off"), ("first_update_departure", "update departs from canonical"),
+              ("first_declared_mismatch", "update off from the declared RMSprop"))
+    for key, label in others:
+        found = e.get(key)
+        if found and found != head:
+            lines.append(f"  - {label}: first at {_at(found)}")
+    return lines

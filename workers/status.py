@@ -12,7 +12,7 @@ class Status(enum.StrEnum):
     PASS = "pass"                   # verified: equal to the reference within the tolerance
     MISMATCH = "mismatch"           # verified: not equal to the reference
     DEPARTS = "departs"             # verify steps --optimizer native: the update departs, gradients match
-    NOT_VERIFIED = "not verified"   # trainers.run: failed verification, so not trained
+    NOT_VERIFIED = "not verified"   # cli.train: failed verification, so not trained
     UNSUPPORTED = "unsupported"     # the library cannot express the model (worker exit 3)
     NAN = "nan"                     # the loss became non-finite (worker exit 4)
     TIMEOUT = "timeout"             # ran past its time limit and was killed

@@ -212,3 +212,56 @@ def _malformed_layer_outputs(framework):
 
 TRAINING_FAULTS.update({"malformed-output": _malformed_output, "env-missing": _env_missing,
                         "malformed-layer-outputs": _malformed_layer_outputs})
+
+
+def _grad_sign_flip(framework):
+    # a backward pass with one sign wrong, in the last dense layer's weight gradient: a later tensor than
+    # conv1.weight, where native mode's first update departure is found
+    assert framework == "pytorch", "this fault is written for the PyTorch builder"
+    module = importlib.import_module("builders.pytorch")
+    original = module.build
+
+    def build(spec, **options):
+        import torch
+
+        model = original(spec, **options)
+        [*_, last] = (m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        last.weight.register_hook(torch.neg)  # the gradient autograd leaves in .grad, negated
+        return model
+    module.build = build
+
+
+TRAINING_FAULTS["grad-sign-flip"] = _grad_sign_flip
+
+
+def _tflearn_default_clip(framework):
+    # the trainer's clip_gradients=0 lost: tflearn.DNN's default clips gradients to global norm 5 in canonical mode
+    assert framework == "tflearn", "this fault is written for the tflearn trainer"
+    module = importlib.import_module("trainers.tflearn")
+    original = module.setup
+
+    def setup(config):
+        tf, tflearn = original(config)
+        init = tflearn.DNN.__init__
+
+        def without_clip_argument(self, network, *args, clip_gradients=None, **kwargs):
+            init(self, network, *args, **kwargs)
+        tflearn.DNN.__init__ = without_clip_argument
+        return tf, tflearn
+    module.setup = setup
+
+
+def _misdeclared(framework):
+    # a trainer whose row says canonical epsilon placement while its optimizer puts epsilon outside the root
+    from trainers import worker
+
+    original = worker.Reporter.optimizer
+
+    def optimizer(self, impl, lr, rho, eps, ms_init, eps_placement, *args, **kwargs):
+        if _worker_is(framework):
+            eps_placement = "inside sqrt"
+        return original(self, impl, lr, rho, eps, ms_init, eps_placement, *args, **kwargs)
+    worker.Reporter.optimizer = optimizer
+
+
+TRAINING_FAULTS.update({"tflearn-default-clip": _tflearn_default_clip, "misdeclared": _misdeclared})
