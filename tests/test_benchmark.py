@@ -7,6 +7,8 @@ import pytest
 from builders import FRAMEWORKS
 from tests.conftest import run_cli, run_training
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 
 def test_peak_measurement_reports_a_rate():
     proc = run_cli("benchmarks.peak", "--threads", "1")

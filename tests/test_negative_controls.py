@@ -10,6 +10,8 @@ from spec.onnx_import import import_model
 from tests.conftest import ROOT, SEED_MODEL, run_cli
 from verify.compare import compare, load_policy
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 CASES = [
     # bug, library, model, first layer that must be reported
     ("flatten-order", "keras-tensorflow", "seed", "dense1"),

@@ -9,6 +9,8 @@ from tests.conftest import ROOT, SEED_MODEL, run_cli
 from tests.rmsprop_facts import CANONICAL, NATIVE
 from verify import steps
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 PLANT = str(ROOT / "tests" / "planted")
 
 

@@ -10,6 +10,8 @@ from tests.conftest import run_training as _run
 from tests.rmsprop_facts import CANONICAL, NATIVE, reference_losses
 from tests.rmsprop_facts import key as facts_key
 
+pytestmark = pytest.mark.slow  # starts library workers
+
 PLANT = str(ROOT / "tests" / "planted")
 
 
