@@ -235,7 +235,8 @@ def markdown(run: dict) -> list:
     sweep, sig = run["sweep"], run["significance"]
     varies = ", ".join(run["varies"])
     lines = [f"{len(run['seeds'])} seeds per library ({', '.join(map(str, run['seeds']))}); between seeds: {varies}.",
-             "", "| library | seeds ok | val acc mean ± sd | min–max | val loss mean ± sd | min–max | images/s median (min–max) |",
+             "", "| library | seeds ok | val acc mean ± sd | min–max | val loss mean ± sd | min–max "
+                 "| images/s median (min–max) |",
              "|---|---|---|---|---|---|---|"]
     for name, s in sweep.items():
         acc, loss, speed = s["val_acc"], s["val_loss"], s["images_per_s"]
@@ -259,7 +260,8 @@ def markdown(run: dict) -> list:
         for seed in run["seeds"]:
             row = run["runs"][str(seed)].get(name)
             epochs = row["record"]["epochs"] if row else []
-            cells.append(f"{epochs[-1]['val_acc']:.3f}" if row and row["status"] == "ok" and epochs else row["status"] if row else "-")
+            done = row and row["status"] == "ok" and epochs
+            cells.append(f"{epochs[-1]['val_acc']:.3f}" if done else row["status"] if row else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(r.get("executor", {}).get("shared") for rows in run["runs"].values() for r in rows.values()):
         lines += ["", ("Speeds were measured on a shared cluster, several jobs at a time: they are not comparable "

@@ -50,7 +50,8 @@ def markdown(result: dict, base_name: str, cand_name: str) -> str:
              "| library | baseline | candidate | candidate / baseline | verdict |", "|---|---|---|---|---|"]
     for name, r in result["libraries"].items():
         a, b = r["baseline"], r["candidate"]
-        cell = lambda s: "-" if s["median"] is None else f"{s['median']:.0f} ({s['min']:.0f}–{s['max']:.0f})"
+        def cell(s):
+            return "-" if s["median"] is None else f"{s['median']:.0f} ({s['min']:.0f}–{s['max']:.0f})"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
         verdict = r["verdict"].upper() if r["verdict"] == "regression" else r["verdict"]
         lines.append(f"| {name} | {cell(a)} | {cell(b)} | {ratio} | {verdict} |")

@@ -11,8 +11,9 @@ An op is one entry in `spec.ops` plus one function `op_<kind>` per builder; `op_
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 

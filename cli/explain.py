@@ -86,9 +86,9 @@ def run_sweeps(plans: dict) -> tuple:
 
 
 def main(argv=None) -> int:
-    from workers import lifeline
     from analysis import explain
     from trainers import dispatch
+    from workers import lifeline
 
     p = parser()
     args = p.parse_args(argv)
@@ -118,8 +118,8 @@ def main(argv=None) -> int:
 
 
 def write(result: dict, folders: dict, docs: dict, folder: Path) -> None:
-    from workers import results
     from analysis import explain
+    from workers import results
 
     text = explain.markdown(result, folders, docs)
     results.write_json(folder / "explain.json", result)

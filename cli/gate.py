@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from trainers.plan import BadInput, Plan
 from workers import results
 from workers.records import TrainingRow, VerifyReport
-from trainers.plan import BadInput, Plan
 
 VERIFICATION = "verification.json"  # in every results folder: the gate's report
 

@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from workers import lifeline
-from workers import results
 from cli import EXIT_FAILED, EXIT_OK, Parser, description, fail, gate
 from trainers import dispatch
 from trainers import plan as planning
 from trainers.plan import BadInput, TrainOptions
+from workers import lifeline, results
 
 INVOCATION = "invocation.json"  # in every results folder: the options that made it, for --resume
 EPILOG = """Optimizer modes:

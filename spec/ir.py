@@ -139,7 +139,7 @@ class ModelSpec:
         np.savez(folder / "weights.npz", **self.weights)
 
     @classmethod
-    def load(cls, folder: Path) -> "ModelSpec":
+    def load(cls, folder: Path) -> ModelSpec:
         folder = Path(folder)
         doc = json.loads((folder / "model.json").read_text())
         layers = [

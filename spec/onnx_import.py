@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from spec import ops
-from spec.ir import Node, ModelSpec, same_pads, window_output_size
+from spec.ir import ModelSpec, Node, same_pads, window_output_size
 
 OPSET_RANGE = (13, 20)
 _TRANSLATED = ("Conv", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)", "Gemm",

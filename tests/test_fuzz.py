@@ -1,9 +1,9 @@
-import pytest
 """The importer fuzz (tests/fuzz_onnx.py), bounded for CI, and mutated models through the real CLI.
 A longer run on demand: `python -m tests.fuzz_onnx --examples 20000 --seed 7`, or XV_FUZZ_EXAMPLES here."""
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

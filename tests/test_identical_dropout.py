@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import envs
-
 from builders import FRAMEWORKS
 from tests.conftest import ROOT, run_training
 from trainers import masks

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 import cifar10
-from spec import experiments, training
+from spec import experiments, ops, reference64, training
 from spec.onnx_import import import_model, load_onnx
 from tests.conftest import SEED_MODEL
-from spec import ops, reference64
 from verify.reference import layer_outputs
 
 

@@ -6,13 +6,25 @@ import re
 
 import pytest
 
-from workers import records
-from workers.records import (Epoch, Executor, Interruption, Optimizer, PlainRow, Record, Step, Summary, TrainingResults,
-                     TrainingRow, VerifyReport, VerifyRow)
 from tests.conftest import ROOT, run_training
 from trainers import dispatch
 from trainers.executors import Job
 from trainers.plan import TrainOptions
+from workers import records
+from workers.records import (
+    Epoch,
+    Executor,
+    Interruption,
+    Optimizer,
+    PlainRow,
+    Record,
+    Step,
+    Summary,
+    TrainingResults,
+    TrainingRow,
+    VerifyReport,
+    VerifyRow,
+)
 
 SCHEMA_DOC = ROOT / "docs" / "results-schema.md"
 CLASSES = (*records.SCHEMA, TrainOptions)

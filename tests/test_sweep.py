@@ -6,8 +6,8 @@ import pytest
 
 from analysis import sweep
 from analysis.report import load_tolerances
-from tests.conftest import run_cli, run_training
 from spec import training
+from tests.conftest import run_cli, run_training
 
 
 def _runs(finals: dict) -> dict:

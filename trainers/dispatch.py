@@ -10,10 +10,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers import lifeline
-from workers import results
-from workers.records import PlainRow, TrainingRow
 from trainers.plan import BadInput, Plan
+from workers import lifeline, results
+from workers.records import PlainRow, TrainingRow
 
 
 def check_out(out) -> None:

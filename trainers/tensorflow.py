@@ -1,7 +1,7 @@
-"""Raw TensorFlow 2: a tf.function train step with tf.GradientTape on the builder's tf.Module, RMSprop applied
-with TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp; native mode: tf.optimizers.RMSprop), NHWC. With config["dropout_masks"] == "harness"
-the step takes the step's dropout masks as an argument and the model multiplies by them instead of calling
-tf.nn.dropout."""
+"""Raw TensorFlow 2: a tf.function train step with tf.GradientTape on the builder's tf.Module, RMSprop applied with
+TensorFlow's own fused kernel (tf.raw_ops.ResourceApplyRMSProp; native mode: tf.optimizers.RMSprop), NHWC. With
+config["dropout_masks"] == "harness" the step takes the step's dropout masks as an argument and the model
+multiplies by them instead of calling tf.nn.dropout."""
 from __future__ import annotations
 
 import functools

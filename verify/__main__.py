@@ -122,8 +122,8 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def _steps(args) -> int:
-    from workers import results
     from verify import steps
+    from workers import results
 
     report = steps.run(args.frameworks, args.steps, args.optimizer, data_path=args.data)
     print(steps.table(report))
@@ -143,10 +143,10 @@ def main(argv=None) -> int:
         print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     import cifar10
-    from workers import results
     from spec import experiments
     from spec.onnx_import import ModelError, describe, import_model
     from verify import equivalence
+    from workers import results
 
     try:
         if args.command == "describe":

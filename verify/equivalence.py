@@ -14,13 +14,13 @@ import numpy as np
 
 import cifar10
 from builders import select
+from builders.worker import options_path
 from spec import experiments
 from spec.ir import ModelSpec
 from spec.onnx_import import import_model, load_onnx
 from verify import reference
 from verify.compare import compare, load_policy
 from verify.runner import run_worker
-from builders.worker import options_path
 from workers import Status, lifeline, number, results
 
 CIFAR_SHAPE = (3, 32, 32)

@@ -19,8 +19,8 @@ import cifar10
 from builders import resolve
 from spec import experiments, training
 from spec.onnx_import import import_model
-from verify.compare import TOLERANCES
 from spec.reference64 import Reference
+from verify.compare import TOLERANCES
 from workers import Status
 from workers.training import tensors_path, train_one
 
