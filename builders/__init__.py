@@ -4,7 +4,7 @@ Each builder module fulfils `builders.interface.Builder` (NAME, versions, build,
 to_canonical) and has one `op_<kind>` function per op kind of the registry (`spec.ops`) it can express.
 `options` are a fast path's (FAST_PATHS below) or a trainer's build options.
 
-Framework imports happen inside those functions, so this package can be imported anywhere.
+Library imports happen inside those functions, so this package can be imported anywhere.
 Layout conversions and library quirks live in the builder of that library and nowhere else.
 """
 from dataclasses import dataclass
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from builders.interface import Unsupported  # noqa: F401  (raised by every builder)
 
-# framework name -> (builder module, worker environment)
-FRAMEWORKS = {
+# library name -> (builder module, worker environment)
+LIBRARIES = {
     "keras-theano": ("builders.keras_theano", "theano"),
     "keras-tensorflow": ("builders.keras_tensorflow", "main"),
     "pytorch": ("builders.pytorch", "main"),
@@ -48,16 +48,16 @@ FAST_PATHS = {
                             "the Keras 3 model and fit loop on the PyTorch backend (eager)"),
 }
 
-NAMES = [*FRAMEWORKS, *FAST_PATHS]
+NAMES = [*LIBRARIES, *FAST_PATHS]
 
 
 def resolve(name: str) -> tuple:
-    """(base framework, worker environment, options) of a library or fast path."""
-    if name in FRAMEWORKS:
-        return name, FRAMEWORKS[name][1], {}
+    """(base library, worker environment, options) of a library or fast path."""
+    if name in LIBRARIES:
+        return name, LIBRARIES[name][1], {}
     if name in FAST_PATHS:
         fast = FAST_PATHS[name]
-        return fast.base, FRAMEWORKS[fast.base][1], dict(fast.options)
+        return fast.base, LIBRARIES[fast.base][1], dict(fast.options)
     raise KeyError(f"unknown library {name!r}; choose from {', '.join(NAMES)}")
 
 
@@ -72,7 +72,7 @@ def cache_dir(name: str) -> Path:
 def select(tokens) -> list:
     """Library and fast-path names from command-line tokens: names, 'all' (the six libraries) and 'fast-paths'
     (every fast path), in the order given, without repeats. ValueError names the first unknown token."""
-    groups = {"all": list(FRAMEWORKS), "fast-paths": list(FAST_PATHS)}
+    groups = {"all": list(LIBRARIES), "fast-paths": list(FAST_PATHS)}
     names = []
     for token in tokens:
         if token not in groups and token not in NAMES:

@@ -1,9 +1,9 @@
-"""Worker entry point: `python -m builders.worker FRAMEWORK JOB_DIR`.
+"""Worker entry point: `python -m builders.worker LIBRARY JOB_DIR`.
 
-Runs in the framework's own environment and process. Reads JOB_DIR/model.json,
+Runs in the library's own environment and process. Reads JOB_DIR/model.json,
 weights.npz and inputs.npz (array "x"); writes JOB_DIR/outputs.npz (one array per layer,
-keyed by layer name) as JOB_DIR/FRAMEWORK.outputs.npz and versions and timings as
-JOB_DIR/FRAMEWORK.worker.json, each complete or absent, so workers can share a job folder.
+keyed by layer name) as JOB_DIR/LIBRARY.outputs.npz and versions and timings as
+JOB_DIR/LIBRARY.worker.json, each complete or absent, so workers can share a job folder.
 Exit codes (workers.ExitCode): OK, UNSUPPORTED when the builder cannot express the model, FAILED on
 any other failure, BAD_INPUT on bad arguments; the reason is the last line on stderr.
 """
@@ -18,25 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from builders import FRAMEWORKS, NAMES, Unsupported, resolve
+from builders import LIBRARIES, NAMES, Unsupported, resolve
 from spec.ir import ModelSpec
 from workers import ExitCode, lifeline, results
 
 
-def output_paths(job: Path, framework: str) -> tuple:
-    return job / f"{framework}.outputs.npz", job / f"{framework}.worker.json"
+def output_paths(job: Path, library: str) -> tuple:
+    return job / f"{library}.outputs.npz", job / f"{library}.worker.json"
 
 
-def options_path(job: Path, framework: str) -> Path:
+def options_path(job: Path, library: str) -> Path:
     """Builder options beyond the fast path's, when the job has them (the options of a model a trainer trains)."""
-    return job / f"{framework}.options.json"
+    return job / f"{library}.options.json"
 
 
-def run(framework: str, job: Path) -> None:
-    base, _, options = resolve(framework)
-    if options_path(job, framework).exists():
-        options = {**options, **json.loads(options_path(job, framework).read_text())}
-    module = importlib.import_module(FRAMEWORKS[base][0])
+def run(library: str, job: Path) -> None:
+    base, _, options = resolve(library)
+    if options_path(job, library).exists():
+        options = {**options, **json.loads(options_path(job, library).read_text())}
+    module = importlib.import_module(LIBRARIES[base][0])
     spec = ModelSpec.load(job)
     with np.load(job / "inputs.npz") as npz:
         x = npz["x"].astype(np.float32)
@@ -48,9 +48,9 @@ def run(framework: str, job: Path) -> None:
     missing = [l.name for l in spec.layers if l.name not in outputs]
     if missing:
         raise RuntimeError(f"builder returned no output for layers {missing}")
-    info = {"framework": framework, "versions": module.versions(**options),
+    info = {"library": library, "versions": module.versions(**options),
             "build_s": t1 - t0, "forward_s": t2 - t1, "python": sys.version.split()[0]}
-    outputs_path, info_path = output_paths(job, framework)
+    outputs_path, info_path = output_paths(job, library)
     with results.atomic_file(outputs_path) as handle:
         np.savez(handle, **{layer.name: np.asarray(outputs[layer.name], dtype=np.float32) for layer in spec.layers})
     results.write_json(info_path, info)

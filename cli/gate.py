@@ -48,20 +48,20 @@ def trained_builds(plan: Plan) -> dict:
     configuration), so that the gate verifies exactly the model that trains, not a default build."""
     import importlib
 
-    from builders import FRAMEWORKS, resolve
+    from builders import LIBRARIES, resolve
 
     config = next(iter(plan.configs.values()))
     options = {}
     for name in plan.names:
         base, _, fast_path = resolve(name)
-        trainer = importlib.import_module(f"trainers.{FRAMEWORKS[base][0].split('.')[-1]}")
+        trainer = importlib.import_module(f"trainers.{LIBRARIES[base][0].split('.')[-1]}")
         options[name] = trainer.build_options({**config, "options": fast_path})
     return options
 
 
 def verdicts(report: VerifyReport, names: list) -> tuple:
     """(the libraries that may train, {library: its 'not verified' row} for the others)."""
-    passed = [n for n in names if report.frameworks[n].status == "pass"]
-    refused = {n: TrainingRow.without_record("not verified", report.frameworks[n].why_not())
+    passed = [n for n in names if report.libraries[n].status == "pass"]
+    refused = {n: TrainingRow.without_record("not verified", report.libraries[n].why_not())
                for n in names if n not in passed}
     return passed, refused

@@ -39,12 +39,12 @@ Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2
 
 
 def parser() -> Parser:
-    from builders import FAST_PATHS, FRAMEWORKS
+    from builders import FAST_PATHS, LIBRARIES
 
     p = Parser(prog="python -m cli.train", description=description(__doc__.split("\n\n")[0]),
                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("libraries", nargs="*", metavar="LIBRARY",
-                   help=f"'all' (the six libraries: {', '.join(FRAMEWORKS)}), 'fast-paths' (faster ways to run "
+                   help=f"'all' (the six libraries: {', '.join(LIBRARIES)}), 'fast-paths' (faster ways to run "
                         f"the same model, each verified before it is timed: {', '.join(FAST_PATHS)}), or any of these")
     p.add_argument("--experiment", default="seed-2017", help="experiment name (default seed-2017)")
     p.add_argument("--optimizer", choices=planning.OPTIMIZERS, default="canonical", help="RMSprop mode (default canonical)")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from tests.conftest import run_cli, run_training
 
 pytestmark = pytest.mark.slow  # starts library workers
@@ -28,7 +28,7 @@ def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(re
     proc, folder, run = repeated
     assert proc.returncode == 0, proc.stderr
     assert set(run["runs"]) == {"repeat1", "repeat2"}
-    for name in FRAMEWORKS:
+    for name in LIBRARIES:
         e = run["benchmark"]["libraries"][name]
         assert e["runs_ok"] == 2
         for key in ("steady_epoch_s", "images_per_s", "first_epoch_s"):
@@ -46,12 +46,12 @@ def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(re
     assert "% of peak" in table and "| pytorch | 2/2 |" in table
 
 
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_the_plain_loops_train_the_same_arithmetic_as_the_harness(repeated, framework):
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_the_plain_loops_train_the_same_arithmetic_as_the_harness(repeated, library):
     # what makes the harness/plain ratio a like-for-like comparison: same model, data order, optimizer, loss
     _, _, run = repeated
     for key, rows in run["plain"].items():
-        plain, harness = rows[framework], run["runs"][key][framework]["record"]
+        plain, harness = rows[library], run["runs"][key][library]["record"]
         assert plain["status"] == "ok", plain
         assert len(plain["epoch_s"]) == 2
         if plain["final_loss_of"] == "last batch":
@@ -86,7 +86,7 @@ def test_compare_flags_a_planted_regression_and_nothing_else(repeated, tmp_path)
     slower = run_cli("benchmarks.compare", folder, candidate, "--json", tmp_path / "cmp.json")
     assert slower.returncode == 1, slower.stdout + slower.stderr
     verdicts = {n: r["verdict"] for n, r in json.loads((tmp_path / "cmp.json").read_text())["libraries"].items()}
-    assert verdicts == {name: "regression" if name == "pytorch" else "same" for name in FRAMEWORKS}
+    assert verdicts == {name: "regression" if name == "pytorch" else "same" for name in LIBRARIES}
     assert "| pytorch |" in slower.stdout and "REGRESSION" in slower.stdout
 
 

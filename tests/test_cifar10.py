@@ -98,7 +98,7 @@ def test_hostile_batch_inside_an_archive_is_refused_by_the_cli(tmp_path, small):
         info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
         info.size = len(raw)
         tar.addfile(info, io.BytesIO(raw))
-    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", "--data", archive)
+    proc = run_cli("verify", "equivalence", "--libraries", "pytorch", "--data", archive)
     assert_one_line_error(proc, "test_batch", "refused to load")
     assert not marker.exists()
 
@@ -165,7 +165,7 @@ def test_a_truncated_archive_is_refused_by_the_cli(tmp_path, small):
     archive = tmp_path / "cut" / "cifar-10-python.tar.gz"
     archive.parent.mkdir()
     archive.write_bytes(whole[: len(whole) // 2])
-    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", "--data", archive)
+    proc = run_cli("verify", "equivalence", "--libraries", "pytorch", "--data", archive)
     assert_one_line_error(proc, str(archive), "unreadable archive")
 
 
@@ -173,7 +173,7 @@ def test_an_altered_archive_where_the_official_one_is_kept_is_refused(tmp_path, 
     home = tmp_path / "keras"
     (home / "datasets").mkdir(parents=True)
     _write_official(home / "datasets", small)  # a valid archive, but not the official one
-    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", env={"KERAS_HOME": str(home),
+    proc = run_cli("verify", "equivalence", "--libraries", "pytorch", env={"KERAS_HOME": str(home),
                                                                            "CIFAR10_PATH": ""})
     assert_one_line_error(proc, "md5", "c58f30108f718f92721af3b95e74349a", "fetch it again")
 
@@ -279,6 +279,6 @@ def test_an_npz_with_fewer_images_than_asked_names_the_array_what_it_has_and_wha
 def test_the_cli_refuses_an_npz_with_too_few_test_images_in_one_line(tmp_path):
     path = _write_npz(tmp_path / "few.npz", n_train=20, n_test=10)
     out = tmp_path / "r.json"
-    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", "--data", path, "--json", out)
+    proc = run_cli("verify", "equivalence", "--libraries", "pytorch", "--data", path, "--json", out)
     assert_one_line_error(proc, str(path), "x_test has 10 images, 64 are needed")
     assert not out.exists()

@@ -71,7 +71,7 @@ def _value(draw, option: str, places: dict) -> tuple:
         if option == "--steps":
             return text, _count_ok(text), not _count_ok(text) or int(text) <= STEPS_LIMIT
         return text, (_count_ok if option == "--jobs" else _seconds_ok)(text), True
-    if option == "--frameworks":
+    if option == "--libraries":
         text = draw(st.one_of(st.sampled_from(LIBRARY_NAMES_OK + LIBRARY_NAMES_BAD), TEXT))
         return text, True, True if text in LIBRARY_NAMES_OK else False if text in LIBRARY_NAMES_BAD else None
     if option == "--optimizer":
@@ -91,8 +91,8 @@ def verify_argv(draw, places: dict) -> tuple:
     """(argv, must_accept): True/False where the options' rules decide it, None where they leave it open (a
     random library list). argparse checks every occurrence of an option; the checks after it see the last."""
     command = draw(st.sampled_from(["equivalence", "steps", "describe"]))
-    options = {"equivalence": ["--model", "--frameworks", "--json", "--data", "--jobs", "--timeout"],
-               "steps": ["--steps", "--frameworks", "--optimizer", "--json", "--data"], "describe": []}[command]
+    options = {"equivalence": ["--model", "--libraries", "--json", "--data", "--jobs", "--timeout"],
+               "steps": ["--steps", "--libraries", "--optimizer", "--json", "--data"], "describe": []}[command]
     argv, each, last = [command], [], {}
     if command == "describe" and draw(st.integers(0, 5)):
         argv.append(draw(st.sampled_from([str(p) for p in places["paths"]])))
@@ -175,7 +175,7 @@ def test_verify_refuses_hostile_options_in_one_line_through_the_real_command(pla
 def test_the_reported_verify_options_are_refused(tmp_path, option, value):
     """Issue 11: --timeout -1 reported all six libraries as 'timed out after -1 s'; --jobs 0 was accepted."""
     out = tmp_path / "r.json"
-    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch", f"{option}={value}", "--json", out, timeout=300)
+    proc = run_cli("verify", "equivalence", "--libraries", "pytorch", f"{option}={value}", "--json", out, timeout=300)
     assert_one_line_error(proc, option, value)
     assert not out.exists()
 
@@ -370,8 +370,8 @@ def test_the_commands_refuse_hostile_data_files_before_any_work(tmp_path):
         path = _refused_npz(data, data_dir)
         out = tmp_path / f"out-{path.stem}"
         command = data.draw(st.sampled_from([
-            ("verify", "equivalence", "--frameworks", "pytorch", "--json", out / "r.json"),
-            ("verify", "steps", "--frameworks", "pytorch", "--steps", "1", "--json", out / "r.json"),
+            ("verify", "equivalence", "--libraries", "pytorch", "--json", out / "r.json"),
+            ("verify", "steps", "--libraries", "pytorch", "--steps", "1", "--json", out / "r.json"),
             (TRAIN_CLI, "pytorch", "--epochs", "1", "--max-batches", "1", "--threads", "1", "--out", out)]))
         proc = run_cli(*command, "--data", path, timeout=120)
         _assert_refused(proc, str(path))

@@ -149,7 +149,7 @@ def test_a_job_the_cluster_cannot_run_becomes_a_failed_row(cluster, other_checko
     (tmp_path / "job" / "config.json").write_text("{}")
     ((job, row),) = run_dask([Job("no-such-library", "0", tmp_path / "job", 1)], 1, 60, tmp_path, address, 1)
     assert row["status"] == "failed" and "no-such-library" in row["reason"], row
-    assert row["executor"]["kind"] == "dask" and job.framework == "no-such-library"
+    assert row["executor"]["kind"] == "dask" and job.library == "no-such-library"
 
 
 def _free_port() -> int:

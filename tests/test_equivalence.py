@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from tests.conftest import SEED_MODEL, run_cli
 
 pytestmark = pytest.mark.slow  # starts library workers
@@ -28,11 +28,11 @@ def reports(zoo, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+@pytest.mark.parametrize("library", list(LIBRARIES))
 @pytest.mark.parametrize("model", MODELS)
-def test_library_matches_onnxruntime(reports, model, framework):
+def test_library_matches_onnxruntime(reports, model, library):
     _, report = reports(model)
-    row = report["frameworks"][framework]
+    row = report["libraries"][library]
     assert row["status"] == "pass", json.dumps({k: v for k, v in row.items() if k != "layers"}, indent=1)
     assert row["output"]["argmax_agree"] == row["output"]["samples"]
     assert row["versions"], "the report must name the library versions it ran"
@@ -42,8 +42,8 @@ def test_library_matches_onnxruntime(reports, model, framework):
 def test_cli_prints_all_six_passing_and_exits_0(reports, model):
     proc, report = reports(model)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert list(report["frameworks"]) == list(FRAMEWORKS)
+    assert list(report["libraries"]) == list(LIBRARIES)
     table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "PASS" in line]
-    assert len(table_rows) == len(FRAMEWORKS)
+    assert len(table_rows) == len(LIBRARIES)
     if model == "seed":
         assert report["parameters"] == 1_250_858 and "CIFAR-10 test images" in report["inputs"]

@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from analysis import sweep
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from tests.conftest import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.slow  # starts library workers
@@ -26,9 +26,9 @@ def test_explain_runs_three_sweeps_and_writes_its_report(explained):
     assert {p.name for p in folder.iterdir()} == {"explain.json", "explain.md", "explain.png"}
     text = (folder / "explain.md").read_text()
     assert text in proc.stdout
-    for name in FRAMEWORKS:
+    for name in LIBRARIES:
         assert f"**{name}**: 2017 published" in text
-    assert set(result["libraries"]) == set(FRAMEWORKS)
+    assert set(result["libraries"]) == set(LIBRARIES)
     assert "softmax applied twice" in text and "dropout never enabled" in text  # the 2017 scripts' own faults
 
 

@@ -5,14 +5,14 @@ import json
 import pytest
 
 from analysis.report import load_tolerances
-from builders import FAST_PATHS, FRAMEWORKS, select
+from builders import FAST_PATHS, LIBRARIES, select
 from tests.conftest import assert_one_line_error, run_cli, run_training
 
 pytestmark = pytest.mark.slow  # starts library workers
 
 
 def test_fast_paths_are_chosen_by_name_and_never_part_of_all():
-    assert select(["all"]) == list(FRAMEWORKS)
+    assert select(["all"]) == list(LIBRARIES)
     assert select(["fast-paths"]) == list(FAST_PATHS)
     assert select(["pytorch+compile", "all", "fast-paths"]).count("pytorch+compile") == 1
     with pytest.raises(ValueError, match="fast-paths"):
@@ -35,7 +35,7 @@ def fast_run(tmp_path_factory):
 def test_every_fast_path_is_verified_and_runs_what_it_says(fast_run):
     proc, folder, run = fast_run
     assert proc.returncode == 0, proc.stderr
-    verified = json.loads((folder / "verification.json").read_text())["frameworks"]
+    verified = json.loads((folder / "verification.json").read_text())["libraries"]
     for name in FAST_PATHS:
         assert verified[name]["status"] == "pass", (name, verified[name])
         assert run["libraries"][name]["status"] == "ok", (name, run["libraries"][name]["reason"])

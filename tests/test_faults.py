@@ -39,9 +39,9 @@ def test_a_worker_that_writes_garbage_or_cannot_start_costs_only_its_row(tmp_pat
 def test_verify_survives_a_worker_that_writes_malformed_outputs(tmp_path):
     out = tmp_path / "report.json"
     env = {"PYTHONPATH": os.pathsep.join((PLANT, str(ROOT))), "XV_PLANTED_BUG": "malformed-layer-outputs:pytorch"}
-    proc = run_cli("verify", "equivalence", "--frameworks", "pytorch,tensorflow", "--json", out, env=env)
+    proc = run_cli("verify", "equivalence", "--libraries", "pytorch,tensorflow", "--json", out, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    rows = json.loads(out.read_text())["frameworks"]
+    rows = json.loads(out.read_text())["libraries"]
     assert rows["pytorch"]["status"] == "crashed" and "malformed result" in rows["pytorch"]["message"]
     assert rows["tensorflow"]["status"] == "pass"
 

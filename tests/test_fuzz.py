@@ -35,7 +35,7 @@ def test_the_cli_ends_mutated_models_with_exit_0_1_or_2_and_a_clear_line(tmp_pat
         raw, _ = fuzz_onnx.mutated_model(data, seeds)
         path = Path(folder) / "model.onnx"
         path.write_bytes(raw)
-        proc = run_cli("verify", "equivalence", "--model", path, "--frameworks", "pytorch", timeout=600)
+        proc = run_cli("verify", "equivalence", "--model", path, "--libraries", "pytorch", timeout=600)
         assert proc.returncode in (0, 1, 2), proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
         last = [line for line in proc.stderr.splitlines() if line.strip()][-1]

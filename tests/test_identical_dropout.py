@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import envs
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from tests.conftest import ROOT, run_training
 from trainers import masks
 
@@ -55,7 +55,7 @@ def test_with_identical_masks_all_six_agree_step_by_step_with_dropout_on(tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert run["config"]["dropout"] and run["config"]["dropout_masks"] == "harness"
     agreement = run["step_agreement"]
-    assert set(agreement["libraries"]) == set(FRAMEWORKS) and agreement["agree"], agreement
+    assert set(agreement["libraries"]) == set(LIBRARIES) and agreement["agree"], agreement
     assert "identical dropout masks" in (folder / "results.md").read_text()
 
 
@@ -81,12 +81,12 @@ def test_with_their_own_dropout_the_libraries_do_not_agree(tmp_path):
     assert abs(first[0] - first[1]) / first[0] > 1e-3
 
 
-@pytest.mark.parametrize("fault,framework", [("mask-shifted", "tflearn"), ("own-masks", "keras-tensorflow")])
-def test_a_library_that_misapplies_the_masks_is_caught_at_step_one(tmp_path, fault, framework):
-    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{fault}:{framework}"}
-    proc, folder, run = run_training(tmp_path, "pytorch", "tensorflow", framework, "--epochs", "1",
+@pytest.mark.parametrize("fault,library", [("mask-shifted", "tflearn"), ("own-masks", "keras-tensorflow")])
+def test_a_library_that_misapplies_the_masks_is_caught_at_step_one(tmp_path, fault, library):
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{fault}:{library}"}
+    proc, folder, run = run_training(tmp_path, "pytorch", "tensorflow", library, "--epochs", "1",
                                      "--max-batches", "3", "--dropout", "identical", env=env)
     agreement = run["step_agreement"]
     assert agreement["agree"] is False
-    assert agreement["libraries"][framework]["first_bad_step"] == 1  # dropout acts in the very first forward pass
+    assert agreement["libraries"][library]["first_bad_step"] == 1  # dropout acts in the very first forward pass
     assert agreement["libraries"]["pytorch"]["agrees"] and agreement["libraries"]["tensorflow"]["agrees"]

@@ -6,7 +6,7 @@ import importlib
 import numpy as np
 import pytest
 
-from builders import FRAMEWORKS, interface
+from builders import LIBRARIES, interface
 from spec import ops
 from spec.onnx_import import import_model
 from tests.conftest import SEED_MODEL
@@ -16,19 +16,19 @@ UNSUPPORTED: dict = {}
 
 
 def _builder(library):
-    return importlib.import_module(FRAMEWORKS[library][0])
+    return importlib.import_module(LIBRARIES[library][0])
 
 
-@pytest.mark.parametrize("library", list(FRAMEWORKS))
+@pytest.mark.parametrize("library", list(LIBRARIES))
 def test_builder_and_trainer_fulfil_the_protocols(library):
     builder = _builder(library)
-    trainer = importlib.import_module(f"trainers.{FRAMEWORKS[library][0].split('.')[-1]}")
+    trainer = importlib.import_module(f"trainers.{LIBRARIES[library][0].split('.')[-1]}")
     assert interface.missing(builder, interface.BUILDER_FUNCTIONS) == []
     assert interface.missing(trainer, interface.TRAINER_FUNCTIONS) == []
     assert builder.NAME == trainer.NAME == library
 
 
-@pytest.mark.parametrize("library", list(FRAMEWORKS))
+@pytest.mark.parametrize("library", list(LIBRARIES))
 def test_every_registered_op_has_a_method_or_a_stated_reason(library):
     have = set(interface.supported_kinds(_builder(library)))
     lacking = {kind for kind in ops.REGISTRY if kind not in have}
@@ -40,7 +40,7 @@ def specs(zoo):
     return [import_model(SEED_MODEL), *(import_model(p) for name, p in zoo.items() if not name.startswith("torch"))]
 
 
-@pytest.mark.parametrize("library", list(FRAMEWORKS))
+@pytest.mark.parametrize("library", list(LIBRARIES))
 def test_weight_conversions_round_trip(library, specs):
     builder = _builder(library)
     rng = np.random.default_rng(0)

@@ -22,22 +22,22 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("bug,framework,model,layer", CASES)
-def test_planted_bug_is_caught_and_located(zoo, tmp_path, bug, framework, model, layer):
+@pytest.mark.parametrize("bug,library,model,layer", CASES)
+def test_planted_bug_is_caught_and_located(zoo, tmp_path, bug, library, model, layer):
     path = SEED_MODEL if model == "seed" else zoo[model]
     out = tmp_path / "report.json"
     env = {"PYTHONPATH": str(ROOT / "tests" / "planted"), "XV_PLANTED_BUG": bug}
-    proc = run_cli("verify", "equivalence", "--model", path, "--frameworks", framework, "--json", out, env=env)
+    proc = run_cli("verify", "equivalence", "--model", path, "--libraries", library, "--json", out, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    row = json.loads(out.read_text())["frameworks"][framework]
+    row = json.loads(out.read_text())["libraries"][library]
     assert row["status"] == "mismatch"
     assert row["first_divergent_layer"]["name"] == layer, row["first_divergent_layer"]
-    assert f"| {framework} | MISMATCH |" in proc.stdout and f"{layer} (" in proc.stdout
+    assert f"| {library} | MISMATCH |" in proc.stdout and f"{layer} (" in proc.stdout
 
 
 def test_without_the_bug_the_same_run_passes(tmp_path):
     env = {"PYTHONPATH": str(ROOT / "tests" / "planted")}  # planting machinery present, no bug named
-    proc = run_cli("verify", "equivalence", "--frameworks", "keras-tensorflow", env=env)
+    proc = run_cli("verify", "equivalence", "--libraries", "keras-tensorflow", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -68,7 +68,7 @@ def test_a_library_that_fails_verification_is_not_trained_and_the_others_are(tmp
     assert bad["record"]["steps"] == [] and bad["wall_s"] == 0.0
     assert "keras-tensorflow: not trained (forward equivalence mismatch" in proc.stderr
     assert not [p.name for p in folder.iterdir() if p.name.startswith("keras-tensorflow")]  # no worker ran
-    verified = json.loads((folder / "verification.json").read_text())["frameworks"]
+    verified = json.loads((folder / "verification.json").read_text())["libraries"]
     assert verified["keras-tensorflow"]["first_divergent_layer"]["name"] == "dense1"
     assert good["status"] == "ok" and len(good["record"]["steps"]) == 2
     assert "| keras-tensorflow | not verified |" in (folder / "results.md").read_text()

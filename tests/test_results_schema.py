@@ -71,12 +71,12 @@ def test_verify_rows_round_trip_and_name_why_a_library_may_not_train():
                  "policy": {"layer_scaled_tol": 1e-4}}
     failed = {"status": "timeout", "message": "worker timed out after 9 s", "wall_s": 9.0, "versions": {}}
     doc = {"model": "m.onnx", "parameters": 10, "inputs": "64 images", "environment": {}, "wall_s": 10.0,
-           "passed": False, "frameworks": {"pytorch": divergent, "tflearn": failed}}
+           "passed": False, "libraries": {"pytorch": divergent, "tflearn": failed}}
     report = VerifyReport.from_json(doc)
     assert VerifyReport.from_json(json.loads(json.dumps(report.to_json()))) == report
-    assert report.to_json()["frameworks"]["pytorch"] == divergent
-    assert report.frameworks["pytorch"].why_not() == "forward equivalence mismatch: first divergent layer conv1"
-    assert report.frameworks["tflearn"].why_not() == "forward equivalence timeout: worker timed out after 9 s"
+    assert report.to_json()["libraries"]["pytorch"] == divergent
+    assert report.libraries["pytorch"].why_not() == "forward equivalence mismatch: first divergent layer conv1"
+    assert report.libraries["tflearn"].why_not() == "forward equivalence timeout: worker timed out after 9 s"
     assert VerifyRow.from_json({**failed, "status": "pass"}).why_not() == ""
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from tests.conftest import ROOT, SEED_MODEL, run_cli
 from tests.rmsprop_facts import CANONICAL, NATIVE
 from verify import steps
@@ -26,10 +26,10 @@ def canonical(tmp_path_factory):
     return _steps(tmp_path_factory.mktemp("steps"), "--steps", "3")
 
 
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_every_library_matches_the_reference_step_by_step(canonical, framework):
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_every_library_matches_the_reference_step_by_step(canonical, library):
     _, report = canonical
-    entry = report["frameworks"][framework]
+    entry = report["libraries"][library]
     assert entry["status"] == "pass", json.dumps({k: v for k, v in entry.items() if k != "steps"}, indent=1)
     assert len(entry["steps"]) == 3 and len(entry["steps"][0]["tensors"]) == 12
 
@@ -37,19 +37,19 @@ def test_every_library_matches_the_reference_step_by_step(canonical, framework):
 def test_canonical_run_exits_0_and_prints_the_step_table(canonical):
     proc, _ = canonical
     assert proc.returncode == 0, proc.stderr
-    assert "| 3 |" in proc.stdout and all(f"- {f}: PASS" in proc.stdout for f in FRAMEWORKS)
+    assert "| 3 |" in proc.stdout and all(f"- {f}: PASS" in proc.stdout for f in LIBRARIES)
 
 
-@pytest.mark.parametrize("bug,framework,tensor_kind,what", [
+@pytest.mark.parametrize("bug,library,tensor_kind,what", [
     ("lr-off", "pytorch", None, "update"),
     ("eps-outside", "pytorch", None, "update"),
     ("theano-pool-gradient", "keras-theano", "conv", "gradient"),
 ])
-def test_wrong_arithmetic_fails_at_the_first_step_and_names_the_tensor(tmp_path, bug, framework, tensor_kind, what):
-    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{bug}:{framework}"}
-    proc, report = _steps(tmp_path, "--steps", "2", "--frameworks", framework, env=env)
+def test_wrong_arithmetic_fails_at_the_first_step_and_names_the_tensor(tmp_path, bug, library, tensor_kind, what):
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{bug}:{library}"}
+    proc, report = _steps(tmp_path, "--steps", "2", "--libraries", library, env=env)
     assert proc.returncode == 1
-    failure = report["frameworks"][framework]["first_failure"]
+    failure = report["libraries"][library]["first_failure"]
     assert failure["step"] == 1 and failure["what"] == what, failure
     assert failure["tensor"].endswith((".weight", ".bias"))
     if tensor_kind:
@@ -60,9 +60,9 @@ def test_wrong_arithmetic_fails_at_the_first_step_and_names_the_tensor(tmp_path,
 def test_a_wrong_gradient_behind_a_departing_update_fails_native_mode(tmp_path):
     # native pytorch departs from canonical first at conv1.weight; its dense2.weight gradient has the wrong sign
     env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "grad-sign-flip:pytorch"}
-    proc, report = _steps(tmp_path, "--steps", "2", "--optimizer", "native", "--frameworks", "pytorch", env=env)
+    proc, report = _steps(tmp_path, "--steps", "2", "--optimizer", "native", "--libraries", "pytorch", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    entry = report["frameworks"]["pytorch"]
+    entry = report["libraries"]["pytorch"]
     assert entry["status"] == "mismatch"
     assert (entry["first_update_departure"]["step"], entry["first_update_departure"]["tensor"]) == (1, "conv1.weight")
     gradient = entry["first_gradient_failure"]
@@ -74,9 +74,9 @@ def test_a_wrong_gradient_behind_a_departing_update_fails_native_mode(tmp_path):
 
 def test_native_mode_fails_a_library_that_does_not_run_the_rmsprop_its_row_names(tmp_path):
     env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "misdeclared:pytorch"}  # says eps inside the root, runs it outside
-    proc, report = _steps(tmp_path, "--steps", "1", "--optimizer", "native", "--frameworks", "pytorch", env=env)
+    proc, report = _steps(tmp_path, "--steps", "1", "--optimizer", "native", "--libraries", "pytorch", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    entry = report["frameworks"]["pytorch"]
+    entry = report["libraries"]["pytorch"]
     assert entry["status"] == "mismatch" and entry["first_gradient_failure"] is None
     assert entry["first_failure"] == entry["first_declared_mismatch"] and entry["first_failure"]["step"] == 1
     assert "first at step 1, tensor" in proc.stdout and "declared update rel L2" in proc.stdout
@@ -87,11 +87,11 @@ def native(tmp_path_factory):
     return _steps(tmp_path_factory.mktemp("native"), "--steps", "2", "--optimizer", "native")
 
 
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_native_mode_measures_each_library_s_own_rmsprop(native, framework):
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_native_mode_measures_each_library_s_own_rmsprop(native, library):
     proc, report = native
-    entry, policy = report["frameworks"][framework], report["policy"]
-    known = NATIVE[framework]
+    entry, policy = report["libraries"][library], report["policy"]
+    known = NATIVE[library]
     for fact, want in known.items():  # the row names the RMSprop the library's sources define ...
         got = entry["optimizer"][fact]
         assert got == (want if isinstance(want, str) else pytest.approx(want, rel=1e-6)), (fact, got, want)
@@ -100,11 +100,11 @@ def test_native_mode_measures_each_library_s_own_rmsprop(native, framework):
     assert all(s["max_declared_update_rel_l2"] <= policy["update_rel_l2"] for s in entry["steps"])
     # ... and they depart from canonical's exactly where that RMSprop is not canonical
     assert (entry["first_update_departure"] is not None) == (known != CANONICAL), entry["first_update_departure"]
-    if framework == "keras-theano":  # Theano's own max-pool gradient goes to every tied maximum
+    if library == "keras-theano":  # Theano's own max-pool gradient goes to every tied maximum
         assert entry["status"] == "mismatch" and entry["first_gradient_failure"]["tensor"].startswith("conv")
     else:
         assert entry["status"] == ("pass" if known == CANONICAL else "departs")
-        assert f"- {framework}: {entry['status'].upper()}" in proc.stdout
+        assert f"- {library}: {entry['status'].upper()}" in proc.stdout
     assert f"runs {entry['optimizer']['impl']}: lr " in proc.stdout
 
 
@@ -131,7 +131,7 @@ def test_tflearn_s_default_gradient_clip_is_caught_in_canonical_mode(tmp_path, m
         monkeypatch.setenv("XV_PLANTED_BUG", bug)
     model = _output_layer_scaled(tmp_path / "large_gradients.onnx", 20)
     report = steps.run(["tflearn"], 2, "canonical", model=model, log=io.StringIO())
-    entry = report["frameworks"]["tflearn"]
+    entry = report["libraries"]["tflearn"]
     assert entry["steps"][0]["reference_grad_norm"] > 20  # the premise: far above the clip
     if bug is None:
         assert entry["status"] == "pass" and report["passed"], steps.table(report)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from tests.conftest import ROOT, run_cli
 from tests.conftest import run_training as _run
 from tests.rmsprop_facts import CANONICAL, NATIVE, reference_losses
@@ -22,10 +22,10 @@ def native_run(tmp_path_factory):
                 "--max-batches", "3", "--no-dropout")
 
 
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_every_library_trains_and_reports_its_figures(canonical_run, framework):
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_every_library_trains_and_reports_its_figures(canonical_run, library):
     proc, folder, run = canonical_run
-    row = run["libraries"][framework]
+    row = run["libraries"][library]
     assert row["status"] == "ok", row["reason"]
     assert [s["step"] for s in row["record"]["steps"]] == [0, 1, 2]
     (epoch,) = row["record"]["epochs"]
@@ -33,7 +33,7 @@ def test_every_library_trains_and_reports_its_figures(canonical_run, framework):
         assert math.isfinite(epoch[key]), key
     assert 0 <= epoch["val_acc"] <= 1 and epoch["train_s"] > 0
     assert row["record"]["versions"]
-    assert 100 < row["summary"]["peak_rss_mib"] < 16384  # MiB: a real process holding a framework and the data
+    assert 100 < row["summary"]["peak_rss_mib"] < 16384  # MiB: a real process holding a library and the data
     # what the optimizer computed: steps 2 and 3 are the float64 reference's under canonical RMSprop
     got = [s["loss"] for s in row["record"]["steps"]]
     assert got == pytest.approx(reference_losses(facts_key(CANONICAL)), rel=1e-5)
@@ -42,7 +42,7 @@ def test_every_library_trains_and_reports_its_figures(canonical_run, framework):
 def test_first_three_step_losses_agree_across_all_six(canonical_run):
     proc, folder, run = canonical_run
     agreement = run["step_agreement"]
-    assert set(agreement["libraries"]) == set(FRAMEWORKS)
+    assert set(agreement["libraries"]) == set(LIBRARIES)
     assert agreement["agree"], json.dumps(agreement, indent=1)
     assert abs(agreement["median"][0] - 2.3019433) < 1e-5  # onnxruntime's loss of the first batch
 
@@ -56,23 +56,23 @@ def test_results_folder_is_complete(canonical_run):
     assert run["environment"]["cores"] and run["environment"]["threads"] and run["environment"]["cpu"]
     table = (folder / "results.md").read_text()
     assert table in proc.stdout and "all agree" in table
-    for framework in FRAMEWORKS:
-        assert f"| {framework} | ok |" in table
+    for library in LIBRARIES:
+        assert f"| {library} | ok |" in table
 
 
 # keras-theano's native max-pool gradient (Theano's, to every tied maximum) moves its step-2 loss by 9e-4
 NATIVE_LOSS_RTOL = {"keras-theano": 5e-3}
 
 
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_native_mode_trains_each_library_s_own_rmsprop(native_run, framework):
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_native_mode_trains_each_library_s_own_rmsprop(native_run, library):
     proc, _, run = native_run
     assert proc.returncode == 0, proc.stderr
-    got = [s["loss"] for s in run["libraries"][framework]["record"]["steps"]]
+    got = [s["loss"] for s in run["libraries"][library]["record"]["steps"]]
     # the losses the RMSprop of the library's sources predicts, and apart from canonical's where it departs
-    assert got == pytest.approx(reference_losses(facts_key(NATIVE[framework])), rel=NATIVE_LOSS_RTOL.get(framework, 1e-5))
+    assert got == pytest.approx(reference_losses(facts_key(NATIVE[library])), rel=NATIVE_LOSS_RTOL.get(library, 1e-5))
     canonical = reference_losses(facts_key(CANONICAL))
-    assert (abs(got[1] / canonical[1] - 1) > 1e-2) == (NATIVE[framework] != CANONICAL), (got, canonical)
+    assert (abs(got[1] / canonical[1] - 1) > 1e-2) == (NATIVE[library] != CANONICAL), (got, canonical)
 
 
 def test_native_table_names_each_row_s_implementation_and_departures(native_run):
@@ -81,8 +81,8 @@ def test_native_table_names_each_row_s_implementation_and_departures(native_run)
             if line.startswith("| ")}
     assert "torch.optim.RMSprop: lr 0.01 (canonical 0.001)" in rows["pytorch"]
     assert "tf.compat.v1.train.RMSPropOptimizer: " in rows["tflearn"] and "mean-square starts at 1" in rows["tflearn"]
-    for framework in ("tensorflow", "tensorlayer"):  # one rule: TensorFlow 2's own RMSprop
-        assert "(tf.optimizers.RMSprop): no departure from canonical" in rows[framework]
+    for library in ("tensorflow", "tensorlayer"):  # one rule: TensorFlow 2's own RMSprop
+        assert "(tf.optimizers.RMSprop): no departure from canonical" in rows[library]
 
 
 @pytest.mark.parametrize("bug", ["lr-off", "eps-outside"])

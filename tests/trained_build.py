@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builders import FRAMEWORKS
+from builders import LIBRARIES
 from spec.onnx_import import import_model, load_onnx
 from verify import reference
 from verify.compare import compare, load_policy
@@ -46,7 +46,7 @@ PLANTS = {"inference-scaling": _inference_scaling}
 
 
 def check(library: str, model_path: str) -> dict:
-    module = FRAMEWORKS[library][0].split(".")[-1]
+    module = LIBRARIES[library][0].split(".")[-1]
     builder = importlib.import_module(f"builders.{module}")
     trainer = importlib.import_module(f"trainers.{module}")
     spec = import_model(model_path)

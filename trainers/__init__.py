@@ -1,7 +1,7 @@
 """One module per library: identical RMSprop epochs, that library's own training idiom.
 
 Each trainer module defines:
-    NAME                            the framework's name (as in builders.FRAMEWORKS)
+    NAME                            the library's name (as in builders.LIBRARIES)
     train(spec, data, config, report)
         spec    the ModelSpec (dropout rates already 0 when the run has dropout off)
         data    spec.training.TrainingData: x_train/x_val float32 NCHW, y_train/y_val int64, and
@@ -17,7 +17,7 @@ Each trainer module defines:
 The model comes from the library's builder (builders.<lib>.build); the loss is the canonical mean
 categorical cross-entropy -mean(log(clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP))) on the softmax output (spec.training).
 """
-from builders import FRAMEWORKS as _BUILDERS
+from builders import LIBRARIES as _BUILDERS
 
-# framework name -> (trainer module, worker environment)
-FRAMEWORKS = {name: (f"trainers.{module.split('.')[-1]}", env) for name, (module, env) in _BUILDERS.items()}
+# library name -> (trainer module, worker environment)
+LIBRARIES = {name: (f"trainers.{module.split('.')[-1]}", env) for name, (module, env) in _BUILDERS.items()}

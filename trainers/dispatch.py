@@ -49,7 +49,7 @@ class Ledger:
         self.folder = folder / "rows"
 
     def _path(self, job) -> Path:
-        return self.folder / job.run / f"{job.framework}{'.plain' if job.plain else ''}.json"
+        return self.folder / job.run / f"{job.library}{'.plain' if job.plain else ''}.json"
 
     def load(self, job):
         """The job's saved row, or None when it has none (or one this version cannot read: it runs again)."""
@@ -76,10 +76,10 @@ class Outcome:
     missing: list = field(default_factory=list)  # labels of the jobs that did not finish
 
     def add(self, job, row) -> None:
-        (self.plain if job.plain else self.runs)[job.run][job.framework] = row
+        (self.plain if job.plain else self.runs)[job.run][job.library] = row
 
     def has(self, job) -> bool:
-        return job.framework in (self.plain if job.plain else self.runs)[job.run]
+        return job.library in (self.plain if job.plain else self.runs)[job.run]
 
     def ordered(self, names: list) -> Outcome:
         """The same rows with every run's libraries in the order of `names`."""

@@ -33,7 +33,7 @@ class ClusterError(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    framework: str
+    library: str
     run: str  # which run of the library this is: its key in the results' "runs" (a seed, or "repeat2")
     folder: Path
     steps_total: int
@@ -42,36 +42,36 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.framework} {self.tag}" if self.tag else self.framework
+        return f"{self.library} {self.tag}" if self.tag else self.library
 
     @property
     def log_name(self) -> str:
-        name = f"{self.framework}.{self.tag.replace(' ', '')}" if self.tag else self.framework
+        name = f"{self.library}.{self.tag.replace(' ', '')}" if self.tag else self.library
         return f"{name}.plain.stderr.log" if self.plain else f"{name}.stderr.log"
 
 
 def run_local(jobs: list, threads: int, timeout: float, log_dir: Path):
     """Yield (job, row) for each job, trained one at a time on this machine with a progress bar each."""
     for job in jobs:
-        env = resolve(job.framework)[1]
+        env = resolve(job.library)[1]
         if job.plain:
             print(f"{job.label}: plain loop", file=sys.stderr, flush=True)
-            yield job, run_plain(job.framework, env, job.folder, threads, timeout, log_dir / job.log_name)
+            yield job, run_plain(job.library, env, job.folder, threads, timeout, log_dir / job.log_name)
             continue
-        row = train_one(job.framework, env, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
+        row = train_one(job.library, env, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
                         label=job.label)
         row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
         yield job, row
 
 
-def train_remote(framework: str, files: dict, steps_total: int, threads: int, timeout: float) -> dict:
+def train_remote(library: str, files: dict, steps_total: int, threads: int, timeout: float) -> dict:
     """Runs on a Dask worker: materialise the job folder, train, return the row with the worker's stderr."""
     with tempfile.TemporaryDirectory(prefix="dask-train-") as tmp:
         folder = Path(tmp)
         for name, data in files.items():
             (folder / name).write_bytes(data)
         log = folder / "worker.stderr.log"
-        row = train_one(framework, resolve(framework)[1], folder, steps_total, threads, timeout, log, progress=False)
+        row = train_one(library, resolve(library)[1], folder, steps_total, threads, timeout, log, progress=False)
         row["log"] = log.read_text(errors="replace")[-LOG_LIMIT:] if log.exists() else ""
     row["executor"] = {"kind": "dask", "host": socket.gethostname(), "shared": True}
     return row
@@ -109,14 +109,14 @@ def _connect(address: str):
         raise ClusterError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
 
 
-def check_cluster(address: str, frameworks: list) -> None:
+def check_cluster(address: str, libraries: list) -> None:
     """Refuse (ClusterError) the cluster at `address` unless it has workers and every one of them can run
-    jobs of `frameworks`: this project importable there, the environments these libraries need built,
+    jobs of `libraries`: this project importable there, the environments these libraries need built,
     and the same version of the project as here (trainers.cluster.fingerprint)."""
     from builders import resolve
     from trainers import cluster
 
-    environments = sorted({resolve(name)[1] for name in frameworks})
+    environments = sorted({resolve(name)[1] for name in libraries})
     with _connect(address) as client:
         try:
             client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
@@ -176,8 +176,8 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
                     if digest not in shipped:
                         shipped[digest] = client.scatter(data, broadcast=True, hash=False)
                     files[path.name] = shipped[digest]
-                future = client.submit(train, job.framework, files, job.steps_total, threads, timeout,
-                                       key=f"train-{job.framework}-{job.tag.replace(' ', '') or 'run'}", pure=False)
+                future = client.submit(train, job.library, files, job.steps_total, threads, timeout,
+                                       key=f"train-{job.library}-{job.tag.replace(' ', '') or 'run'}", pure=False)
                 futures[future] = job
             print(f"dask: {len(jobs)} jobs on {client.scheduler.address} "
                   f"({len(client.scheduler_info()['workers'])} workers)", file=sys.stderr, flush=True)

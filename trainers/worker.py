@@ -1,8 +1,8 @@
-"""Training worker: `python -m trainers.worker FRAMEWORK JOB_DIR`, in the library's own environment.
+"""Training worker: `python -m trainers.worker LIBRARY JOB_DIR`, in the library's own environment.
 
 Reads the job folder (spec.training.load_job). Streams events to stdout (workers.training: the orchestrator
 draws progress from them and keeps every finished epoch even if the worker dies later), and ends with
-JOB_DIR/FRAMEWORK.train.json (complete or absent). Exit codes (workers.ExitCode): OK, NON_FINITE on a
+JOB_DIR/LIBRARY.train.json (complete or absent). Exit codes (workers.ExitCode): OK, NON_FINITE on a
 non-finite loss, FAILED on any other failure, BAD_INPUT on bad arguments.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from builders import NAMES, resolve
 from spec.training import TrainingData, load_job  # noqa: F401 - TrainingData: what train() is handed
-from trainers import FRAMEWORKS
+from trainers import LIBRARIES
 from workers import ExitCode, lifeline, results
 from workers.training import event_line, result_path, tensors_path
 
@@ -86,15 +86,15 @@ def main(argv=None) -> int:
     if len(argv) != 2 or argv[0] not in NAMES:
         print(f"usage: python -m trainers.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    framework, job = argv[0], Path(argv[1])
+    library, job = argv[0], Path(argv[1])
     reporter = Reporter()
     started = time.perf_counter()
     try:
         spec, data, config = load_job(job)
-        base, _, options = resolve(framework)
-        module = importlib.import_module(FRAMEWORKS[base][0])
+        base, _, options = resolve(library)
+        module = importlib.import_module(LIBRARIES[base][0])
         module.train(spec, data, {**config, "options": options}, reporter)
-        builder = importlib.import_module(FRAMEWORKS[base][0].replace("trainers.", "builders."))
+        builder = importlib.import_module(LIBRARIES[base][0].replace("trainers.", "builders."))
         record = {**reporter.record, "versions": builder.versions(**options), "wall_s": time.perf_counter() - started,
                   "python": sys.version.split()[0], "peak_rss_mib": peak_rss_mib()}
     except NonFiniteLoss as exc:
@@ -105,9 +105,9 @@ def main(argv=None) -> int:
         print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return ExitCode.FAILED
     if reporter.tensors:
-        with results.atomic_file(tensors_path(job, framework)) as handle:
+        with results.atomic_file(tensors_path(job, library)) as handle:
             np.savez(handle, **reporter.tensors)
-    results.write_json(result_path(job, framework), record)
+    results.write_json(result_path(job, library), record)
     return ExitCode.OK
 
 

@@ -43,7 +43,7 @@ def _seconds(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    from builders import FAST_PATHS, FRAMEWORKS
+    from builders import FAST_PATHS, LIBRARIES
 
     p = _Parser(prog="python -m verify", description=__doc__.split(":", 1)[1].strip())
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,9 +52,9 @@ def parser() -> argparse.ArgumentParser:
                                     "each and through onnxruntime, and compare every layer's output. Exit 0 when "
                                     "all pass, 1 on any mismatch or failed library, 2 on bad input.")
     eq.add_argument("--model", default=None, help="ONNX model (default: the canonical spec/seed_cnn.onnx)")
-    eq.add_argument("--frameworks", default="all",
+    eq.add_argument("--libraries", "--frameworks", default="all",
                     help=f"comma-separated: 'all' (the six libraries), 'fast-paths' ({', '.join(FAST_PATHS)}) "
-                         f"or any of {', '.join(FRAMEWORKS)} and the fast paths (default: all)")
+                         f"or any of {', '.join(LIBRARIES)} and the fast paths (default: all)")
     eq.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     eq.add_argument("--data", default=None, metavar="PATH",
                     help="CIFAR-10 archive, extracted folder or npz (default: $CIFAR10_PATH, then the usual places)")
@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
                                     "failed. Exit 0 when all pass, 1 otherwise, 2 on bad input.")
     st.add_argument("--steps", type=_count, default=16,
                     help=f"optimizer steps to check (default 16, one epoch; at most the {STEPS_EXPERIMENT} run's)")
-    st.add_argument("--frameworks", default="all", help="comma-separated subset (default: all)")
+    st.add_argument("--libraries", "--frameworks", default="all",
+                    help="comma-separated subset (default: all); --frameworks is the old name")
     st.add_argument("--optimizer", choices=("canonical", "native"), default="canonical",
                     help="canonical: all must match; native: each library's own RMSprop (its API's default in "
                          "the version installed): show where it departs")
@@ -103,14 +104,14 @@ def _steps_limit() -> int:
 
 def parse(argv=None) -> argparse.Namespace:
     """The arguments, every option checked before any work; UsageError names the first bad one.
-    `frameworks` comes back as the list of library names."""
+    `libraries` comes back as the list of library names."""
     args = parser().parse_args(argv)
     if args.command == "describe":
         return args
-    from verify.equivalence import parse_frameworks
+    from verify.equivalence import parse_libraries
 
     try:
-        args.frameworks = parse_frameworks(args.frameworks)
+        args.libraries = parse_libraries(args.libraries)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -125,7 +126,7 @@ def _steps(args) -> int:
     from verify import steps
     from workers import results
 
-    report = steps.run(args.frameworks, args.steps, args.optimizer, data_path=args.data)
+    report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data)
     print(steps.table(report))
     if args.json:
         results.write_json(args.json, report)
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
         if args.command == "steps":
             return _steps(args)
         model = args.model or experiments.model_path(experiments.load("verification"))
-        report = equivalence.run(model, args.frameworks, args.data, args.timeout, args.jobs)
+        report = equivalence.run(model, args.libraries, args.data, args.timeout, args.jobs)
     except (ModelError, cifar10.DataError) as exc:
         print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -163,8 +164,8 @@ def main(argv=None) -> int:
         print("interrupted; nothing was written", file=sys.stderr)
         return ExitCode.INTERRUPTED
     print(equivalence.table(report))
-    passed = sum(r["status"] == "pass" for r in report["frameworks"].values())
-    print(f"\n{passed}/{len(report['frameworks'])} libraries match onnxruntime; {report['wall_s']:.1f} s")
+    passed = sum(r["status"] == "pass" for r in report["libraries"].values())
+    print(f"\n{passed}/{len(report['libraries'])} libraries match onnxruntime; {report['wall_s']:.1f} s")
     if args.json:
         results.write_json(args.json, report)
     return EXIT_PASS if report["passed"] else EXIT_MISMATCH

@@ -14,10 +14,10 @@ from workers import Status
 TOLERANCES = Path(__file__).with_name("tolerances.json")
 
 
-def load_policy(framework: str | None = None, path: Path = TOLERANCES) -> dict:
+def load_policy(library: str | None = None, path: Path = TOLERANCES) -> dict:
     doc = json.loads(Path(path).read_text())
     policy = dict(doc["policy"])
-    policy.update(doc.get("per_framework", {}).get(framework or "", {}))
+    policy.update(doc.get("per_library", {}).get(library or "", {}))
     return policy
 
 

@@ -43,7 +43,7 @@ def make_inputs(spec: ModelSpec, data_path=None) -> tuple:
     return x, f"{count} seeded uniform(-1, 1) inputs of shape {tuple(spec.input_shape)}"
 
 
-def parse_frameworks(text: str | None) -> list:
+def parse_libraries(text: str | None) -> list:
     """'all', 'fast-paths' or names, comma-separated (builders.select)."""
     return select([n.strip() for n in (text or "all").split(",") if n.strip()] or ["all"])
 
@@ -53,9 +53,9 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "reference": reference.versions()}
 
 
-def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900, jobs: int = 2,
+def run(model_path: Path, libraries: list, data_path=None, timeout: float = 900, jobs: int = 2,
         log=sys.stderr, build_options: dict | None = None) -> dict:
-    """Verify each framework; returns the report as plain data. Raises ModelError/DataError on bad input.
+    """Verify each library; returns the report as plain data. Raises ModelError/DataError on bad input.
     build_options: {library: builder options} to build with beyond its fast path's (a training run's gate
     passes the options of the model each library will train)."""
     started = time.perf_counter()
@@ -63,7 +63,7 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
     x, inputs_desc = make_inputs(spec, data_path)
     ref = reference.layer_outputs(load_onnx(model_path), spec, x)
     report = {"model": str(model_path), "parameters": spec.parameter_count(), "inputs": inputs_desc,
-              "environment": environment(), "frameworks": {}, "build_options": dict(build_options or {})}
+              "environment": environment(), "libraries": {}, "build_options": dict(build_options or {})}
     print(f"model {model_path} ({len(spec.layers)} layers, {spec.parameter_count():,} parameters); {inputs_desc}",
           file=log, flush=True)
     lock = threading.Lock()
@@ -74,33 +74,33 @@ def run(model_path: Path, frameworks: list, data_path=None, timeout: float = 900
         for name, options in (build_options or {}).items():
             results.write_json(options_path(job, name), options)
 
-        def one(framework: str) -> dict:
-            result = run_worker(framework, job, timeout)
+        def one(library: str) -> dict:
+            result = run_worker(library, job, timeout)
             row = {"status": result.status, "message": result.message, "wall_s": round(result.wall_s, 2),
                    "versions": result.info.get("versions", {})}
             missing = [layer.name for layer in spec.layers if layer.name not in result.outputs]
             if result.status == Status.OK and missing:
                 row.update(status=Status.CRASHED, message=f"worker output lacks layers {', '.join(missing)}")
             elif result.status == Status.OK:
-                row.update(compare(spec, result.outputs, ref, load_policy(framework)))
+                row.update(compare(spec, result.outputs, ref, load_policy(library)))
                 row["status"] = row.pop("verdict")
             with lock:
-                report["frameworks"][framework] = row
-                print(f"[{len(report['frameworks'])}/{len(frameworks)}] {framework:<21} {row['status']:<11} "
+                report["libraries"][library] = row
+                print(f"[{len(report['libraries'])}/{len(libraries)}] {library:<21} {row['status']:<11} "
                       f"{result.wall_s:6.1f} s" + (f"  {row['message']}" if row["message"] else ""),
                       file=log, flush=True)
             return row
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             try:
-                list(pool.map(one, frameworks))
+                list(pool.map(one, libraries))
             except BaseException:  # interrupted: stop the workers, or the pool would wait for them
                 pool.shutdown(wait=False, cancel_futures=True)
                 lifeline.stop_all()
                 raise
-    report["frameworks"] = {f: report["frameworks"][f] for f in frameworks}
+    report["libraries"] = {f: report["libraries"][f] for f in libraries}
     report["wall_s"] = round(time.perf_counter() - started, 2)
-    report["passed"] = all(r["status"] == "pass" for r in report["frameworks"].values())
+    report["passed"] = all(r["status"] == "pass" for r in report["libraries"].values())
     return report
 
 
@@ -108,7 +108,7 @@ def table(report: dict) -> str:
     head = ("| library | verdict | max abs diff | max rel diff | argmax agree | first divergent layer | time |\n"
             "|---|---|---|---|---|---|---|")
     rows = []
-    for name, r in report["frameworks"].items():
+    for name, r in report["libraries"].items():
         out = r.get("output") or {}
         where = r.get("first_divergent_layer")
         where_text = f"{where['name']} ({where['kind']}, scaled err {where['scaled']:.1e})" if where else "-"

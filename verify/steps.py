@@ -133,7 +133,7 @@ def verdict(steps: list, policy: dict, native: bool) -> dict:
             **({"first_declared_mismatch": found["declared update"]} if native else {})}
 
 
-def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,
+def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,
         timeout: float = 1800, log=sys.stderr, model=None) -> dict:
     """`model`: an ONNX file to train in place of the experiment's (same input shape and classes)."""
     experiment = experiments.load(experiment_name)
@@ -152,16 +152,16 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
     report = {"experiment": experiment_name, "steps": n_steps, "optimizer_mode": mode, "policy": policy,
               "reference": "float64 numpy (spec/reference64.py, the op registry's math), canonical RMSprop (native "
                            "mode: also the RMSprop each library declares), teacher-forced per step",
-              "frameworks": {}}
+              "libraries": {}}
     with tempfile.TemporaryDirectory(prefix="steps-") as tmp:
         job = Path(tmp)
         training.write_job(job, spec, arrays, order, config)
-        for framework in frameworks:
-            row = train_one(framework, resolve(framework)[1], job, epochs * per_epoch if epochs > 1 else n_steps, 2,
-                            timeout, job / f"{framework}.stderr.log")
+        for library in libraries:
+            row = train_one(library, resolve(library)[1], job, epochs * per_epoch if epochs > 1 else n_steps, 2,
+                            timeout, job / f"{library}.stderr.log")
             entry = {"status": row["status"], "reason": row["reason"], "optimizer": row["record"]["optimizer"],
                      "losses": [s["loss"] for s in row["record"]["steps"][:n_steps]]}
-            path = tensors_path(job, framework)
+            path = tensors_path(job, library)
             if row["status"] == Status.OK and mode == "native" and not entry["optimizer"]:
                 entry.update(status=Status.CRASHED, reason="the trainer reported no optimizer")
             elif row["status"] == Status.OK and path.exists():
@@ -172,22 +172,22 @@ def run(frameworks: list, n_steps: int, mode: str, experiment_name: str = "seed-
                 entry.update(judge(spec, tensors, arrays, batches, experiment["optimizer"], policy, declared))
             elif row["status"] == Status.OK:
                 entry.update(status=Status.CRASHED, reason="the trainer reported no step tensors")
-            print(f"{framework:<17} {entry['status']}" + (f"  {entry['reason']}" if entry["reason"] else ""),
+            print(f"{library:<17} {entry['status']}" + (f"  {entry['reason']}" if entry["reason"] else ""),
                   file=log, flush=True)
-            report["frameworks"][framework] = entry
+            report["libraries"][library] = entry
     report["passed"] = all(e["status"] == "pass" or (mode == "native" and e["status"] == "departs")
-                           for e in report["frameworks"].values())
+                           for e in report["libraries"].values())
     return report
 
 
 def table(report: dict) -> str:
-    names = list(report["frameworks"])
+    names = list(report["libraries"])
     lines = ["| step | " + " | ".join(f"{n} grad / update" for n in names) + " |",
              "|---|" + "---|" * len(names)]
     for k in range(report["steps"]):
         cells = []
         for n in names:
-            steps = report["frameworks"][n].get("steps")
+            steps = report["libraries"][n].get("steps")
             cells.append(f"{steps[k]['max_grad_rel_l2']:.1e} / {steps[k]['max_update_rel_l2']:.1e}"
                          if steps and k < len(steps) else "-")
         lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
@@ -195,7 +195,7 @@ def table(report: dict) -> str:
     p = report["policy"]
     lines.append(f"max relative L2 difference over all parameter tensors, against the float64 reference with "
                  f"canonical RMSprop; tolerance: gradient {p['grad_rel_l2']:g}, update {p['update_rel_l2']:g}")
-    for n, e in report["frameworks"].items():
+    for n, e in report["libraries"].items():
         lines += verdict_lines(n, e, report["optimizer_mode"])
     return "\n".join(lines)
 

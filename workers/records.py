@@ -308,7 +308,7 @@ class VerifyReport(Typed):
     parameters: int
     inputs: str
     environment: dict
-    frameworks: dict[str, VerifyRow]
+    libraries: dict[str, VerifyRow]
     wall_s: float
     passed: bool
     build_options: dict = field(default_factory=dict)

@@ -22,36 +22,36 @@ def event_line(event: dict) -> str:
     return EVENT_PREFIX + json.dumps(event) + "\n"
 
 
-def result_path(job: Path, framework: str) -> Path:
-    return job / f"{framework}.train.json"
+def result_path(job: Path, library: str) -> Path:
+    return job / f"{library}.train.json"
 
 
-def tensors_path(job: Path, framework: str) -> Path:
-    return job / f"{framework}.steps.npz"
+def tensors_path(job: Path, library: str) -> Path:
+    return job / f"{library}.steps.npz"
 
 
 def empty_record() -> dict:
     return {"optimizer": None, "steps": [], "epochs": []}
 
 
-def train_one(framework: str, env: str, job: Path, steps_total: int, threads: int, timeout: float, log: Path,
+def train_one(library: str, env: str, job: Path, steps_total: int, threads: int, timeout: float, log: Path,
               progress: bool = True, label: str = "") -> dict:
-    """Train `framework` (in environment `env`) on the job folder; returns its row: status, reason, record
+    """Train `library` (in environment `env`) on the job folder; returns its row: status, reason, record
     (optimizer, steps, epochs, ...) and wall_s. The worker's stderr goes to `log`; `progress` shows a bar
-    labelled `label` (default the framework)."""
+    labelled `label` (default the library)."""
     from tqdm import tqdm  # the orchestrator's environment only
 
     record = empty_record()
-    with tqdm(total=steps_total, desc=f"{label or framework:<21}", unit="step", leave=True, dynamic_ncols=True,
+    with tqdm(total=steps_total, desc=f"{label or library:<21}", unit="step", leave=True, dynamic_ncols=True,
               disable=not progress) as bar:
         def on_line(line: str) -> None:
             if line.startswith(EVENT_PREFIX):
                 _record_event(record, json.loads(line[len(EVENT_PREFIX):]), bar)
 
-        outcome = spawn.run(MODULE, [framework, job], env, timeout, log, on_line, threads)
+        outcome = spawn.run(MODULE, [library, job], env, timeout, log, on_line, threads)
     if outcome.status == Status.OK:
         try:
-            record = _read_record(result_path(job, framework))
+            record = _read_record(result_path(job, library))
         except (ValueError, OSError) as exc:  # the events streamed so far stay in the row
             outcome = outcome.malformed(exc)
     return {"status": outcome.status, "reason": outcome.reason, "record": record, "wall_s": outcome.wall_s}

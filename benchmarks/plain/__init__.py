@@ -15,7 +15,7 @@ loss is the epoch's batch-size-weighted mean (compare it with the harness's reco
 Each module benchmarks.plain.<module> defines train(spec, data, config) -> EpochTimes (a list of epoch seconds
 carrying .final_loss and .final_loss_of).
 """
-from builders import FRAMEWORKS as _BUILDERS
+from builders import LIBRARIES as _BUILDERS
 from builders import NAMES, resolve
 
 # library name -> plain module

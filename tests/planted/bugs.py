@@ -41,76 +41,76 @@ BUGS = {"flatten-order": _flatten_order, "kernel-flip": _kernel_flip, "padding":
         "channels-last-view": _channels_last_view}
 
 
-# --- training faults, each aimed at one library: XV_PLANTED_BUG="<fault>:<framework>" ---------------
+# --- training faults, each aimed at one library: XV_PLANTED_BUG="<fault>:<library>" ---------------
 
-def _worker_is(framework: str) -> bool:
+def _worker_is(library: str) -> bool:
     import sys
 
-    return len(sys.argv) > 1 and framework in (sys.argv[1], "all")
+    return len(sys.argv) > 1 and library in (sys.argv[1], "all")
 
 
-def _patch_load_job(framework: str, change):
+def _patch_load_job(library: str, change):
     from trainers import worker
 
     original = worker.load_job
 
     def load_job(job):
         spec, data, config = original(job)
-        if _worker_is(framework):
+        if _worker_is(library):
             change(data, config)
         return spec, data, config
     worker.load_job = load_job
 
 
-def _patch_step(framework: str, action):
+def _patch_step(library: str, action):
     from trainers import worker
 
     original = worker.Reporter.step
 
     def step(self, epoch, step, loss, batch_size):
-        if _worker_is(framework) and step == 1:
+        if _worker_is(library) and step == 1:
             action()
         return original(self, epoch, step, loss, batch_size)
     worker.Reporter.step = step
 
 
-def _lr_off(framework):
+def _lr_off(library):
     # a learning rate 10 % too high: the optimizer arithmetic no longer matches canonical
-    _patch_load_job(framework, lambda data, config: config["optimizer"].update(lr=config["optimizer"]["lr"] * 1.1))
+    _patch_load_job(library, lambda data, config: config["optimizer"].update(lr=config["optimizer"]["lr"] * 1.1))
 
 
-def _nan(framework):
+def _nan(library):
     # poisoned inputs: the library's own forward pass produces a NaN loss
-    _patch_load_job(framework, lambda data, config: data.x_train.fill(float("nan")))
+    _patch_load_job(library, lambda data, config: data.x_train.fill(float("nan")))
 
 
-def _crash(framework):
+def _crash(library):
     import os
     import signal
 
-    _patch_step(framework, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    _patch_step(library, lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
-def _hang(framework):
+def _hang(library):
     import time
 
-    _patch_step(framework, lambda: time.sleep(3600))
+    _patch_step(library, lambda: time.sleep(3600))
 
 
 TRAINING_FAULTS = {"lr-off": _lr_off, "nan": _nan, "crash": _crash, "hang": _hang}
 
 
 def plant(name: str) -> None:
-    fault, _, framework = name.partition(":")
-    if framework:
-        TRAINING_FAULTS[fault](framework)
+    fault, _, library = name.partition(":")
+    if library:
+        TRAINING_FAULTS[fault](library)
     else:
         BUGS[name]()
 
 
-def _eps_outside(framework):
+def _eps_outside(library):
     # PyTorch's own RMSprop step (eps outside the square root) in place of the canonical one
-    assert framework == "pytorch", "this fault is written for the PyTorch trainer"
+    assert library == "pytorch", "this fault is written for the PyTorch trainer"
     import importlib
 
     module = importlib.import_module("trainers.pytorch")
@@ -120,9 +120,9 @@ def _eps_outside(framework):
 TRAINING_FAULTS["eps-outside"] = _eps_outside
 
 
-def _theano_pool_gradient(framework):
+def _theano_pool_gradient(library):
     # Keras-on-Theano's own max-pool gradient (to every tied maximum) even in canonical mode
-    assert framework == "keras-theano", "this fault is written for the Keras-on-Theano builder"
+    assert library == "keras-theano", "this fault is written for the Keras-on-Theano builder"
     import importlib
 
     module = importlib.import_module("builders.keras_theano")
@@ -133,38 +133,38 @@ def _theano_pool_gradient(framework):
 TRAINING_FAULTS["theano-pool-gradient"] = _theano_pool_gradient
 
 
-def _mask_shifted(framework):
+def _mask_shifted(library):
     # an off-by-one in the global step: the library applies the harness's masks of the next step
     from trainers import masks
 
     original = masks.step_masks
 
     def step_masks(spec, seed, global_step, n):
-        return original(spec, seed, global_step + (1 if _worker_is(framework) else 0), n)
+        return original(spec, seed, global_step + (1 if _worker_is(library) else 0), n)
     masks.step_masks = step_masks
 
 
-def _own_masks(framework):
+def _own_masks(library):
     # the library silently keeps drawing its own dropout masks in identical-dropout mode
     from trainers import masks
 
     original = masks.uses_harness_masks
-    masks.uses_harness_masks = lambda config: False if _worker_is(framework) else original(config)
+    masks.uses_harness_masks = lambda config: False if _worker_is(library) else original(config)
 
 
 TRAINING_FAULTS["mask-shifted"] = _mask_shifted
 TRAINING_FAULTS["own-masks"] = _own_masks
 
 
-def _lr_zero(framework):
+def _lr_zero(library):
     # learning rate 0: weights never move, so every step's loss depends only on its batch and dropout masks
-    _patch_load_job(framework, lambda data, config: config["optimizer"].update(lr=0.0))
+    _patch_load_job(library, lambda data, config: config["optimizer"].update(lr=0.0))
 
 
 TRAINING_FAULTS["lr-zero"] = _lr_zero
 
 
-def _malformed_output(framework):
+def _malformed_output(library):
     # the worker exits 0 but its result file is not what it should be (a full disk, a bug, a stray write)
     import sys
     from pathlib import Path
@@ -175,13 +175,13 @@ def _malformed_output(framework):
 
     def main(argv=None):
         code = original(argv)
-        if _worker_is(framework) and code == 0:
+        if _worker_is(library) and code == 0:
             worker.result_path(Path(sys.argv[2]), sys.argv[1]).write_text('{"steps": [1, 2')
         return code
     worker.main = main
 
 
-def _env_missing(framework):
+def _env_missing(library):
     # the library's environment is gone (deleted, or never built on this machine): its python does not exist
     import builders
     import envs
@@ -190,12 +190,12 @@ def _env_missing(framework):
 
     def resolve(name):
         base, env, options = original(name)
-        return (base, "vanished", options) if name == framework else (base, env, options)
+        return (base, "vanished", options) if name == library else (base, env, options)
     builders.resolve = resolve
     envs.ensure = lambda name: envs.ENVS_DIR / "vanished" / "bin" / "python" if name == "vanished" else ensure(name)
 
 
-def _malformed_layer_outputs(framework):
+def _malformed_layer_outputs(library):
     # the builder worker exits 0 but its outputs file is not an npz (patched at os.replace, which the worker's
     # atomic write ends with: `python -m builders.worker` runs as __main__, not as the module imported here)
     import os
@@ -203,7 +203,7 @@ def _malformed_layer_outputs(framework):
     original = os.replace
 
     def replace(src, dst):
-        if str(dst).endswith(f"{framework}.outputs.npz"):
+        if str(dst).endswith(f"{library}.outputs.npz"):
             with open(src, "wb") as handle:
                 handle.write(b"not an npz")
         return original(src, dst)
@@ -214,10 +214,10 @@ TRAINING_FAULTS.update({"malformed-output": _malformed_output, "env-missing": _e
                         "malformed-layer-outputs": _malformed_layer_outputs})
 
 
-def _grad_sign_flip(framework):
+def _grad_sign_flip(library):
     # a backward pass with one sign wrong, in the last dense layer's weight gradient: a later tensor than
     # conv1.weight, where native mode's first update departure is found
-    assert framework == "pytorch", "this fault is written for the PyTorch builder"
+    assert library == "pytorch", "this fault is written for the PyTorch builder"
     module = importlib.import_module("builders.pytorch")
     original = module.build
 
@@ -234,9 +234,9 @@ def _grad_sign_flip(framework):
 TRAINING_FAULTS["grad-sign-flip"] = _grad_sign_flip
 
 
-def _tflearn_default_clip(framework):
+def _tflearn_default_clip(library):
     # the trainer's clip_gradients=0 lost: tflearn.DNN's default clips gradients to global norm 5 in canonical mode
-    assert framework == "tflearn", "this fault is written for the tflearn trainer"
+    assert library == "tflearn", "this fault is written for the tflearn trainer"
     module = importlib.import_module("trainers.tflearn")
     original = module.setup
 
@@ -251,14 +251,14 @@ def _tflearn_default_clip(framework):
     module.setup = setup
 
 
-def _misdeclared(framework):
+def _misdeclared(library):
     # a trainer whose row says canonical epsilon placement while its optimizer puts epsilon outside the root
     from trainers import worker
 
     original = worker.Reporter.optimizer
 
     def optimizer(self, impl, lr, rho, eps, ms_init, eps_placement, *args, **kwargs):
-        if _worker_is(framework):
+        if _worker_is(library):
             eps_placement = "inside sqrt"
         return original(self, impl, lr, rho, eps, ms_init, eps_placement, *args, **kwargs)
     worker.Reporter.optimizer = optimizer
