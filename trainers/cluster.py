@@ -73,7 +73,7 @@ def probe(environments: list) -> dict:
     out["root"] = root
     try:
         import envs
-        from trainers import supervisor  # noqa: F401  what a job runs there
+        from trainers import executors  # noqa: F401  what a job runs there
     except (ImportError, AttributeError, SyntaxError, OSError) as exc:  # a checkout the worker's Python cannot import
         out["problem"] = f"importing this project from {root} fails there ({type(exc).__name__}: {exc})"
         return out
