@@ -44,6 +44,26 @@ def kernel_to_canonical(spec, index: int, kernel: np.ndarray) -> np.ndarray:
     return hwc_rows_to_chw(kernel, dense_input_order(spec, index))
 
 
+def nhwc_parameter(spec, node, param: str, value: np.ndarray, conv_kernel, dense_kernel) -> np.ndarray:
+    """A canonical parameter (or gradient) -> an NHWC library's layout: conv weights through the builder's
+    `conv_kernel`, dense weights through its `dense_kernel` with the rows of the flatten they read; the rest as
+    they are. The builder passes its own two functions (the names tests patch to plant layout bugs)."""
+    if (node.kind, param) == ("conv", "weight"):
+        return conv_kernel(value)
+    if (node.kind, param) == ("dense", "weight"):
+        return dense_kernel(value, flatten_source_of(spec, node.inputs[0]))
+    return np.ascontiguousarray(value)
+
+
+def canonical_parameter(spec, node, param: str, value: np.ndarray) -> np.ndarray:
+    """Inverse of nhwc_parameter with oihw_to_hwio and chw_rows_to_hwc as the builder's two functions."""
+    if (node.kind, param) == ("conv", "weight"):
+        return hwio_to_oihw(value)
+    if (node.kind, param) == ("dense", "weight"):
+        return hwc_rows_to_chw(value, flatten_source_of(spec, node.inputs[0]))
+    return np.ascontiguousarray(value)
+
+
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
 

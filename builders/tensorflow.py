@@ -46,28 +46,14 @@ def library():
 
 # --- parameters: canonical <-> tf.Variable ---------------------------------------------------------------
 
-def _flatten_from(spec, node):
-    return layouts.flatten_source_of(spec, node.inputs[0])
-
-
-# (op kind, param) -> (canonical -> TensorFlow, TensorFlow -> canonical); a parameter not listed is held as it is
-_LAYOUTS = {
-    ("conv", "weight"): (lambda spec, node, w: conv_kernel(w), lambda spec, node, w: layouts.hwio_to_oihw(w)),
-    ("dense", "weight"): (lambda spec, node, w: dense_kernel(w, _flatten_from(spec, node)),
-                          lambda spec, node, w: layouts.hwc_rows_to_chw(w, _flatten_from(spec, node))),
-}
-
-
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """A parameter (or its gradient) in the canonical layout -> the layout of its tf.Variable."""
-    convert = _LAYOUTS.get((node.kind, param))
-    return convert[0](spec, node, value) if convert else np.ascontiguousarray(value)
+    """A canonical parameter (or gradient) -> the layout its tf.Variable holds it in."""
+    return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
-    convert = _LAYOUTS.get((node.kind, param))
-    return convert[1](spec, node, value) if convert else np.ascontiguousarray(value)
+    return layouts.canonical_parameter(spec, node, param, value)
 
 
 def parameters(model, spec) -> dict:

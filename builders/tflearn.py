@@ -30,26 +30,14 @@ def dense_kernel(w, flatten_from):
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
-def _dense_order(spec, node):
-    return layouts.dense_input_order(spec, spec.index_of(node.name))
-
-
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """A canonical parameter (or gradient) -> the layout tflearn's variable holds; vectors are unchanged."""
-    if (node.kind, param) == ("conv", "weight"):
-        return conv_kernel(value)
-    if (node.kind, param) == ("dense", "weight"):
-        return dense_kernel(value, _dense_order(spec, node))
-    return np.ascontiguousarray(value)
+    """A canonical parameter (or gradient) -> the layout tflearn's variable holds it in."""
+    return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
-    if (node.kind, param) == ("conv", "weight"):
-        return layouts.hwio_to_oihw(value)
-    if (node.kind, param) == ("dense", "weight"):
-        return layouts.hwc_rows_to_chw(value, _dense_order(spec, node))
-    return np.ascontiguousarray(value)
+    return layouts.canonical_parameter(spec, node, param, value)
 
 
 def library():
