@@ -240,14 +240,14 @@ def _tflearn_default_clip(library):
     module = importlib.import_module("trainers.tflearn")
     original = module.setup
 
-    def setup(config):
-        tf, tflearn = original(config)
+    def setup(spec, config):
+        tf, tflearn, model = original(spec, config)
         init = tflearn.DNN.__init__
 
         def without_clip_argument(self, network, *args, clip_gradients=None, **kwargs):
             init(self, network, *args, **kwargs)
         tflearn.DNN.__init__ = without_clip_argument
-        return tf, tflearn
+        return tf, tflearn, model
     module.setup = setup
 
 
