@@ -26,12 +26,11 @@ def key(optimizer: dict) -> tuple:
 def reference_losses(optimizer_key: tuple, steps: int = 3) -> list:
     """The float64 reference's loss of each of the first `steps` seed-2017 batches (no shuffling, dropout off),
     training from the seed model with the RMSprop `dict(optimizer_key)`."""
-    from spec.reference64 import Reference
-
     import cifar10
     from spec import experiments
-    from spec.onnx_import import import_model
     from spec import training as harness
+    from spec.onnx_import import import_model
+    from spec.reference64 import Reference
 
     optimizer = dict(optimizer_key)
     experiment = experiments.load("seed-2017")
