@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -57,7 +57,6 @@ class Op:
     params: tuple = ()
     arity: int = 1
     doc: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.shape is None:
