@@ -17,17 +17,18 @@ def _needs_input_grad(spec: ModelSpec) -> dict:
     return needs
 
 
-def layer_flops(spec: ModelSpec, index: int) -> dict:
-    """{"forward": n, "backward": n} for one image through node `index`."""
+def layer_flops(spec: ModelSpec, index: int, needs: dict | None = None) -> dict:
+    """{"forward": n, "backward": n} for one image through node `index` (`needs`: _needs_input_grad(spec))."""
     node = spec.layers[index]
-    input_grad = _needs_input_grad(spec)[f"{node.name}:input"]
+    input_grad = (needs or _needs_input_grad(spec))[f"{node.name}:input"]
     forward, backward = ops.get(node.kind).flops(node.attrs, spec.input_shapes(node), node.output_shape, input_grad)
     return {"forward": int(forward), "backward": int(backward)}
 
 
 def model_flops(spec: ModelSpec) -> dict:
     """Per image: forward FLOPs, training FLOPs (forward + backward), and each node's share."""
-    per_layer = {n.name: layer_flops(spec, i) for i, n in enumerate(spec.layers)}
+    needs = _needs_input_grad(spec)
+    per_layer = {n.name: layer_flops(spec, i, needs) for i, n in enumerate(spec.layers)}
     forward = sum(f["forward"] for f in per_layer.values())
     backward = sum(f["backward"] for f in per_layer.values())
     return {"forward": forward, "training": forward + backward, "layers": per_layer}

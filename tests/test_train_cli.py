@@ -158,3 +158,16 @@ def test_a_folder_of_the_old_command_resumes_from_its_argv(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(BadInput, match="this run finished"):
         train.resumed(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_gate_verifies_the_training_build_not_the_default_one(tmp_path):
+    # with identical dropout, pytorch trains the harness-mask variant; the gate must build and verify that one
+    from tests.conftest import run_training
+
+    proc, folder, _ = run_training(tmp_path, "pytorch", "--epochs", "1", "--max-batches", "1", "--threads", "1",
+                                   "--dropout", "identical")
+    assert proc.returncode == 0, proc.stderr
+    verified = json.loads((folder / "verification.json").read_text())
+    assert verified["build_options"] == {"pytorch": {"dropout_masks": "harness"}}
+    assert verified["libraries"]["pytorch"]["status"] == "pass"
