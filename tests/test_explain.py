@@ -51,6 +51,12 @@ def test_identical_masks_leave_only_numerics(explained):
     assert identical["seeds"] == own["seeds"] == 2
     assert max(identical["per_epoch_worst"]) < 1e-4  # numerics: float32 noise
     assert min(own["per_epoch_median"]) > 1e-3  # own masks: randomness on top
+    sweep_doc = json.loads((folder.parent / result["sweeps"]["identical"].split("/")[-1] / "results.json").read_text())
+    for seed, rows in sweep_doc["runs"].items():  # dropout on, identical masks: all six agree step by step
+        losses = [[s["loss"] for s in rows[name]["record"]["steps"]] for name in LIBRARIES]
+        assert all(len(row) == 2 for row in losses), seed
+        for step in zip(*losses):
+            assert (max(step) - min(step)) / statistics.median(step) < 1e-4, (seed, step)
 
 
 def test_explain_refuses_folders_that_are_not_its_sweeps(tmp_path, explained):

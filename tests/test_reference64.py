@@ -1,4 +1,4 @@
-"""The float64 training-step reference: gradients against finite differences, steps against the libraries."""
+"""The float64 training-step reference: gradients against finite differences, forward against onnxruntime."""
 import dataclasses
 
 import numpy as np
@@ -52,18 +52,8 @@ def test_gradient_check_catches_a_wrong_max_pool_gradient(seed, monkeypatch):
     assert max(_finite_difference_errors(spec, x[:4], y[:4], PROBES)) > 1e-2
 
 
-@pytest.mark.slow
-def test_forward_and_first_steps_match_onnxruntime_and_the_libraries(seed, canonical_run):
-    spec, (x, y, _, _) = seed
-    ref = reference64.Reference(spec, spec.weights)
-    p, _ = ref.forward(x[:16])
+def test_forward_matches_onnxruntime(seed):
+    # the libraries' first training steps against this reference: tests/test_training.py (rmsprop_facts)
+    spec, (x, _, _, _) = seed
+    p, _ = reference64.Reference(spec, spec.weights).forward(x[:16])
     assert np.abs(p - layer_outputs(load_onnx(SEED_MODEL), spec, x[:16])["softmax"]).max() < 1e-6
-    state, losses = {}, []
-    for k in range(3):
-        loss, grads = ref.loss_and_grads(x[k * 128:(k + 1) * 128], y[k * 128:(k + 1) * 128])
-        ref.rmsprop_step(grads, state, 1e-3, 0.9, 1e-7)
-        losses.append(loss)
-    _, _, run = canonical_run  # the same three steps in all six libraries
-    for name, row in run["libraries"].items():
-        got = [s["loss"] for s in row["record"]["steps"]]
-        assert np.allclose(got, losses, rtol=1e-5, atol=0), (name, got, losses)
