@@ -50,6 +50,7 @@ class ModelSpec:
     input_name: str = "input"
     source: str = ""
     batch_size: int | None = None  # set when the ONNX input has a fixed batch dimension
+    notes: tuple = ()  # what the importer did to read the file (opset converted, constants folded), for the user
 
     def __post_init__(self):
         previous = self.input_name
@@ -129,6 +130,7 @@ class ModelSpec:
             "input_name": self.input_name,
             "source": self.source,
             "batch_size": self.batch_size,
+            "notes": list(self.notes),
             "layers": [
                 {"name": n.name, "kind": n.kind, "attrs": n.attrs, "inputs": list(n.inputs),
                  "output_shape": list(n.output_shape), "onnx_output": n.onnx_output}
@@ -150,7 +152,7 @@ class ModelSpec:
         with np.load(folder / "weights.npz") as npz:
             weights = {k: npz[k] for k in npz.files}
         return cls(tuple(doc["input_shape"]), layers, weights, doc["input_name"], doc["source"],
-                   doc.get("batch_size"))
+                   doc.get("batch_size"), tuple(doc.get("notes", ())))
 
 
 def _tuples(attrs: dict) -> dict:

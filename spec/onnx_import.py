@@ -15,10 +15,12 @@ from onnx import numpy_helper
 
 from spec import ops
 from spec.ir import ModelSpec, Node, same_pads, window_output_size
+from spec.onnx_normalize import READ_RANGE, NormalizeError, default_opset, normalize
 
-OPSET_RANGE = (13, 20)
-_TRANSLATED = ("Conv", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)", "Gemm",
-               "MatMul+Add", "Softmax (last axis)", "Identity", "Constant")
+OPSET_RANGE = READ_RANGE  # read as they are; other opsets are converted first (spec.onnx_normalize)
+_TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
+               "Gemm", "MatMul+Add", "Softmax (last axis)", "LogSoftmax (last axis)", "Clip", "ReduceMean (H, W)",
+               "Identity", "Constant")
 
 
 class ModelError(ValueError):
@@ -88,10 +90,15 @@ def load_onnx(path) -> onnx.ModelProto:
 
 
 def import_model(path) -> ModelSpec:
-    """The ModelSpec of the ONNX model at path; raises ModelError."""
+    """The ModelSpec of the ONNX model at path (converted and folded first where needed, spec.onnx_normalize,
+    which the spec's notes say); raises ModelError."""
     model = load_onnx(path)
     try:
-        return _Importer(Path(path), model).run()
+        model, notes = normalize(model)
+    except NormalizeError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    try:
+        return _Importer(Path(path), model, notes).run()
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - still one line for the user; the fuzz test fails on this wording
@@ -121,14 +128,13 @@ def _first_line(exc: Exception) -> str:
 
 
 def _check_opset(path: Path, model: onnx.ModelProto) -> None:
-    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    version = versions.get("ai.onnx")
+    version = default_opset(model)
     if version is None:
         raise ModelError(f"{path}: model imports no default ONNX opset")
-    lo, hi = OPSET_RANGE
-    if not lo <= version <= hi:
-        raise ModelError(f"{path}: opset {version} is not supported (supported: opsets {lo}-{hi}); "
-                         f"re-export with opset_version between {lo} and {hi}")
+    newest = onnx.defs.onnx_opset_version()
+    if not 1 <= version <= newest:
+        raise ModelError(f"{path}: opset {version} is not an ONNX opset this onnx ({onnx.__version__}) knows "
+                         f"(1-{newest})")
 
 
 def _load_external_data(path: Path, model: onnx.ModelProto) -> None:
@@ -162,8 +168,8 @@ def _load_external_data(path: Path, model: onnx.ModelProto) -> None:
 
 
 class _Importer:
-    def __init__(self, path: Path, model: onnx.ModelProto):
-        self.path, self.model, self.graph = path, model, model.graph
+    def __init__(self, path: Path, model: onnx.ModelProto, notes=()):
+        self.path, self.model, self.graph, self.notes = path, model, model.graph, tuple(notes)
         self.constants = {t.name: t for t in self.graph.initializer}
         self.layers: list[Node] = []
         self.weights: dict[str, np.ndarray] = {}
@@ -202,7 +208,8 @@ class _Importer:
         per_image = 4 * sum(int(np.prod(layer.output_shape, dtype=object)) for layer in self.layers)
         _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, batch {LARGEST_BATCH}, "
                                   f"{ACTIVATION_COPIES} copies)", ACTIVATION_COPIES * LARGEST_BATCH * per_image)
-        return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch)
+        return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch,
+                         self.notes)
 
     def _keep_what_the_output_needs(self, output: str) -> None:
         """Drop nodes the output does not depend on, and make the output node the last one."""
@@ -246,7 +253,10 @@ class _Importer:
             self.fail(node, f"op {node.op_type!r} is not supported; supported ops: {', '.join(supported_ops())}")
         handler(node, nodes, i)
 
-    def _add(self, node, kind: str, attrs: dict, shape: tuple, output: str, weights=None) -> None:
+    def _add(self, node, kind: str, attrs: dict, shape: tuple | None, output: str, weights=None,
+             sources=None) -> None:
+        """Append an IR node reading `sources` ((IR tensor, shape) pairs; default: the ONNX node's first input).
+        `shape` None: the registry's shape rule decides (a rule that refuses the inputs fails the node)."""
         base = re.sub(r"[^A-Za-z0-9_]+", "_", node.name).strip("_") or f"{kind}"
         name, n = base, 1
         while name in self.names or name == self.input_name:
@@ -255,10 +265,15 @@ class _Importer:
         self.names.add(name)
         for key, value in (weights or {}).items():
             self.weights[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=np.float32)
-        expected = ops.get(kind).shape(attrs, [self.shape])
-        if tuple(expected) != tuple(shape):  # the importer and the registry must agree
-            self.fail(node, f"output shape {tuple(shape)} disagrees with the op registry's {tuple(expected)}")
-        self.layers.append(Node(name, kind, attrs, tuple(shape), output, (self.source,)))
+        sources = sources or [(self.source, self.shape)]
+        try:
+            expected = tuple(ops.get(kind).shape(attrs, [shape for _, shape in sources]))
+        except ValueError as exc:
+            self.fail(node, str(exc))
+        shape = expected if shape is None else tuple(shape)
+        if expected != shape:  # the importer and the registry must agree
+            self.fail(node, f"output shape {shape} disagrees with the op registry's {expected}")
+        self.layers.append(Node(name, kind, attrs, shape, output, tuple(source for source, _ in sources)))
         self.tensors[output] = (name, tuple(shape))
 
     # -- helpers -----------------------------------------------------------------------
@@ -283,6 +298,18 @@ class _Importer:
         return float(value.reshape(()))
 
     @staticmethod
+    def _non_default(attrs: dict, **defaults) -> dict:
+        """The attributes among `defaults` whose value differs from the default (tuples for lists), so that a
+        plain model's nodes keep the attributes they always had."""
+        out = {}
+        for name, default in defaults.items():
+            value = attrs.get(name, default)
+            value = tuple(value) if isinstance(value, list) else value
+            if value != default:
+                out[name] = value
+        return out
+
+    @staticmethod
     def _attrs(node) -> dict:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -296,8 +323,10 @@ class _Importer:
             self.fail(node, "only 2-D windows are supported")
         if not all(isinstance(v, int) and v >= 1 for v in (*kernel, *strides)):
             self.fail(node, f"invalid kernel {kernel} or strides {strides}")
-        if any(d != 1 for d in attrs.get("dilations", (1, 1))):
-            self.fail(node, "dilations other than 1 are not supported")
+        dilations = tuple(attrs.get("dilations", (1, 1)))
+        if len(dilations) != 2 or not all(isinstance(d, int) and d >= 1 for d in dilations):
+            self.fail(node, f"invalid dilations {dilations}")
+        kernel = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))  # the extent the window covers
         auto_pad = attrs.get("auto_pad", b"NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         hw = self.shape[1:]
@@ -323,19 +352,43 @@ class _Importer:
         self.tensors[node.output[0]] = (self.source, self.shape)
 
     def _op_plain(self, node, nodes, i):
-        """An op the registry imports one-to-one, without attributes (Relu, Tanh, ...)."""
-        if len(node.input) != 1 or node.attribute:
-            self.fail(node, "expected one input and no attributes")
-        self._add(node, ops.onnx_ops()[node.op_type], {}, self.shape, node.output[0])
+        """An op the registry imports one-to-one: its inputs, and the attributes the registry names (with their
+        ONNX defaults); several inputs for Add, Sum, Concat."""
+        op = ops.get(ops.onnx_ops()[node.op_type])
+        given = self._attrs(node)
+        unknown = sorted(set(given) - set(op.attrs))
+        if unknown:
+            self.fail(node, f"attribute(s) {', '.join(unknown)} not supported")
+        attrs = {name: given.get(name, default) for name, default in op.attrs.items()}
+        sources = self._computed_inputs(node)
+        if op.arity is not None and len(sources) != op.arity:
+            self.fail(node, f"expected {op.arity} input(s), got {len(sources)}")
+        self._add(node, op.kind, attrs, None, node.output[0], sources=sources)
+
+    def _computed_inputs(self, node) -> list:
+        """[(IR tensor, shape)] of every input of `node`; each must be computed by the model, not a weight."""
+        sources = []
+        for name in node.input:
+            if name in self.tensors:
+                sources.append(self.tensors[name])
+            elif name in self.constants:
+                self.fail(node, f"input {name!r} is a constant; {node.op_type} with a constant operand is not "
+                                f"supported yet (only of tensors the model computes)")
+            else:
+                self.fail(node, f"its input {name!r} is not computed by any earlier node (graph not in topological "
+                                f"order, or a cycle)")
+        return sources
 
     def _op_Conv(self, node, nodes, i):
         self._require_spatial(node)
         attrs = self._attrs(node)
         w = self._const(node, node.input[1], "weight")
-        if w.ndim != 4 or w.shape[1] != self.shape[0]:
-            self.fail(node, f"weight {node.input[1]!r} has shape {w.shape}; expected (out, {self.shape[0]}, kh, kw)")
-        if attrs.get("group", 1) != 1:
-            self.fail(node, "group convolution is not supported (group must be 1)")
+        group = attrs.get("group", 1)
+        if not isinstance(group, int) or group < 1 or self.shape[0] % group or (w.ndim and w.shape[0] % group):
+            self.fail(node, f"group {group} does not divide the {self.shape[0]} input channels and the outputs")
+        if w.ndim != 4 or w.shape[1] * group != self.shape[0]:
+            self.fail(node, f"weight {node.input[1]!r} has shape {w.shape}; expected (out, {self.shape[0] // group}, "
+                            f"kh, kw) for group {group}")
         kernel = tuple(attrs.get("kernel_shape", w.shape[2:]))
         if kernel != w.shape[2:]:
             self.fail(node, f"kernel_shape {kernel} does not match weight shape {w.shape}")
@@ -343,7 +396,8 @@ class _Importer:
         b = self._const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
         if b.shape != (w.shape[0],):
             self.fail(node, f"bias {node.input[2]!r} has shape {b.shape}; expected ({w.shape[0]},)")
-        attrs_out = {"filters": int(w.shape[0]), "kernel": kernel, "strides": strides, "pads": pads}
+        attrs_out = {"filters": int(w.shape[0]), "kernel": kernel, "strides": strides, "pads": pads,
+                     **self._non_default(attrs, group=1, dilations=(1, 1))}
         self._add(node, "conv", attrs_out, (w.shape[0],) + out_hw, node.output[0], {"weight": w, "bias": b})
         return i + 1
 
@@ -358,6 +412,10 @@ class _Importer:
             self.fail(node, "the Indices output is not supported")
         kernel = tuple(attrs["kernel_shape"])
         strides, pads, out_hw = self._window(node, attrs, kernel)
+        if kind == "avgpool" and tuple(attrs.get("dilations", (1, 1))) != (1, 1):
+            self.fail(node, "dilated average pooling is not supported")
+        if kind == "maxpool":
+            extra = {**extra, **self._non_default(attrs, dilations=(1, 1))}
         self._add(node, kind, {"kernel": kernel, "strides": strides, "pads": pads, **extra},
                   (self.shape[0],) + out_hw, node.output[0])
         return i + 1
@@ -451,6 +509,72 @@ class _Importer:
         self._add(node, "softmax", {}, self.shape, node.output[0])
         return i + 1
 
+    def _op_Concat(self, node, nodes, i):
+        sources = self._computed_inputs(node)
+        rank = len(sources[0][1]) + 1
+        axis = self._attrs(node).get("axis")
+        if axis is None or axis % rank != 1:
+            self.fail(node, f"only concatenation on the channel axis (1) is supported, not axis {axis}")
+        self._add(node, "concat", {}, None, node.output[0], sources=sources)
+
+    def _op_BatchNormalization(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        if attrs.get("training_mode", 0):
+            self.fail(node, "training_mode=1 is not supported for a model description")
+        if len(node.output) > 1 and any(node.output[1:]):
+            self.fail(node, "the running statistics outputs are not supported")
+        if len(node.input) != 5:
+            self.fail(node, f"expected 5 inputs (X, scale, B, mean, var), got {len(node.input)}")
+        channels = self.shape[0]
+        params = {}
+        for name, what in zip(node.input[1:], ("scale", "bias", "mean", "var")):
+            value = self._const(node, name, what)
+            if value.shape != (channels,):
+                self.fail(node, f"{what} {name!r} has shape {value.shape}; expected ({channels},)")
+            params[what] = value
+        if (params["var"] < 0).any():
+            self.fail(node, "the running variance has negative entries")
+        self._add(node, "batchnorm", {"epsilon": float(attrs.get("epsilon", 1e-5)),
+                                      "momentum": float(attrs.get("momentum", 0.9))},
+                  self.shape, node.output[0], params)
+
+    def _op_GlobalAveragePool(self, node, nodes, i):
+        self._require_spatial(node)
+        self._add(node, "globalavgpool", {}, (self.shape[0], 1, 1), node.output[0])
+
+    def _op_ReduceMean(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        axes = attrs.get("axes")
+        if len(node.input) > 1 and node.input[1]:
+            axes = [int(a) for a in self._const(node, node.input[1], "axes").reshape(-1)]
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            self.fail(node, f"only the mean over H and W (axes 2, 3) is supported, not axes {axes}")
+        keep = bool(attrs.get("keepdims", 1))
+        self._add(node, "globalavgpool", {} if keep else {"keepdims": False},
+                  (self.shape[0], 1, 1) if keep else (self.shape[0],), node.output[0])
+
+    def _op_Clip(self, node, nodes, i):
+        attrs = self._attrs(node)
+        low, high = attrs.get("min", -np.inf), attrs.get("max", np.inf)  # opset < 11: attributes
+        if len(node.input) > 1 and node.input[1]:
+            low = self._scalar(node, node.input[1], "min")
+        if len(node.input) > 2 and node.input[2]:
+            high = self._scalar(node, node.input[2], "max")
+        if not low <= high:
+            self.fail(node, f"min {low} is above max {high}")
+        if low == 0.0 and high == np.inf:
+            return self._add(node, "relu", {}, self.shape, node.output[0])
+        self._add(node, "clip", {"min": float(low), "max": float(high)}, self.shape, node.output[0])
+
+    def _op_LogSoftmax(self, node, nodes, i):
+        axis = self._attrs(node).get("axis", -1)
+        if len(self.shape) != 1 or axis not in (-1, 1):
+            self.fail(node, f"only LogSoftmax over the last axis of an [N, F] tensor is supported (axis={axis}, "
+                            f"input shape {('N',) + self.shape})")
+        self._add(node, "logsoftmax", {}, self.shape, node.output[0])
+
 
 def supported_ops() -> tuple:
     """The ONNX ops the importer reads: those it translates, and the registry's one-to-one ops."""
@@ -467,5 +591,6 @@ def describe(spec: ModelSpec) -> str:
         reads = "" if chain else f" <- {', '.join(layer.inputs)}"
         lines.append(f"{layer.name:>14} {layer.kind:<8} -> {layer.output_shape} {attrs}{reads}")
     lines.append(f"parameters: {spec.parameter_count():,}")
+    lines += [f"note: {note}" for note in spec.notes]
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -33,9 +33,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 class Param:
     name: str
     layout: str  # the canonical layout, for the reader
-    # how a fresh model draws it: "glorot_uniform" with fans(shape) -> (fan_in, fan_out), or "zeros"
+    # how a fresh model draws it: "glorot_uniform" with fans(shape) -> (fan_in, fan_out), "zeros" or "ones"
     init: str = "zeros"
     fans: Callable | None = None
+    trainable: bool = True  # False: a statistic the layer keeps (BatchNorm's running mean and variance)
 
 
 def _conv_fans(shape):
@@ -55,8 +56,9 @@ class Op:
     flops: Callable
     shape: Callable = None  # default: the shape of the first input
     params: tuple = ()
-    arity: int = 1
+    arity: int | None = 1  # None: any number of inputs (Add, Concat)
     doc: str = ""
+    attrs: dict = field(default_factory=dict)  # ONNX attribute -> default, read one-to-one by the importer
 
     def __post_init__(self):
         if self.shape is None:
@@ -103,9 +105,18 @@ def window_output_size(size: int, kernel: int, stride: int, pad_before: int, pad
     return (size + pad_before + pad_after - kernel) // stride + 1
 
 
+def dilations(attrs: dict) -> tuple:
+    return tuple(attrs.get("dilations", (1, 1)))
+
+
+def effective_kernel(attrs: dict) -> tuple:
+    """The extent a dilated kernel covers: d * (k - 1) + 1 per axis."""
+    return tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], dilations(attrs)))
+
+
 def window_shape(channels: int, attrs: dict, in_shape: tuple) -> tuple:
     hw = in_shape[1:]
-    k, s, p = attrs["kernel"], attrs["strides"], attrs["pads"]
+    k, s, p = effective_kernel(attrs), attrs["strides"], attrs["pads"]
     return (channels,) + tuple(window_output_size(hw[a], k[a], s[a], p[a], p[a + 2]) for a in (0, 1))
 
 
@@ -114,35 +125,48 @@ def _pad(x, pads, value=0.0):
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
-def _windows(xp, kernel, strides):
-    """(N, C, oh, ow, kh, kw) view of the windows of padded input xp."""
-    return sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
+def _windows(xp, attrs):
+    """(N, C, oh, ow, kh, kw) view of the (dilated) windows of padded input xp."""
+    (dh, dw), (sh, sw) = dilations(attrs), attrs["strides"]
+    view = sliding_window_view(xp, effective_kernel(attrs), axis=(2, 3))
+    return view[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
 def _scatter_windows(x_shape, values, attrs):
     """Add values (N, C, oh, ow, kh, kw) back to the input positions their windows came from; unpadded."""
-    (kh, kw), (sh, sw), pads = attrs["kernel"], attrs["strides"], attrs["pads"]
+    (kh, kw), (sh, sw), pads, (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], dilations(attrs)
     oh, ow = values.shape[2:4]
     top, left, bottom, right = pads
     dxp = np.zeros((x_shape[0], x_shape[1], x_shape[2] + top + bottom, x_shape[3] + left + right))
     for i in range(kh):
         for j in range(kw):
-            dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += values[..., i, j]
+            dxp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += values[..., i, j]
     return dxp[:, :, top:dxp.shape[2] - bottom, left:dxp.shape[3] - right]
 
 
 # --- ops with parameters ---------------------------------------------------------------------------------
 
+def _grouped(attrs, win, w):
+    """Windows (N, G, C/G, oh, ow, kh, kw) and weight (G, O/G, C/G, kh, kw) of `group` groups."""
+    group = attrs.get("group", 1)
+    return (win.reshape(win.shape[0], group, -1, *win.shape[2:]),
+            w.reshape(group, -1, *w.shape[1:]))
+
+
 def _conv_forward(attrs, params, xs):
-    win = _windows(_pad(xs[0], attrs["pads"]), attrs["kernel"], attrs["strides"])
-    y = np.einsum("nchwij,ocij->nohw", win, params["weight"], optimize=True)
-    return y + params["bias"][None, :, None, None], win
+    win = _windows(_pad(xs[0], attrs["pads"]), attrs)
+    gwin, gw = _grouped(attrs, win, params["weight"])
+    y = np.einsum("ngchwij,gocij->ngohw", gwin, gw, optimize=True)
+    return y.reshape(len(y), -1, *y.shape[3:]) + params["bias"][None, :, None, None], win
 
 
 def _conv_backward(attrs, params, xs, y, win, g):
-    dparams = {"weight": np.einsum("nchwij,nohw->ocij", win, g, optimize=True), "bias": g.sum(axis=(0, 2, 3))}
-    spread = np.einsum("nohw,ocij->nchwij", g, params["weight"], optimize=True)
-    return [_scatter_windows(xs[0].shape, spread, attrs)], dparams
+    gwin, gw = _grouped(attrs, win, params["weight"])
+    gg = g.reshape(len(g), gw.shape[0], gw.shape[1], *g.shape[2:])
+    dw = np.einsum("ngchwij,ngohw->gocij", gwin, gg, optimize=True)
+    spread = np.einsum("ngohw,gocij->ngchwij", gg, gw, optimize=True)
+    dparams = {"weight": dw.reshape(params["weight"].shape), "bias": g.sum(axis=(0, 2, 3))}
+    return [_scatter_windows(xs[0].shape, spread.reshape(win.shape), attrs)], dparams
 
 
 def _mac_flops(macs: int, outputs: int, input_grad: bool) -> tuple:
@@ -151,12 +175,13 @@ def _mac_flops(macs: int, outputs: int, input_grad: bool) -> tuple:
 
 register(Op(
     "conv", ("Conv",), _conv_forward, _conv_backward,
-    flops=lambda a, ins, out, input_grad: _mac_flops(math.prod(out) * ins[0][0] * math.prod(a["kernel"]),
-                                                     math.prod(out), input_grad),
+    flops=lambda a, ins, out, input_grad: _mac_flops(
+        math.prod(out) * ins[0][0] // a.get("group", 1) * math.prod(a["kernel"]), math.prod(out), input_grad),
     shape=lambda a, ins: window_shape(a["filters"], a, ins[0]),
     params=(Param("weight", "(out, in, kh, kw), cross-correlation", "glorot_uniform", _conv_fans),
             Param("bias", "(out,)")),
-    doc="2-D convolution (group 1, dilation 1); attrs filters, kernel, strides, pads"))
+    doc="2-D convolution; attrs filters, kernel, strides, pads, group (default 1; depthwise: the input's channels), "
+        "dilations (default (1, 1))"))
 
 
 def _dense_backward(attrs, params, xs, y, cache, g):
@@ -175,7 +200,7 @@ register(Op(
 # --- pooling ---------------------------------------------------------------------------------------------
 
 def _maxpool_forward(attrs, params, xs):
-    win = _windows(_pad(xs[0], attrs["pads"], -np.inf), attrs["kernel"], attrs["strides"])
+    win = _windows(_pad(xs[0], attrs["pads"], -np.inf), attrs)
     flat = win.reshape(*win.shape[:4], -1)
     first = flat.argmax(axis=-1)  # the gradient goes to the first maximum in row-major window order
     return np.take_along_axis(flat, first[..., None], -1)[..., 0], first
@@ -191,12 +216,12 @@ def _avg_count(attrs, x_shape):
     kh, kw = attrs["kernel"]
     if attrs["count_include_pad"]:
         return float(kh * kw)
-    ones = _windows(_pad(np.ones((1, 1, *x_shape[2:])), attrs["pads"]), attrs["kernel"], attrs["strides"])
+    ones = _windows(_pad(np.ones((1, 1, *x_shape[2:])), attrs["pads"]), attrs)
     return ones.sum(axis=(-1, -2))[0, 0]
 
 
 def _avgpool_forward(attrs, params, xs):
-    win = _windows(_pad(xs[0], attrs["pads"]), attrs["kernel"], attrs["strides"])
+    win = _windows(_pad(xs[0], attrs["pads"]), attrs)
     count = _avg_count(attrs, xs[0].shape)
     return win.sum(axis=(-1, -2)) / count, count
 
@@ -215,7 +240,7 @@ def _pool_flops(extra: int):
 
 register(Op("maxpool", ("MaxPool",), _maxpool_forward, _maxpool_backward, _pool_flops(0),
             shape=lambda a, ins: window_shape(ins[0][0], a, ins[0]),
-            doc="max pooling, pads count as -inf; attrs kernel, strides, pads"))
+            doc="max pooling, pads count as -inf; attrs kernel, strides, pads, dilations (default (1, 1))"))
 register(Op("avgpool", ("AveragePool",), _avgpool_forward, _avgpool_backward, _pool_flops(1),
             shape=lambda a, ins: window_shape(ins[0][0], a, ins[0]),
             doc="average pooling; attrs kernel, strides, pads, count_include_pad"))
@@ -227,17 +252,51 @@ def _per_element(n: int):
     return lambda a, ins, out, input_grad: (n * math.prod(out), n * math.prod(out))
 
 
-def elementwise(kind: str, onnx: tuple, f: Callable, df: Callable, flops_per_element: int, doc: str) -> Op:
-    """An op y = f(x) applied element by element; df(x, y) is dy/dx."""
-    return register(Op(kind, onnx, lambda a, p, xs: (f(xs[0]), None),
-                       lambda a, p, xs, y, cache, g: ([g * df(xs[0], y)], {}),
-                       _per_element(flops_per_element), doc=doc))
+def elementwise(kind: str, onnx: tuple, f: Callable, df: Callable, flops_per_element: int, doc: str,
+                attrs: dict | None = None) -> Op:
+    """An op y = f(x, attrs) applied element by element; df(x, y, attrs) is dy/dx. `attrs`: the ONNX attributes
+    it reads, with their defaults."""
+    return register(Op(kind, onnx, lambda a, p, xs: (f(xs[0], a), None),
+                       lambda a, p, xs, y, cache, g: ([g * df(xs[0], y, a)], {}),
+                       _per_element(flops_per_element), doc=doc, attrs=dict(attrs or {})))
 
 
-elementwise("relu", ("Relu",), lambda x: np.maximum(x, 0.0), lambda x, y: (x > 0).astype(x.dtype), 1, "max(x, 0)")
-elementwise("tanh", ("Tanh",), np.tanh, lambda x, y: 1.0 - y * y, 4, "hyperbolic tangent")
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def _step(condition, x):
+    return condition.astype(x.dtype)
+
+
+elementwise("relu", ("Relu",), lambda x, a: np.maximum(x, 0.0), lambda x, y, a: _step(x > 0, x), 1, "max(x, 0)")
+elementwise("tanh", ("Tanh",), lambda x, a: np.tanh(x), lambda x, y, a: 1.0 - y * y, 4, "hyperbolic tangent")
+elementwise("sigmoid", ("Sigmoid",), lambda x, a: _sigmoid(x), lambda x, y, a: y * (1.0 - y), 4, "1 / (1 + exp(-x))")
+elementwise("leakyrelu", ("LeakyRelu",), lambda x, a: np.where(x > 0, x, a["alpha"] * x),
+            lambda x, y, a: np.where(x > 0, 1.0, a["alpha"]), 2, "x if x > 0 else alpha * x",
+            {"alpha": 0.01})
+elementwise("elu", ("Elu",), lambda x, a: np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0.0))),
+            lambda x, y, a: np.where(x > 0, 1.0, a["alpha"] * np.exp(np.minimum(x, 0.0))), 4,
+            "x if x > 0 else alpha * (exp(x) - 1)", {"alpha": 1.0})
+elementwise("selu", ("Selu",),
+            lambda x, a: a["gamma"] * np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0.0))),
+            lambda x, y, a: a["gamma"] * np.where(x > 0, 1.0, a["alpha"] * np.exp(np.minimum(x, 0.0))), 5,
+            "gamma * (x if x > 0 else alpha * (exp(x) - 1))",
+            {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875})
+elementwise("softplus", ("Softplus",), lambda x, a: np.logaddexp(0.0, x), lambda x, y, a: _sigmoid(x), 4,
+            "log(1 + exp(x))")
+elementwise("hardsigmoid", ("HardSigmoid",), lambda x, a: np.clip(a["alpha"] * x + a["beta"], 0.0, 1.0),
+            lambda x, y, a: a["alpha"] * _step((a["alpha"] * x + a["beta"] > 0) & (a["alpha"] * x + a["beta"] < 1), x),
+            3, "max(0, min(1, alpha * x + beta))", {"alpha": 0.2, "beta": 0.5})
+elementwise("hardswish", ("HardSwish",), lambda x, a: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+            lambda x, y, a: np.where(x <= -3, 0.0, np.where(x >= 3, 1.0, x / 3.0 + 0.5)), 4,
+            "x * max(0, min(1, x / 6 + 1/2))")
+elementwise("clip", (), lambda x, a: np.clip(x, a["min"], a["max"]),
+            lambda x, y, a: _step((x > a["min"]) & (x < a["max"]), x), 2,
+            "min(max(x, min), max); attrs min, max (ReLU6: 0, 6); from ONNX Clip")
 # dropout is the identity in the reference: steps are compared with dropout off or with harness masks
-elementwise("dropout", (), lambda x: x, lambda x, y: np.ones_like(x), 0, "dropout; attrs rate (identity at inference)")
+elementwise("dropout", (), lambda x, a: x, lambda x, y, a: np.ones_like(x), 0,
+            "dropout; attrs rate (identity at inference)")
 
 
 def _softmax_forward(attrs, params, xs):
@@ -255,3 +314,95 @@ register(Op("flatten", ("Flatten",), lambda a, p, xs: (xs[0].reshape(len(xs[0]),
             lambda a, p, xs, y, cache, g: ([g.reshape(xs[0].shape)], {}), _per_element(0),
             shape=lambda a, ins: (math.prod(ins[0]),),
             doc="[N, C, H, W] -> [N, C*H*W] in (C, H, W) order"))
+
+
+def _log_softmax_forward(attrs, params, xs):
+    shifted = xs[0] - xs[0].max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)), None
+
+
+def _log_softmax_backward(attrs, params, xs, y, cache, g):
+    return [g - np.exp(y) * g.sum(axis=1, keepdims=True)], {}
+
+
+register(Op("logsoftmax", ("LogSoftmax",), _log_softmax_forward, _log_softmax_backward, _per_element(5),
+            doc="log of softmax over the last axis of an [N, F] tensor (a model ending in log-probabilities)"))
+
+
+# --- graph ops: several inputs ---------------------------------------------------------------------------
+
+def _same_shapes(attrs, in_shapes):
+    if any(tuple(s) != tuple(in_shapes[0]) for s in in_shapes):
+        raise ValueError(f"inputs of different shapes {[tuple(s) for s in in_shapes]}")
+    return tuple(in_shapes[0])
+
+
+register(Op("add", ("Add", "Sum"), lambda a, p, xs: (sum(xs[1:], xs[0]), None),
+            lambda a, p, xs, y, cache, g: ([g] * len(xs), {}),
+            lambda a, ins, out, input_grad: ((len(ins) - 1) * math.prod(out), 0),
+            shape=_same_shapes, arity=None,
+            doc="elementwise sum of tensors of one shape (a residual connection)"))
+
+
+def _concat_shape(attrs, in_shapes):
+    rest = {tuple(s[1:]) for s in in_shapes}
+    if len(rest) != 1:
+        raise ValueError(f"inputs {[tuple(s) for s in in_shapes]} differ in more than the channel axis")
+    return (sum(s[0] for s in in_shapes), *in_shapes[0][1:])
+
+
+def _concat_backward(attrs, params, xs, y, cache, g):
+    cuts = np.cumsum([x.shape[1] for x in xs])[:-1]
+    return list(np.split(g, cuts, axis=1)), {}
+
+
+register(Op("concat", ("Concat",), lambda a, p, xs: (np.concatenate(xs, axis=1), None), _concat_backward,
+            lambda a, ins, out, input_grad: (0, 0), shape=_concat_shape, arity=None,
+            doc="concatenation on the channel (or feature) axis, in input order"))
+
+
+def _global_pool_shape(attrs, in_shapes):
+    return (in_shapes[0][0], 1, 1) if attrs.get("keepdims", True) else (in_shapes[0][0],)
+
+
+def _global_pool_backward(attrs, params, xs, y, cache, g):
+    n, c, h, w = xs[0].shape
+    return [np.broadcast_to(g.reshape(n, c, 1, 1) / (h * w), xs[0].shape).copy()], {}
+
+
+register(Op("globalavgpool", ("GlobalAveragePool",),
+            lambda a, p, xs: (xs[0].mean(axis=(2, 3), keepdims=a.get("keepdims", True)), None),
+            _global_pool_backward, lambda a, ins, out, input_grad: (math.prod(ins[0]), math.prod(ins[0])),
+            shape=_global_pool_shape,
+            doc="mean over H and W: [N, C, H, W] -> [N, C, 1, 1] (keepdims, GlobalAveragePool) or [N, C] "
+                "(ReduceMean over (2, 3) with keepdims=0); attrs keepdims"))
+
+
+def _channel(v):
+    return v[None, :, None, None]
+
+
+def _batchnorm_forward(attrs, params, xs):
+    inv = 1.0 / np.sqrt(params["var"] + attrs["epsilon"])
+    xhat = (xs[0] - _channel(params["mean"])) * _channel(inv)
+    return xhat * _channel(params["scale"]) + _channel(params["bias"]), (xhat, inv)
+
+
+def _batchnorm_backward(attrs, params, xs, y, cache, g):
+    """The inference form's gradients (statistics held fixed); training semantics are the trainers'."""
+    xhat, inv = cache
+    axes = (0, 2, 3)
+    dxhat = g * _channel(params["scale"])
+    return [dxhat * _channel(inv)], {
+        "scale": (g * xhat).sum(axis=axes), "bias": g.sum(axis=axes),
+        "mean": -(dxhat.sum(axis=axes)) * inv,
+        "var": -0.5 * (dxhat * xhat).sum(axis=axes) * inv * inv}
+
+
+register(Op("batchnorm", ("BatchNormalization",), _batchnorm_forward, _batchnorm_backward,
+            lambda a, ins, out, input_grad: (2 * math.prod(out), 4 * math.prod(out)),
+            params=(Param("scale", "(C,)", "ones"), Param("bias", "(C,)"), Param("mean", "(C,) running mean", trainable=False),
+                    Param("var", "(C,) running variance", "ones", trainable=False)),
+            doc="batch normalisation, inference form: (x - mean) / sqrt(var + epsilon) * scale + bias over the "
+                "channel axis of NCHW; attrs epsilon, momentum (ONNX's: running = momentum * running + "
+                "(1 - momentum) * batch)"))

@@ -102,5 +102,5 @@ def reinitialised(spec: ModelSpec, seed: int) -> ModelSpec:
             if param.init == "glorot_uniform":
                 weights[key] = glorot_uniform(rng, spec.weights[key].shape, *param.fans(spec.weights[key].shape))
             else:
-                weights[key] = np.zeros_like(spec.weights[key])
+                weights[key] = (np.ones_like if param.init == "ones" else np.zeros_like)(spec.weights[key])
     return dataclasses.replace(spec, weights=weights, source=f"{spec.source} (weights redrawn from seed {seed})")

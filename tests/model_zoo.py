@@ -3,7 +3,9 @@
 Each writer takes a target path and returns it; weights are seeded so every run writes the same model.
 Together they cover: kernel sizes 1/3/5, strides 1/2, symmetric, asymmetric and SAME/VALID auto_pad
 padding, max and average pooling (with and without counted padding), Flatten and Reshape,
-Gemm with transB 0/1, MatMul followed by Add, Dropout and Tanh.
+Gemm with transB 0/1, MatMul followed by Add, Dropout and Tanh; and graphs: residual Add, channel Concat,
+BatchNormalization, depthwise and dilated convolution, global average pooling, the common activations, a model
+ending in LogSoftmax, and an old-opset file whose weights are computed by ConstantOfShape nodes.
 """
 from __future__ import annotations
 
@@ -137,6 +139,106 @@ def torch_export(path: Path, dynamo: bool) -> Path:
     return Path(path)
 
 
+def _blocks_cnn():
+    import torch
+    from torch import nn
+
+    class Blocks(nn.Module):
+        """A residual block, a depthwise separable convolution, two concatenated branches (one dilated), global
+        average pooling: the patterns of ResNet, MobileNet and Inception in one small net."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+            self.res = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                                     nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+            self.depthwise = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=16), nn.BatchNorm2d(32),
+                                           nn.LeakyReLU(0.1), nn.Conv2d(32, 24, 1))
+            self.left = nn.Sequential(nn.Conv2d(24, 8, 1), nn.ELU())
+            self.right = nn.Sequential(nn.Conv2d(24, 8, 3, padding=2, dilation=2), nn.Sigmoid())
+            self.head = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+                                      nn.Softmax(dim=-1))
+
+        def forward(self, x):
+            h = self.stem(x)
+            h = torch.relu(h + self.res(h))
+            h = self.depthwise(h)
+            return self.head(torch.cat([self.left(h), self.right(h)], dim=1))
+
+    torch.manual_seed(17)
+    net = Blocks()
+    with torch.no_grad():  # running statistics that are not the identity, so that BatchNorm's arithmetic shows
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def blocks_export(path: Path, opset: int = 17) -> Path:
+    """Residual, depthwise, concat and BatchNorm blocks written by torch.onnx.export (TorchScript exporter)."""
+    import torch
+
+    # without constant folding the exporter keeps BatchNormalization nodes (folding merges them into the convs)
+    torch.onnx.export(_blocks_cnn(), (torch.zeros(2, 3, 32, 32),), str(path), input_names=["x"], dynamo=False,
+                      dynamic_axes={"x": {0: "N"}}, opset_version=opset, do_constant_folding=False)
+    return Path(path)
+
+
+def activations_cnn(path: Path) -> Path:
+    """Selu, Softplus, HardSigmoid, HardSwish, Clip (min and max as inputs), Elu after a Gemm; ends in logits
+    through LogSoftmax."""
+    g = _Graph(seed=19)
+    g.conv(3, 8, 3, pads=[1, 1, 1, 1], strides=[2, 2])  # 32 -> 16
+    g.add("Selu")
+    g.conv(8, 8, 3, pads=[1, 1, 1, 1])
+    g.add("Softplus")
+    g.add("HardSigmoid", alpha=0.25, beta=0.4)
+    g.conv(8, 8, 1)
+    g.add("HardSwish")
+    g.inits += [numpy_helper.from_array(np.array(-0.5, np.float32), "clip_min"),
+                numpy_helper.from_array(np.array(0.75, np.float32), "clip_max")]
+    g.add("Clip", ("clip_min", "clip_max"))
+    g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2])  # 16 -> 8
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc1.w", (8 * 8 * 8, 32)), g.param("fc1.b", (32,), scale=0.1)))
+    g.add("Elu", alpha=0.8)
+    g.add("Gemm", (g.param("fc2.w", (32, 10)), g.param("fc2.b", (10,), scale=0.1)))
+    g.add("LogSoftmax", axis=-1)
+    return g.save(path, (3, 32, 32), opset=18)
+
+
+def opset9_cnn(path: Path) -> Path:
+    """An opset-9 file as old Caffe2 exports are (onnx's own 'light' zoo models): weights computed by
+    ConstantOfShape nodes, initializers listed among the graph inputs, IR version 3."""
+    g = _Graph(seed=23)
+    g.conv(3, 8, 3, pads=[1, 1, 1, 1])
+    g.add("Relu")
+    g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2])  # 32 -> 16
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc.w", (10, 8 * 16 * 16)), g.param("fc.b", (10,), scale=0.1)), transB=1)
+    g.add("Softmax", axis=1)
+    computed = []
+    for init in list(g.inits):  # the bias of the Gemm becomes a constant fill, as in the light models
+        if init.name == "fc.b":
+            g.inits.remove(init)
+            g.inits.append(numpy_helper.from_array(np.array([10], np.int64), "fc.b_shape"))
+            computed.append(helper.make_node("ConstantOfShape", ["fc.b_shape"], ["fc.b"], name="fill_fc_b",
+                                             value=numpy_helper.from_array(np.array([0.05], np.float32))))
+    g.nodes = computed + g.nodes
+    graph = helper.make_graph(
+        g.nodes, "zoo9", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])] +
+        [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.inits],
+        [helper.make_tensor_value_info(g.current, TensorProto.FLOAT, ["N", 10])], initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 def write_all(folder: Path) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,6 +248,9 @@ def write_all(folder: Path) -> dict:
         "tanh": tanh_cnn(folder / "tanh.onnx"),
         "torch_script": torch_export(folder / "torch_script.onnx", dynamo=False),
         "torch_dynamo": torch_export(folder / "torch_dynamo.onnx", dynamo=True),
+        "blocks": blocks_export(folder / "blocks.onnx"),
+        "activations": activations_cnn(folder / "activations.onnx"),
+        "opset9": opset9_cnn(folder / "opset9.onnx"),
     }
 
 

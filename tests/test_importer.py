@@ -61,14 +61,19 @@ def bad_models(tmp_path):
         return path
 
     node, w = _dense()
-    sig = helper.make_node("Sigmoid", ["y"], ["z"], name="squash")
-    cases["unsupported_op"] = (save("unsupported_op", _graph([node, sig], [w])), ["squash", "Sigmoid", "supported ops"])
+    erf = helper.make_node("Erf", ["y"], ["z"], name="squash")
+    cases["unsupported_op"] = (save("unsupported_op", _graph([node, erf], [w])), ["squash", "Erf", "supported ops"])
     cases["missing_initializer"] = (save("missing_initializer", _graph(
         [node], [], inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
                             helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3])])),
         ["'fc'", "'w'", "missing initializer"])
-    cases["opset_too_new"] = (save("opset_too_new", _graph([node], [w], opset=21)), ["opset 21", "13-20"])
-    cases["opset_too_old"] = (save("opset_too_old", _graph([node], [w], opset=12)), ["opset 12", "13-20"])
+    cases["opset_unknown"] = (save("opset_unknown", _graph([node], [w], opset=99)), ["opset 99", "knows"])
+    add_const = helper.make_node("Add", ["y", "w"], ["z"], name="shift")
+    cases["add_of_a_weight"] = (save("add_of_a_weight", _graph([node, add_const], [w])), ["shift", "constant"])
+    cases["add_shapes_differ"] = (save("add_shapes_differ", _graph(
+        [node, helper.make_node("Add", ["x", "y"], ["z"], name="skip")], [w])), ["skip", "different shapes"])
+    cases["concat_on_width"] = (save("concat_on_width", _graph(
+        [node, helper.make_node("Concat", ["y", "y"], ["z"], name="join", axis=0)], [w])), ["join", "channel axis"])
     foreign = helper.make_node("Relu", ["x"], ["y"], name="alien", domain="com.example")
     cases["unknown_domain"] = (save("unknown_domain", _graph([foreign], [], opsets={"com.example": 1})),
                                ["alien", "com.example"])
@@ -148,7 +153,8 @@ def all_bad(tmp_path, zoo):
     return cases
 
 
-CASES = ["unsupported_op", "missing_initializer", "opset_too_new", "opset_too_old", "unknown_domain", "softmax_axis",
+CASES = ["unsupported_op", "missing_initializer", "opset_unknown", "add_of_a_weight", "add_shapes_differ",
+         "concat_on_width", "unknown_domain", "softmax_axis",
          "huge_weights", "huge_activations", "dropout_ratio_not_scalar", "zero_stride",
          "reshape_float_shape", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
          "external_truncated", "external_missing"]
@@ -192,3 +198,20 @@ def test_a_graph_imports_as_nodes_with_named_inputs(tmp_path):
     onnx.save(_graph([dead, kept], []), path)
     spec = import_model(path)
     assert [(n.name, n.kind, n.inputs) for n in spec.layers] == [("branch", "tanh", ("x",))]
+
+
+def test_an_old_opset_is_converted_and_the_spec_says_so(tmp_path):
+    node, w = _dense()
+    path = tmp_path / "opset12.onnx"
+    onnx.save(_graph([node], [w], opset=12), path)
+    spec = import_model(path)
+    assert [n.kind for n in spec.layers] == ["dense"]
+    assert spec.notes == ("converted from opset 12 to opset 13 with onnx.version_converter",)
+
+
+def test_a_computed_weight_is_folded_and_initializer_inputs_are_weights(zoo):
+    spec = import_model(zoo["opset9"])
+    assert [n.kind for n in spec.layers] == ["conv", "relu", "maxpool", "flatten", "dense", "softmax"]
+    assert np.all(spec.weights["gemm5.bias"] == np.float32(0.05))  # the ConstantOfShape fill
+    assert any("initializers listed among the graph inputs" in note for note in spec.notes)
+    assert any("ConstantOfShape" in note and "folded" in note for note in spec.notes)

@@ -19,35 +19,66 @@ CASES = {
     "dropout": ({"rate": 0.5}, (6,)),
     "softmax": ({}, (7,)),
     "flatten": ({}, (2, 3, 3)),
+    "sigmoid": ({}, (3, 4)),
+    "leakyrelu": ({"alpha": 0.1}, (3, 4)),
+    "elu": ({"alpha": 0.7}, (3, 4)),
+    "selu": (dict(ops.get("selu").attrs), (3, 4)),
+    "softplus": ({}, (3, 4)),
+    "hardsigmoid": ({"alpha": 0.3, "beta": 0.4}, (3, 4)),
+    "hardswish": ({}, (3, 4)),
+    "clip": ({"min": -0.5, "max": 0.6}, (3, 4)),
+    "logsoftmax": ({}, (7,)),
+    "globalavgpool": ({}, (3, 4, 5)),
+    "batchnorm": ({"epsilon": 1e-3, "momentum": 0.9}, (3, 4, 4)),
+}
+# ops of several inputs: (attrs, input shapes)
+MULTI = {"add": ({}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)]), "concat": ({}, [(2, 3, 3), (1, 3, 3), (3, 3, 3)])}
+# grouped and dilated convolution, dilated max pooling
+VARIANTS = {
+    "depthwise conv, multiplier 2": ("conv", {"filters": 6, "kernel": (3, 3), "strides": (1, 1), "pads": (1, 1, 1, 1),
+                                              "group": 3}, (3, 5, 5)),
+    "grouped dilated conv": ("conv", {"filters": 4, "kernel": (3, 2), "strides": (2, 1), "pads": (2, 1, 0, 1),
+                                      "group": 2, "dilations": (2, 3)}, (4, 7, 7)),
+    "dilated max pool": ("maxpool", {"kernel": (2, 2), "strides": (1, 2), "pads": (0, 1, 1, 0),
+                                     "dilations": (2, 2)}, (2, 6, 6)),
+    "global mean, no kept axes": ("globalavgpool", {"keepdims": False}, (3, 2, 5)),
 }
 
 
 def test_every_registered_op_has_a_gradient_case():
-    assert set(CASES) == set(ops.REGISTRY)
+    assert set(CASES) | set(MULTI) == set(ops.REGISTRY)
 
 
 def _params(op, attrs, in_shape, rng):
-    shapes = {"conv": {"weight": (attrs.get("filters", 0), in_shape[0], *attrs.get("kernel", (1, 1))),
+    channels = in_shape[0]
+    shapes = {"conv": {"weight": (attrs.get("filters", 0), channels // attrs.get("group", 1),
+                                  *attrs.get("kernel", (1, 1))),
                        "bias": (attrs.get("filters", 0),)},
-              "dense": {"weight": (in_shape[0], attrs.get("units", 0)), "bias": (attrs.get("units", 0),)}}
-    return {p: rng.standard_normal(shapes[op.kind][p]) for p in op.param_names}
+              "dense": {"weight": (in_shape[0], attrs.get("units", 0)), "bias": (attrs.get("units", 0),)},
+              "batchnorm": dict.fromkeys(("scale", "bias", "mean", "var"), (channels,))}
+    params = {p: rng.standard_normal(shapes[op.kind][p]) for p in op.param_names}
+    if "var" in params:
+        params["var"] = np.abs(params["var"]) + 0.1
+    return params
 
 
-def _fd_errors(op, attrs, in_shape, seed=0):
-    """Largest relative error of backward against finite differences of sum(r * y), over input and params."""
+def _fd_errors(op, attrs, in_shapes, seed=0):
+    """Largest relative error of backward against finite differences of sum(r * y), over inputs and params."""
+    in_shapes = in_shapes if isinstance(in_shapes, list) else [in_shapes]
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, *in_shape))
-    params = _params(op, attrs, in_shape, rng)
-    y, cache = op.forward(attrs, params, [x])
-    assert y.shape[1:] == tuple(op.shape(attrs, [in_shape]))
+    xs = [rng.standard_normal((2, *shape)) for shape in in_shapes]
+    params = _params(op, attrs, in_shapes[0], rng)
+    y, cache = op.forward(attrs, params, xs)
+    assert y.shape[1:] == tuple(op.shape(attrs, in_shapes))
     r = rng.standard_normal(y.shape)
-    (dx,), dparams = op.backward(attrs, params, [x], y, cache, r)
+    dxs, dparams = op.backward(attrs, params, xs, y, cache, r)
+    assert len(dxs) == len(xs)
 
     def objective():
-        return float((op.forward(attrs, params, [x])[0] * r).sum())
+        return float((op.forward(attrs, params, xs)[0] * r).sum())
 
     worst = 0.0
-    for tensor, grad in [(x, dx), *((params[p], dparams[p]) for p in op.param_names)]:
+    for tensor, grad in [*zip(xs, dxs), *((params[p], dparams[p]) for p in op.param_names)]:
         for index in map(tuple, rng.integers(0, tensor.shape, size=(6, tensor.ndim))):
             h, keep = 1e-6, tensor[index]
             tensor[index] = keep + h
@@ -60,10 +91,43 @@ def _fd_errors(op, attrs, in_shape, seed=0):
     return worst
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("kind", sorted(CASES) + sorted(MULTI))
 def test_backward_matches_finite_differences(kind):
-    attrs, in_shape = CASES[kind]
+    attrs, in_shape = CASES[kind] if kind in CASES else MULTI[kind]
     assert _fd_errors(ops.get(kind), attrs, in_shape) < 1e-5
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_grouped_and_dilated_windows_match_finite_differences(variant):
+    kind, attrs, in_shape = VARIANTS[variant]
+    assert _fd_errors(ops.get(kind), attrs, in_shape) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["depthwise conv, multiplier 2", "grouped dilated conv", "dilated max pool"])
+def test_grouped_and_dilated_forward_matches_onnxruntime(variant):
+    """The forward the gradients are checked against is ONNX's: onnxruntime on a one-node model."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    kind, attrs, in_shape = VARIANTS[variant]
+    op = ops.get(kind)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, *in_shape)).astype(np.float32)
+    params = {k: v.astype(np.float32) for k, v in _params(op, attrs, in_shape, rng).items()}
+    onnx_attrs = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
+                  "pads": [attrs["pads"][i] for i in (0, 1, 2, 3)], "dilations": list(attrs.get("dilations", (1, 1)))}
+    inits = []
+    if kind == "conv":
+        onnx_attrs["group"] = attrs["group"]
+        inits = [numpy_helper.from_array(params["weight"], "w"), numpy_helper.from_array(params["bias"], "b")]
+    node = helper.make_node("Conv" if kind == "conv" else "MaxPool", ["x"] + [t.name for t in inits], ["y"],
+                            **onnx_attrs)
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got, _ = op.forward(attrs, {k: v.astype(np.float64) for k, v in params.items()}, [x.astype(np.float64)])
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
 
 
 def test_a_wrong_tanh_derivative_is_caught(monkeypatch):
@@ -73,7 +137,7 @@ def test_a_wrong_tanh_derivative_is_caught(monkeypatch):
 
 
 def test_parameters_are_asked_of_the_registry():
-    assert [k for k, op in ops.REGISTRY.items() if op.params] == ["conv", "dense"]
+    assert [k for k, op in ops.REGISTRY.items() if op.params] == ["conv", "dense", "batchnorm"]
     assert ops.get("conv").param_names == ("weight", "bias")
     with pytest.raises(KeyError, match="unknown op kind 'nope'"):
         ops.get("nope")

@@ -100,12 +100,25 @@ def _hang(library):
 TRAINING_FAULTS = {"lr-off": _lr_off, "nan": _nan, "crash": _crash, "hang": _hang}
 
 
+def _graph_bugs() -> dict:
+    """The graph-op bugs of tests/planted/graph_bugs_<library>.py (one file per library: `BUGS = {name: plant}`)."""
+    import pkgutil
+
+    import tests.planted as package
+
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("graph_bugs_"):
+            found.update(importlib.import_module(f"tests.planted.{info.name}").BUGS)
+    return found
+
+
 def plant(name: str) -> None:
     fault, _, library = name.partition(":")
     if library:
         TRAINING_FAULTS[fault](library)
     else:
-        BUGS[name]()
+        {**BUGS, **_graph_bugs()}[name]()
 
 
 def _eps_outside(library):

@@ -1,0 +1,105 @@
+"""Bring a loaded ONNX model into the form the importer reads, with well-kept tools, saying what was done.
+
+- Initializers that old exporters also list as graph inputs (IR version < 4) are weights, not inputs.
+- An opset outside `READ_RANGE` is converted with `onnx.version_converter` to the nearest end of the range.
+- Constant subgraphs (ConstantOfShape, shape arithmetic on fixed shapes) are folded with the onnxscript
+  optimizer's constant folding, ConstantOfShape included (exporters write weights that way).
+
+`normalize` returns the new model and one note per change, for the user (`ModelSpec.notes`).
+"""
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+READ_RANGE = (13, 21)  # the opsets whose op definitions the importer's handlers read
+
+
+class NormalizeError(ValueError):
+    """The model could not be brought into the readable form; the message says why, in one line."""
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    notes = []
+    _initializers_are_weights(model, notes)
+    model = _convert_opset(model, notes)
+    model = _fold_constants(model, notes)
+    return model, notes
+
+
+def _initializers_are_weights(model: onnx.ModelProto, notes: list) -> None:
+    weights = {t.name for t in model.graph.initializer}
+    listed = [i for i in model.graph.input if i.name in weights]
+    if not listed:
+        return
+    kept = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, 4)  # from IR 4 on, an initializer need not be an input
+    notes.append(f"{len(listed)} initializers listed among the graph inputs read as weights")
+
+
+def _convert_opset(model: onnx.ModelProto, notes: list) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    version = default_opset(model)
+    lo, hi = READ_RANGE
+    if version is None or lo <= version <= hi:
+        return model
+    target = lo if version < lo else hi
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types; the user gets one line
+        raise NormalizeError(f"opset {version} could not be converted to opset {target} by onnx.version_converter "
+                             f"({_first_line(exc)}); re-export with an opset between {lo} and {hi}") from None
+    notes.append(f"converted from opset {version} to opset {target} with onnx.version_converter")
+    return converted
+
+
+def _fold_constants(model: onnx.ModelProto, notes: list) -> onnx.ModelProto:
+    if not _constant_nodes(model) and not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        return model
+    import onnx_ir
+    import onnxscript.optimizer
+
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)
+    try:
+        ir_model = onnx_ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(model))
+        onnxscript.optimizer.fold_constants(ir_model, onnx_shape_inference=True, input_size_limit=2**40,
+                                            output_size_limit=2**40,
+                                            should_fold=lambda node: True if node.op_type == "ConstantOfShape"
+                                            else None)
+        onnxscript.optimizer.remove_unused_nodes(ir_model)
+        folded = onnx_ir.serde.serialize_model(ir_model)
+    except Exception as exc:  # noqa: BLE001
+        raise NormalizeError(f"folding its constant subgraphs failed ({_first_line(exc)})") from None
+    gone = sorted({n.op_type for n in model.graph.node} - {n.op_type for n in folded.graph.node} - {"Constant"})
+    removed = len(model.graph.node) - len(folded.graph.node)
+    if removed > 0:
+        notes.append(f"{removed} nodes computing constants ({', '.join(gone) or 'shape arithmetic'}) folded into "
+                     f"weights with the onnxscript optimizer")
+    return folded
+
+
+def _constant_nodes(model: onnx.ModelProto) -> list:
+    """Nodes (other than Constant) all of whose inputs are initializers or outputs of such nodes."""
+    known = {t.name for t in model.graph.initializer} | {""}
+    found = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" or (node.input and all(name in known for name in node.input)) or \
+                (not node.input and node.op_type != "RandomNormal"):
+            known.update(node.output)
+            if node.op_type != "Constant":
+                found.append(node)
+    return found
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
