@@ -119,6 +119,10 @@ class ModelSpec:
     def output(self) -> Node:
         return self.layers[-1]
 
+    def activation_bytes(self) -> int:
+        """float32 bytes of every node's output for one image."""
+        return 4 * sum(math.prod(n.output_shape) for n in self.layers)
+
     def parameter_count(self) -> int:
         return int(sum(w.size for w in self.weights.values()))
 

@@ -20,7 +20,8 @@ from spec.onnx_normalize import READ_RANGE, NormalizeError, default_opset, norma
 OPSET_RANGE = READ_RANGE  # read as they are; other opsets are converted first (spec.onnx_normalize)
 _TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
                "Gemm", "MatMul+Add", "Softmax (last axis)", "LogSoftmax (last axis)", "Clip", "ReduceMean (H, W)",
-               "Identity", "Constant")
+               "LRN", "Add/Sub/Mul/Div by a constant", "Reshape-Transpose-Reshape (channel shuffle)", "Identity",
+               "Constant")
 
 
 class ModelError(ValueError):
@@ -32,7 +33,6 @@ BUDGET_VARIABLE = "XV_MEMORY_BUDGET_GIB"
 DEFAULT_BUDGET_GIB = 8.0
 WEIGHT_COPIES = 4  # onnxruntime's, a library's, RMSprop's mean square and the gradient
 ACTIVATION_COPIES = 3  # forward outputs, their gradients and the verifier's copy of every layer's output
-LARGEST_BATCH = 128  # the largest batch an experiment trains on (spec/experiments.toml)
 
 
 def memory_budget_gib() -> float:
@@ -205,9 +205,10 @@ class _Importer:
         if not self.layers:
             raise ModelError(f"{self.path}: the model has no layers")
         self._keep_what_the_output_needs(self.tensors[output][0])
+        # one image must fit; how many images a verification or a training batch holds is chosen by them
         per_image = 4 * sum(int(np.prod(layer.output_shape, dtype=object)) for layer in self.layers)
-        _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, batch {LARGEST_BATCH}, "
-                                  f"{ACTIVATION_COPIES} copies)", ACTIVATION_COPIES * LARGEST_BATCH * per_image)
+        _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, {ACTIVATION_COPIES} "
+                                  f"copies of one image)", ACTIVATION_COPIES * per_image)
         return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch,
                          self.notes)
 
@@ -241,6 +242,9 @@ class _Importer:
             return
         if not node.input or not node.input[0]:
             self.fail(node, "has no data input")
+        if node.op_type in ("Add", "Mul") and len(node.input) == 2 and node.input[0] not in self.tensors and \
+                node.input[1] in self.tensors:
+            node = onnx.helper.make_node(node.op_type, node.input[::-1], node.output, name=node.name)  # c + x
         if node.input[0] not in self.tensors:
             where = "a weight, not a tensor the model computes" if node.input[0] in self.constants else \
                 "not computed by any earlier node (graph not in topological order, or a cycle)"
@@ -281,7 +285,11 @@ class _Importer:
         for a in node.attribute:
             if a.name == "value":
                 return a.t
-        self.fail(node, "only Constant nodes with a 'value' tensor are supported")
+            if a.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                value = np.array(onnx.helper.get_attribute_value(a),
+                                 dtype=np.float32 if "float" in a.name else np.int64)
+                return numpy_helper.from_array(value, node.output[0])
+        self.fail(node, "only Constant nodes with a 'value' tensor or numbers are supported")
 
     def _const(self, node, name: str, what: str) -> np.ndarray:
         if name not in self.constants:
@@ -453,6 +461,8 @@ class _Importer:
         return self._flatten(node, i)
 
     def _op_Reshape(self, node, nodes, i):
+        if len(self.shape) == 3 and self._op_Reshape_shuffle(node, nodes, i):
+            return i + 3
         shape = self._const(node, node.input[1], "shape")
         if shape.dtype.kind not in "iu":
             self.fail(node, f"the target shape must hold integers, not {shape.dtype}")
@@ -508,6 +518,78 @@ class _Importer:
                             f"input shape {('N',) + self.shape})")
         self._add(node, "softmax", {}, self.shape, node.output[0])
         return i + 1
+
+    def _op_LRN(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        size = attrs.get("size")
+        if not isinstance(size, int) or size < 1:
+            self.fail(node, f"size must be a positive integer, not {size!r}")
+        self._add(node, "lrn", {"size": size, "alpha": float(attrs.get("alpha", 1e-4)),
+                                "beta": float(attrs.get("beta", 0.75)), "bias": float(attrs.get("bias", 1.0))},
+                  self.shape, node.output[0])
+
+    def _op_Add(self, node, nodes, i):
+        if len(node.input) == 2 and any(n in self.constants and n not in self.tensors for n in node.input):
+            return self._constant_operand(node, "shift", lambda v: v)
+        return self._op_plain(node, nodes, i)
+
+    def _op_Sub(self, node, nodes, i):
+        return self._constant_operand(node, "shift", lambda v: -v)
+
+    def _op_Mul(self, node, nodes, i):
+        return self._constant_operand(node, "scale", lambda v: v)
+
+    def _op_Div(self, node, nodes, i):
+        return self._constant_operand(node, "scale", lambda v: 1.0 / v)
+
+    def _constant_operand(self, node, kind: str, convert):
+        """x + c, x - c, x * c, x / c (c an initializer broadcast onto x): a shift or scale node holding c
+        at the input's rank (Div and Sub: by the reciprocal and the negation)."""
+        if len(node.input) != 2:
+            self.fail(node, f"expected 2 inputs, got {len(node.input)}")
+        data, constant = node.input
+        if data not in self.tensors and node.op_type in ("Add", "Mul"):
+            data, constant = constant, data
+        if data not in self.tensors or constant not in self.constants:
+            self.fail(node, f"{node.op_type} is supported of a computed tensor and a constant (x {node.op_type} c), "
+                            f"or for Add of two computed tensors")
+        self.source, self.shape = self.tensors[data]
+        value = self._const(node, constant, "operand")
+        if value.ndim > len(self.shape) + 1 or (value.ndim == len(self.shape) + 1 and value.shape[0] != 1):
+            self.fail(node, f"constant {constant!r} of shape {value.shape} would broadcast over the batch axis")
+        value = value.reshape(value.shape[-len(self.shape):] if value.ndim > len(self.shape) else value.shape)
+        value = value.reshape((1,) * (len(self.shape) - value.ndim) + value.shape)
+        try:
+            np.broadcast_shapes(value.shape, self.shape)
+        except ValueError:
+            self.fail(node, f"constant {constant!r} of shape {value.shape} does not broadcast onto {self.shape}")
+        if np.broadcast_shapes(value.shape, self.shape) != tuple(self.shape):
+            self.fail(node, f"constant {constant!r} of shape {value.shape} would enlarge the tensor {self.shape}")
+        if kind == "scale" and node.op_type == "Div" and (value == 0).any():
+            self.fail(node, f"divides by zero (constant {constant!r})")
+        self._add(node, kind, {}, self.shape, node.output[0], {"value": convert(value.astype(np.float64))})
+
+    def _op_Reshape_shuffle(self, node, nodes, i):
+        """Reshape (N, g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (N, C, H, W): a channel shuffle."""
+        readers = [j for j, n in enumerate(nodes) if node.output[0] in n.input]
+        transpose = nodes[readers[0]] if len(readers) == 1 else None
+        if transpose is None or transpose.op_type != "Transpose" or \
+                list(self._attrs(transpose).get("perm", [])) != [0, 2, 1, 3, 4]:
+            return None
+        after = [j for j, n in enumerate(nodes) if transpose.output[0] in n.input]
+        back = nodes[after[0]] if len(after) == 1 else None
+        if back is None or back.op_type != "Reshape":
+            return None
+        target = [int(v) for v in self._const(back, back.input[1], "shape").reshape(-1)]
+        first = [int(v) for v in self._const(node, node.input[1], "shape").reshape(-1)]
+        c, h, w = self.shape
+        if len(first) != 5 or first[1] * first[2] != c or tuple(first[3:]) != (h, w) or target[1:] not in ([c, h, w],
+                                                                                                          [-1, h, w]):
+            return None
+        self.consumed.update(readers + after)
+        self._add(node, "channelshuffle", {"groups": first[1]}, self.shape, back.output[0])
+        return True
 
     def _op_Concat(self, node, nodes, i):
         sources = self._computed_inputs(node)

@@ -406,3 +406,65 @@ register(Op("batchnorm", ("BatchNormalization",), _batchnorm_forward, _batchnorm
             doc="batch normalisation, inference form: (x - mean) / sqrt(var + epsilon) * scale + bias over the "
                 "channel axis of NCHW; attrs epsilon, momentum (ONNX's: running = momentum * running + "
                 "(1 - momentum) * batch)"))
+
+
+# --- channel ops: LRN, constant scale and shift, channel shuffle -----------------------------------------
+
+def _lrn_window(size: int) -> tuple:
+    """Channels (below, above) a position's window reaches, as ONNX defines it."""
+    return (size - 1) // 2, size - 1 - (size - 1) // 2
+
+
+def _channel_window_sum(v, below: int, above: int):
+    padded = np.pad(v, ((0, 0), (below, above), (0, 0), (0, 0)))
+    return sliding_window_view(padded, below + above + 1, axis=1).sum(axis=-1)
+
+
+def _lrn_forward(attrs, params, xs):
+    x, size = xs[0], attrs["size"]
+    d = attrs["bias"] + attrs["alpha"] / size * _channel_window_sum(x * x, *_lrn_window(size))
+    return x * d ** -attrs["beta"], d
+
+
+def _lrn_backward(attrs, params, xs, y, d, g):
+    x, size, beta = xs[0], attrs["size"], attrs["beta"]
+    t = g * x * (-beta) * d ** (-beta - 1) * (2 * attrs["alpha"] / size)
+    below, above = _lrn_window(size)
+    return [g * d ** -beta + x * _channel_window_sum(t, above, below)], {}  # the windows that contain each channel
+
+
+register(Op("lrn", ("LRN",), _lrn_forward, _lrn_backward,
+            lambda a, ins, out, input_grad: ((a["size"] + 5) * math.prod(out), 2 * (a["size"] + 5) * math.prod(out)),
+            doc="local response normalisation across channels, ONNX's: x / (bias + alpha / size * sum of x^2 over "
+                "`size` channels)^beta (TensorFlow's local_response_normalization does not divide alpha by size); "
+                "attrs size, alpha, beta, bias"))
+
+
+def _reduce_to(v, shape):
+    """Sum v (N, ...) over the batch and the axes `shape` (no batch axis) broadcasts along."""
+    v = v.sum(axis=0)
+    return v.sum(axis=tuple(i for i, n in enumerate(shape) if n == 1), keepdims=True).reshape(shape)
+
+
+register(Op("scale", (), lambda a, p, xs: (xs[0] * p["value"], None),
+            lambda a, p, xs, y, cache, g: ([g * p["value"]], {"value": _reduce_to(g * xs[0], p["value"].shape)}),
+            _per_element(1),
+            params=(Param("value", "the input's rank without the batch axis, broadcasting: (C, 1, 1) per channel", "ones"),),
+            doc="multiplication by a constant tensor (ONNX Mul by an initializer; Div by one is a scale by its "
+                "reciprocal)"))
+register(Op("shift", (), lambda a, p, xs: (xs[0] + p["value"], None),
+            lambda a, p, xs, y, cache, g: ([g], {"value": _reduce_to(g, p["value"].shape)}),
+            _per_element(1),
+            params=(Param("value", "the input's rank without the batch axis, broadcasting: (C, 1, 1) per channel"),),
+            doc="addition of a constant tensor (ONNX Add of an initializer; Sub of one is a shift by its negation)"))
+
+
+def _shuffle(x, groups):
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+register(Op("channelshuffle", (), lambda a, p, xs: (_shuffle(xs[0], a["groups"]), None),
+            lambda a, p, xs, y, cache, g: ([_shuffle(g, g.shape[1] // a["groups"])], {}), _per_element(0),
+            doc="ShuffleNet's channel shuffle: channels viewed as (groups, C/groups), transposed, flattened "
+                "(ONNX Reshape, Transpose, Reshape); attrs groups"))

@@ -30,6 +30,10 @@ CASES = {
     "logsoftmax": ({}, (7,)),
     "globalavgpool": ({}, (3, 4, 5)),
     "batchnorm": ({"epsilon": 1e-3, "momentum": 0.9}, (3, 4, 4)),
+    "lrn": ({"size": 4, "alpha": 0.3, "beta": 0.75, "bias": 2.0}, (6, 3, 3)),  # even size: an asymmetric window
+    "scale": ({}, (3, 4, 4)),
+    "shift": ({}, (3, 4, 4)),
+    "channelshuffle": ({"groups": 3}, (6, 2, 2)),
 }
 # ops of several inputs: (attrs, input shapes)
 MULTI = {"add": ({}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)]), "concat": ({}, [(2, 3, 3), (1, 3, 3), (3, 3, 3)])}
@@ -55,7 +59,8 @@ def _params(op, attrs, in_shape, rng):
                                   *attrs.get("kernel", (1, 1))),
                        "bias": (attrs.get("filters", 0),)},
               "dense": {"weight": (in_shape[0], attrs.get("units", 0)), "bias": (attrs.get("units", 0),)},
-              "batchnorm": dict.fromkeys(("scale", "bias", "mean", "var"), (channels,))}
+              "batchnorm": dict.fromkeys(("scale", "bias", "mean", "var"), (channels,)),
+              "scale": {"value": (channels, 1, 1)}, "shift": {"value": (channels, 1, 1)}}
     params = {p: rng.standard_normal(shapes[op.kind][p]) for p in op.param_names}
     if "var" in params:
         params["var"] = np.abs(params["var"]) + 0.1
@@ -137,7 +142,25 @@ def test_a_wrong_tanh_derivative_is_caught(monkeypatch):
 
 
 def test_parameters_are_asked_of_the_registry():
-    assert [k for k, op in ops.REGISTRY.items() if op.params] == ["conv", "dense", "batchnorm"]
+    assert [k for k, op in ops.REGISTRY.items() if op.params] == ["conv", "dense", "batchnorm", "scale", "shift"]
     assert ops.get("conv").param_names == ("weight", "bias")
     with pytest.raises(KeyError, match="unknown op kind 'nope'"):
         ops.get("nope")
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_lrn_forward_is_onnx_s_with_alpha_divided_by_size(size):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    attrs = {"size": size, "alpha": 0.3, "beta": 0.75, "bias": 2.0}
+    x = np.random.default_rng(2).standard_normal((2, 6, 3, 3)).astype(np.float32)
+    node = helper.make_node("LRN", ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got, _ = ops.get("lrn").forward(attrs, {}, [x.astype(np.float64)])
+    assert np.abs(got - expected).max() < 1e-5
+    tf_style, _ = ops.get("lrn").forward({**attrs, "alpha": attrs["alpha"] * size}, {}, [x.astype(np.float64)])
+    assert np.abs(tf_style - expected).max() > 1e-3  # alpha not divided by size: the trap is visible at this scale

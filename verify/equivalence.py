@@ -17,30 +17,51 @@ from builders import select
 from builders.worker import options_path
 from spec import experiments
 from spec.ir import ModelSpec
-from spec.onnx_import import import_model, load_onnx
+from spec.onnx_import import BUDGET_VARIABLE, ModelError, import_model, load_onnx, memory_budget_gib
 from verify import reference
 from verify.compare import compare, load_policy
 from verify.runner import run_worker
 from workers import Status, lifeline, number, results
 
 CIFAR_SHAPE = (3, 32, 32)
+# every node's output for each image is held by onnxruntime's run, the verifier's reference, two workers at a time
+# (their own and the file they write) and the orchestrator's copy of the one it judges
+VERIFY_COPIES = 6
+
+
+def image_count(spec: ModelSpec, wanted: int) -> tuple:
+    """(images to verify with, why fewer than `wanted` or ""): as many as the memory budget holds, at most
+    `wanted`; ModelError when not even one image fits."""
+    budget = memory_budget_gib()
+    per_image = spec.activation_bytes()
+    fit = int(budget * 2**30 // (VERIFY_COPIES * per_image)) if per_image else wanted
+    if fit < 1:
+        raise ModelError(f"{spec.source}: verifying one image needs about {VERIFY_COPIES * per_image / 2**30:,.1f} GiB "
+                         f"({VERIFY_COPIES} copies of {per_image / 2**20:,.0f} MiB of activations), over the memory "
+                         f"budget of {budget:g} GiB (raise it with {BUDGET_VARIABLE}=...)")
+    if fit >= wanted:
+        return wanted, ""
+    return fit, (f"{fit} images instead of {wanted}: the activations take {per_image / 2**20:,.0f} MiB per image and "
+                 f"the memory budget is {budget:g} GiB ({BUDGET_VARIABLE})")
 
 
 def make_inputs(spec: ModelSpec, data_path=None) -> tuple:
     """The fixed verification batch: real CIFAR-10 test images when the model takes 3x32x32,
-    else seeded random inputs of the model's own shape. Returns (x, description)."""
+    else seeded random inputs of the model's own shape; as many as the memory budget holds (image_count).
+    Returns (x, description)."""
     setup = experiments.load("verification")
-    count = setup["test_images"]
-    if spec.batch_size:
+    count, fewer = image_count(spec, setup["test_images"])
+    if spec.batch_size and count >= spec.batch_size:
         count = max(spec.batch_size, count // spec.batch_size * spec.batch_size)
     if tuple(spec.input_shape) == CIFAR_SHAPE:
         data = cifar10.find(data_path, train=0, test=count)
         if len(data.x_test) < count:
             raise cifar10.DataError(f"{data.source}: has {len(data.x_test)} test images, verification needs {count}")
-        return experiments.preprocess(data.x_test[:count], setup), f"CIFAR-10 test images 0..{count - 1} ({data.source})"
+        fewer = f"; {fewer}" if fewer else ""
+        return experiments.preprocess(data.x_test[:count], setup), f"CIFAR-10 test images 0..{count - 1} ({data.source}{fewer})"
     rng = np.random.default_rng(setup["random_input_seed"])
     x = rng.uniform(-1.0, 1.0, size=(count, *spec.input_shape)).astype(np.float32)
-    return x, f"{count} seeded uniform(-1, 1) inputs of shape {tuple(spec.input_shape)}"
+    return x, f"{count} seeded uniform(-1, 1) inputs of shape {tuple(spec.input_shape)}" + (f" ({fewer})" if fewer else "")
 
 
 def parse_libraries(text: str | None) -> list:
