@@ -148,7 +148,7 @@ def test_parameters_are_asked_of_the_registry():
         ops.get("nope")
 
 
-@pytest.mark.parametrize("size", [3, 4])
+@pytest.mark.parametrize("size", [3, 5])  # onnxruntime runs odd sizes only (onnx's ReferenceEvaluator's LRN is wrong)
 def test_lrn_forward_is_onnx_s_with_alpha_divided_by_size(size):
     import onnxruntime as ort
     from onnx import TensorProto, helper
