@@ -80,6 +80,19 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
     desc.add_argument("model")
+    sv = sub.add_parser("survey", help="forward equivalence over many models: one verdict per model and library",
+                        description="Run `verify equivalence` on every model given (files or folders of .onnx "
+                                    "files) and/or the onnx package's own test models, and print one table: PASS, "
+                                    "MISMATCH at the first divergent node, UNSUPPORTED with the library's reason, "
+                                    "or the importer's one-line refusal. Exit 0 when every cell passes, 1 otherwise, "
+                                    "2 on bad input.")
+    sv.add_argument("models", nargs="*", help="ONNX files or folders of them")
+    sv.add_argument("--onnx-backend", action="append", choices=("light", "pytorch-converted", "pytorch-operator",
+                                                                "all"),
+                    help="add the onnx package's test models of this set (image models only); repeatable")
+    sv.add_argument("--libraries", "--frameworks", default="all", help="as in equivalence (default: all)")
+    sv.add_argument("--json", default=None, metavar="PATH", help="write the results here, after every model")
+    sv.add_argument("--timeout", type=_seconds, default=900, help="seconds one library may take per model")
     return p
 
 
@@ -116,10 +129,41 @@ def parse(argv=None) -> argparse.Namespace:
         raise UsageError(str(exc)) from None
     if args.json:
         _output_file("--json", args.json)
+    if args.command == "survey":
+        args.model_list = _survey_models(args)
     if args.command == "steps" and args.steps > _steps_limit():
         raise UsageError(f"--steps {args.steps}: {STEPS_EXPERIMENT} trains {_steps_limit()} steps; check at most "
                          f"that many")
     return args
+
+
+def _survey_models(args) -> list:
+    from verify.survey import ONNX_BACKEND_SETS, onnx_backend_models
+
+    found = []
+    for text in args.models:
+        path = Path(text)
+        if path.is_dir():
+            found += [(str(p), p) for p in sorted(path.rglob("*.onnx"))]
+        elif path.is_file():
+            found.append((str(path), path))
+        else:
+            raise UsageError(f"{text}: no such model file or folder")
+    sets = args.onnx_backend or []
+    found += onnx_backend_models(ONNX_BACKEND_SETS if "all" in sets else tuple(dict.fromkeys(sets)))
+    if not found:
+        raise UsageError("no models to survey: name files or folders, or --onnx-backend SET")
+    return found
+
+
+def _survey(args) -> int:
+    from verify import survey
+
+    doc = survey.run(args.model_list, args.libraries, args.timeout, json_path=args.json)
+    print(survey.table(doc))
+    cells = [v for entry in doc["models"].values() for v in entry["verdicts"].values()]
+    print(f"\n{sum(c == 'PASS' for c in cells)}/{len(cells)} (model, library) pairs pass")
+    return EXIT_PASS if all(c == "PASS" for c in cells) else EXIT_MISMATCH
 
 
 def _steps(args) -> int:
@@ -155,6 +199,8 @@ def main(argv=None) -> int:
             return EXIT_PASS
         if args.command == "steps":
             return _steps(args)
+        if args.command == "survey":
+            return _survey(args)
         model = args.model or experiments.model_path(experiments.load("verification"))
         report = equivalence.run(model, args.libraries, args.data, args.timeout, args.jobs)
     except (ModelError, cifar10.DataError) as exc:
