@@ -29,7 +29,9 @@ from verify import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ["Conv", "Relu", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax",
-       "Identity", "Constant", "Sigmoid", "Conv2D", "LSTM", "If", "Loop", "", "\u00e9\u0000x"]
+       "Identity", "Constant", "Sigmoid", "BatchNormalization", "Concat", "Sum", "Mul", "Sub", "Div", "LRN", "Clip",
+       "GlobalAveragePool", "ReduceMean", "LeakyRelu", "HardSwish", "LogSoftmax", "Transpose", "ConstantOfShape",
+       "Conv2D", "LSTM", "If", "Loop", "", "\u00e9\u0000x"]
 EXTERNAL_LOCATIONS = ["data.bin", "../outside.bin", "/etc/passwd", "missing.bin", "", "sub/../data.bin", "data.bin\0x"]
 DIMS = st.one_of(st.integers(-3, 5), st.integers(6, 70), st.sampled_from([2**31 - 1, 2**40, 10**12]))
 DATA_BIN = bytes(range(256)) * 64  # a 16 KiB external-data file beside every mutated model
@@ -39,7 +41,8 @@ def seed_models(folder: Path) -> list:
     """Serialized valid models to mutate: the canonical CNN and two zoo CNNs built with onnx.helper."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [ROOT / "spec" / "seed_cnn.onnx", model_zoo.strided_cnn(folder / "strided.onnx"),
-             model_zoo.same_pool_cnn(folder / "same_pool.onnx")]
+             model_zoo.same_pool_cnn(folder / "same_pool.onnx"), model_zoo.activations_cnn(folder / "activations.onnx"),
+             model_zoo.opset9_cnn(folder / "opset9.onnx"), model_zoo.graph_cnn(folder / "graph.onnx")]
     return [Path(p).read_bytes() for p in paths]
 
 
@@ -154,7 +157,16 @@ def m_graph_io(model, data):
         graph.node.remove(_node(model, data))
 
 
-STRUCTURAL = [m_op_type, m_attribute, m_shape, m_dtype, m_initializer, m_external, m_opset, m_graph_io]
+def m_rewire(model, data):
+    """One input of a node read from another tensor: later nodes (a cycle, or out of order), weights, nothing."""
+    node = _node(model, data)
+    if not node.input:
+        return
+    names = [o for n in model.graph.node for o in n.output] + [t.name for t in model.graph.initializer] + ["", "nope"]
+    node.input[data.draw(st.integers(0, len(node.input) - 1))] = data.draw(st.sampled_from(names))
+
+
+STRUCTURAL = [m_op_type, m_attribute, m_shape, m_dtype, m_initializer, m_external, m_opset, m_graph_io, m_rewire]
 
 
 def mutate_bytes(raw: bytes, data) -> bytes:

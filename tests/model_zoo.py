@@ -38,7 +38,7 @@ class _Graph:
 
     def conv(self, c_in, c_out, k, **attrs):
         name = f"conv{self.n + 1}"
-        w = self.param(f"{name}.w", (c_out, c_in, k, k))
+        w = self.param(f"{name}.w", (c_out, c_in // attrs.get("group", 1), k, k))
         b = self.param(f"{name}.b", (c_out,), scale=0.1)
         return self.add("Conv", (w, b), kernel_shape=[k, k], **attrs)
 
@@ -210,6 +210,38 @@ def activations_cnn(path: Path) -> Path:
     return g.save(path, (3, 32, 32), opset=18)
 
 
+def graph_cnn(path: Path) -> Path:
+    """A hand-written graph (no torch): BatchNormalization, a residual Add, a channel Concat of two branches
+    (one grouped and dilated), a per-channel Mul and Sub by constants, LRN, GlobalAveragePool; used by the fuzzer."""
+    g = _Graph(seed=29)
+    g.conv(3, 8, 3, pads=[1, 1, 1, 1], strides=[2, 2])  # 32 -> 16
+    stem = g.current
+    bn = [numpy_helper.from_array(v.astype(np.float32), f"bn.{k}") for k, v in
+          (("s", g.rng.uniform(0.5, 1.5, 8)), ("b", g.rng.uniform(-0.2, 0.2, 8)), ("m", g.rng.uniform(-0.5, 0.5, 8)),
+           ("v", g.rng.uniform(0.5, 2.0, 8)))]
+    g.inits += bn
+    g.add("BatchNormalization", [t.name for t in bn], epsilon=1e-3)
+    g.add("Relu")
+    g.nodes.append(helper.make_node("Add", [g.current, stem], ["res"], name="residual"))
+    g.current = "res"
+    g.conv(8, 8, 3, pads=[2, 2, 2, 2], dilations=[2, 2], group=2)
+    left = g.current
+    g.current = "res"
+    g.conv(8, 4, 1)
+    g.nodes.append(helper.make_node("Concat", [left, g.current], ["cat"], name="join", axis=1))
+    g.current = "cat"
+    g.inits += [numpy_helper.from_array(g.rng.uniform(0.5, 2, (1, 12, 1, 1)).astype(np.float32), "per_channel"),
+                numpy_helper.from_array(np.float32(0.1), "offset")]
+    g.add("Mul", ("per_channel",))
+    g.add("Sub", ("offset",))
+    g.add("LRN", size=3, alpha=1e-3, beta=0.75, bias=1.0)
+    g.add("GlobalAveragePool")
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc.w", (12, 10)), g.param("fc.b", (10,), scale=0.1)))
+    g.add("Softmax", axis=-1)
+    return g.save(path, (3, 32, 32))
+
+
 def opset9_cnn(path: Path) -> Path:
     """An opset-9 file as old Caffe2 exports are (onnx's own 'light' zoo models): weights computed by
     ConstantOfShape nodes, initializers listed among the graph inputs, IR version 3."""
@@ -251,6 +283,7 @@ def write_all(folder: Path) -> dict:
         "blocks": blocks_export(folder / "blocks.onnx"),
         "activations": activations_cnn(folder / "activations.onnx"),
         "opset9": opset9_cnn(folder / "opset9.onnx"),
+        "graph": graph_cnn(folder / "graph.onnx"),
     }
 
 
