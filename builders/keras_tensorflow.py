@@ -30,6 +30,18 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
+def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
+    """Depthwise (C*M, 1, kh, kw), output channel c*M + m from input channel c -> DepthwiseConv2D's (kh, kw, C, M),
+    whose output channel c*M + m is the same one."""
+    return np.ascontiguousarray(w.reshape(channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1))
+
+
+def depthwise_to_canonical(w: np.ndarray) -> np.ndarray:
+    """Inverse of depthwise_kernel."""
+    kh, kw, channels, multiplier = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw))
+
+
 # TensorFlow's C++ start-up INFO lines; the oneDNN one is written before absl logging is initialised,
 # so TF_CPP_MIN_LOG_LEVEL does not hold it back.
 _NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
@@ -83,13 +95,25 @@ def versions(backend: str = "tensorflow", **_options) -> dict:
 
 # --- parameters: canonical <-> Keras ---------------------------------------------------------------------
 
+def depthwise(spec, node) -> bool:
+    """A conv node with one group per input channel (any depth multiplier): a DepthwiseConv2D."""
+    group = node.attrs.get("group", 1)
+    return node.kind == "conv" and group > 1 and group == spec.shape_of(node.inputs[0])[0]
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """A canonical parameter (or gradient) -> the layout the Keras layer holds it in."""
+    """A canonical parameter (or gradient) -> the layout the Keras layer holds it in. A grouped Conv2D's kernel is
+    (kh, kw, in/group, out), which is oihw_to_hwio of the canonical (out, in/group, kh, kw); BatchNormalization's
+    gamma, beta, moving mean and variance are (C,) as in the registry."""
+    if (node.kind, param) == ("conv", "weight") and depthwise(spec, node):
+        return depthwise_kernel(value, node.attrs["group"])
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
+    if (node.kind, param) == ("conv", "weight") and depthwise(spec, node):
+        return depthwise_to_canonical(value)
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -122,13 +146,27 @@ def _pairs(pads):
     return ((top, bottom), (left, right))
 
 
+def _padding_mode(graph: Graph, node) -> str:
+    """ir.padding_mode of the window the node covers (a dilated kernel's extent, as TensorFlow's SAME takes it)."""
+    a = node.attrs
+    return ir.padding_mode(graph.spec.shape_of(node.inputs[0])[1:], ops.effective_kernel(a), a["strides"], a["pads"])
+
+
 def op_conv(graph: Graph, node, xs):
     L, a, x = graph.keras.layers, node.attrs, xs[0]
-    mode = ir.padding_mode(graph.spec.shape_of(node.inputs[0])[1:], a["kernel"], a["strides"], a["pads"])
+    dilations = ops.dilations(a)
+    if dilations != (1, 1) and tuple(a["strides"]) != (1, 1):
+        raise Unsupported(f"{node.name}: Keras convolutions refuse strides > 1 with dilation_rate > 1 (strides "
+                          f"{tuple(a['strides'])}, dilations {dilations})")
+    mode = _padding_mode(graph, node)
     if mode == "explicit":
         x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
-    conv = L.Conv2D(a["filters"], a["kernel"], strides=a["strides"], padding="same" if mode == "same" else "valid",
-                    name=node.name)
+    window = {"strides": a["strides"], "padding": "same" if mode == "same" else "valid", "dilation_rate": dilations,
+              "name": node.name}
+    if depthwise(graph.spec, node):
+        conv = L.DepthwiseConv2D(a["kernel"], depth_multiplier=a["filters"] // a["group"], **window)
+    else:
+        conv = L.Conv2D(a["filters"], a["kernel"], groups=a.get("group", 1), **window)
     return _loaded(graph, conv, node, x)
 
 
@@ -138,7 +176,7 @@ def _nonnegative_input(spec, node) -> bool:
 
 def _pool(graph: Graph, node, x, pool):
     L, a = graph.keras.layers, node.attrs
-    mode = ir.padding_mode(graph.spec.shape_of(node.inputs[0])[1:], a["kernel"], a["strides"], a["pads"])
+    mode = _padding_mode(graph, node)
     padding = "valid"
     counts_pad = node.kind == "avgpool" and a["count_include_pad"]
     if mode != "valid" and counts_pad:
@@ -155,7 +193,31 @@ def _pool(graph: Graph, node, x, pool):
 
 
 def op_maxpool(graph: Graph, node, xs):
+    if ops.effective_kernel(node.attrs) != tuple(node.attrs["kernel"]):
+        return _dilated_maxpool(graph, node, xs[0])
     return _pool(graph, node, xs[0], graph.keras.layers.MaxPooling2D)
+
+
+def _dilated_maxpool(graph: Graph, node, x):
+    """MaxPooling2D has no dilation: the maximum (Maximum) over the window's kh*kw taps, each tap the input
+    cropped (Cropping2D) to where that tap reads and subsampled by the strides (MaxPooling2D of size 1)."""
+    L, a = graph.keras.layers, node.attrs
+    if _padding_mode(graph, node) != "valid":
+        if not _nonnegative_input(graph.spec, node):
+            raise Unsupported(f"{node.name}: Keras cannot express dilated max pooling of possibly negative input "
+                              f"with pads {a['pads']} (its padding layers pad with zeros, not -inf)")
+        x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], ops.dilations(a)
+    _, oh, ow = node.output_shape
+    _, h, w = graph.spec.shape_of(node.inputs[0])
+    h, w = h + a["pads"][0] + a["pads"][2], w + a["pads"][1] + a["pads"][3]
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            top, left = i * dh, j * dw
+            tap = L.Cropping2D(((top, h - top - sh * (oh - 1) - 1), (left, w - left - sw * (ow - 1) - 1)))(x)
+            taps.append(L.MaxPooling2D(1, strides=(sh, sw))(tap) if (sh, sw) != (1, 1) else tap)
+    return L.Maximum(name=node.name)(taps)
 
 
 def op_avgpool(graph: Graph, node, xs):
@@ -168,6 +230,96 @@ def op_relu(graph: Graph, node, xs):
 
 def op_tanh(graph: Graph, node, xs):
     return graph.keras.layers.Activation("tanh", name=node.name)(xs[0])
+
+
+def op_sigmoid(graph: Graph, node, xs):
+    return graph.keras.layers.Activation("sigmoid", name=node.name)(xs[0])
+
+
+def op_leakyrelu(graph: Graph, node, xs):
+    return graph.keras.layers.LeakyReLU(negative_slope=node.attrs["alpha"], name=node.name)(xs[0])
+
+
+def op_elu(graph: Graph, node, xs):
+    return graph.keras.layers.ELU(alpha=node.attrs["alpha"], name=node.name)(xs[0])
+
+
+def _is(value: float, constant: float) -> bool:
+    """An ONNX float attribute (float32) is this constant of a Keras activation, as float32."""
+    return np.float32(value) == np.float32(constant)
+
+
+# the constants Keras's selu is fixed to (TensorFlow's tf.nn.selu)
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def op_selu(graph: Graph, node, xs):
+    L, a = graph.keras.layers, node.attrs
+    if _is(a["alpha"], SELU_ALPHA) and _is(a["gamma"], SELU_GAMMA):
+        return L.Activation("selu", name=node.name)(xs[0])
+    # Keras's selu has fixed constants: other ones are gamma * elu(x, alpha), two Keras layers
+    return L.Rescaling(a["gamma"], name=node.name)(L.ELU(alpha=a["alpha"])(xs[0]))
+
+
+def op_softplus(graph: Graph, node, xs):
+    return graph.keras.layers.Activation("softplus", name=node.name)(xs[0])
+
+
+def op_hardsigmoid(graph: Graph, node, xs):
+    L, a = graph.keras.layers, node.attrs
+    if _is(a["alpha"], 1 / 6) and _is(a["beta"], 0.5):
+        return L.Activation("hard_sigmoid", name=node.name)(xs[0])  # Keras 3's: relu6(x + 3) / 6
+    # another slope or offset: clip(alpha * x + beta, 0, 1) as Rescaling then a ReLU capped at 1
+    return L.ReLU(max_value=1.0, name=node.name)(L.Rescaling(a["alpha"], offset=a["beta"])(xs[0]))
+
+
+def op_hardswish(graph: Graph, node, xs):
+    return graph.keras.layers.Activation("hard_swish", name=node.name)(xs[0])
+
+
+def op_clip(graph: Graph, node, xs):
+    L, low, high = graph.keras.layers, node.attrs["min"], node.attrs["max"]
+    if low == 0.0:
+        return L.ReLU(max_value=high, name=node.name)(xs[0])  # ReLU6 and its kin
+    # no Keras layer clips below at another value than 0: keras.ops.clip in a Lambda layer
+    clip = graph.keras.ops.clip
+    return L.Lambda(lambda t: clip(t, low, high), name=node.name)(xs[0])
+
+
+def op_logsoftmax(graph: Graph, node, xs):
+    return graph.keras.layers.Activation("log_softmax", name=node.name)(xs[0])
+
+
+def op_batchnorm(graph: Graph, node, xs):
+    """BatchNormalization with the node's epsilon (Keras's default is 1e-3, ONNX's 1e-5); Keras's momentum weighs
+    the old running value, as ONNX's does. Inference (training=False) normalises with the moving statistics."""
+    a = node.attrs
+    bn = graph.keras.layers.BatchNormalization(axis=-1, epsilon=a["epsilon"], momentum=a["momentum"], name=node.name)
+    return _loaded(graph, bn, node, xs[0])
+
+
+def op_globalavgpool(graph: Graph, node, xs):
+    keepdims = node.attrs.get("keepdims", True)
+    return graph.keras.layers.GlobalAveragePooling2D(keepdims=keepdims, name=node.name)(xs[0])
+
+
+def _flatten_orders(graph: Graph, node) -> set:
+    """The flatten sources (layouts.flatten_sources) of the node's inputs."""
+    return {layouts.flatten_source_of(graph.spec, t) for t in node.inputs}
+
+
+def op_add(graph: Graph, node, xs):
+    if len(_flatten_orders(graph, node)) > 1:
+        raise Unsupported(f"{node.name}: adds flat vectors in different element orders (Keras flattens in "
+                          f"(H, W, C) order, not in ONNX's (C, H, W))")
+    return graph.keras.layers.Add(name=node.name)(xs)
+
+
+def op_concat(graph: Graph, node, xs):
+    if _flatten_orders(graph, node) != {None}:
+        raise Unsupported(f"{node.name}: concatenates flattened tensors: Keras flattens in (H, W, C) order and the next dense "
+                          f"layer's rows are reordered for one flatten, not input by input")
+    return graph.keras.layers.Concatenate(axis=-1, name=node.name)(xs)
 
 
 def op_dropout(graph: Graph, node, xs):

@@ -33,8 +33,21 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
+# registry parameter names that differ from the torch module's own: BatchNorm2d's (running mean and variance are
+# buffers there, not parameters)
+NATIVE_NAMES = {("batchnorm", "scale"): "weight", ("batchnorm", "mean"): "running_mean",
+                ("batchnorm", "var"): "running_var"}
+
+
+def native_name(node, param: str) -> str:
+    """The attribute of the node's module that holds the registry's parameter `param`."""
+    return NATIVE_NAMES.get((node.kind, param), param)
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """Conv weights are canonical already ((O, I, kh, kw), cross-correlation); nn.Linear holds (out, in)."""
+    """Conv weights are canonical already ((O, I/group, kh, kw), cross-correlation, output channel o in group
+    o // (O/group), which is nn.Conv2d's grouping); nn.Linear holds (out, in); BatchNorm2d's four are (C,) as in
+    the registry."""
     if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
     return np.ascontiguousarray(value)
@@ -81,7 +94,7 @@ def _load(module, spec, node) -> None:
     with torch.no_grad():
         for param, value in spec.params(node).items():
             native = to_native(spec, node, param, value.astype(np.float32))
-            getattr(module, param).copy_(torch.from_numpy(native))
+            getattr(module, native_name(node, param)).copy_(torch.from_numpy(native))
 
 
 def _padded_conv2d(pads):
@@ -103,8 +116,9 @@ def op_conv(spec, node, **_options):
     top, left, bottom, right = pads = _pads(node, in_shape)
     symmetric = _symmetric(pads)
     cls = nn.Conv2d if symmetric else _padded_conv2d((left, right, top, bottom))
+    # depthwise (group = input channels, any depth multiplier) is nn.Conv2d with groups, PyTorch's own idiom
     conv = cls(in_shape[0], a["filters"], tuple(a["kernel"]), stride=tuple(a["strides"]),
-               padding=(top, left) if symmetric else 0)
+               padding=(top, left) if symmetric else 0, dilation=ops.dilations(a), groups=a.get("group", 1))
     _load(conv, spec, node)
     return conv
 
@@ -122,7 +136,8 @@ def op_maxpool(spec, node, **_options):
     kernel, strides, pads, native, explicit = _pool(node, spec.input_shapes(node)[0])
     # torch's own padding is -inf; the explicit pad must be too, else zeros would win over negatives
     pad = None if native else nn.ConstantPad2d(explicit, float("-inf"))
-    return _padded(pad, nn.MaxPool2d(kernel, strides, padding=pads[:2] if native else 0))
+    return _padded(pad, nn.MaxPool2d(kernel, strides, padding=pads[:2] if native else 0,
+                                     dilation=ops.dilations(node.attrs)))
 
 
 def op_avgpool(spec, node, **_options):
@@ -146,6 +161,144 @@ def op_relu(spec, node, **_options):
 def op_tanh(spec, node, **_options):
     import torch.nn as nn
     return nn.Tanh()
+
+
+def op_sigmoid(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Sigmoid()
+
+
+def op_leakyrelu(spec, node, **_options):
+    import torch.nn as nn
+    return nn.LeakyReLU(node.attrs["alpha"])
+
+
+def op_elu(spec, node, **_options):
+    import torch.nn as nn
+    return nn.ELU(node.attrs["alpha"])
+
+
+def _is(value: float, constant: float) -> bool:
+    """An ONNX float attribute (float32) is this constant of a torch module, as float32."""
+    return np.float32(value) == np.float32(constant)
+
+
+# the constants nn.SELU and nn.Hardsigmoid are fixed to
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+@functools.cache
+def _elementwise_class():
+    import torch.nn as nn
+
+    class Elementwise(nn.Module):
+        """torch functions applied to the input, for an activation whose torch module fixes a constant the node
+        sets (SELU's alpha and gamma, Hardsigmoid's slope and offset)."""
+
+        def __init__(self, function, text: str):
+            super().__init__()
+            self.function, self.text = function, text
+
+        def forward(self, x):
+            return self.function(x)
+
+        def extra_repr(self):
+            return self.text
+
+    return Elementwise
+
+
+def op_selu(spec, node, **_options):
+    import torch.nn as nn
+    import torch.nn.functional as F
+    alpha, gamma = node.attrs["alpha"], node.attrs["gamma"]
+    if _is(alpha, SELU_ALPHA) and _is(gamma, SELU_GAMMA):
+        return nn.SELU()
+    return _elementwise_class()(lambda x: gamma * F.elu(x, alpha), f"gamma={gamma} * elu(x, alpha={alpha})")
+
+
+def op_softplus(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Softplus()
+
+
+def op_hardsigmoid(spec, node, **_options):
+    import torch
+    import torch.nn as nn
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    if _is(alpha, 1 / 6) and _is(beta, 0.5):
+        return nn.Hardsigmoid()
+    return _elementwise_class()(lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0),
+                                f"clamp({alpha} * x + {beta}, 0, 1)")
+
+
+def op_hardswish(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Hardswish()
+
+
+def op_clip(spec, node, **_options):
+    import torch
+    import torch.nn as nn
+    low, high = node.attrs["min"], node.attrs["max"]
+    if (low, high) == (0.0, 6.0):
+        return nn.ReLU6()
+    if low < high:
+        return nn.Hardtanh(low, high)
+    # nn.Hardtanh refuses min >= max; torch.clamp gives max everywhere then, as ONNX Clip does
+    return _elementwise_class()(lambda x: torch.clamp(x, low, high), f"clamp(x, {low}, {high})")
+
+
+def op_logsoftmax(spec, node, **_options):
+    import torch.nn as nn
+    return nn.LogSoftmax(dim=-1)
+
+
+def op_batchnorm(spec, node, **_options):
+    """nn.BatchNorm2d in eval mode (the graph module is built in eval mode): running statistics, ONNX's epsilon;
+    its momentum weighs the new batch, ONNX's the old running value."""
+    import torch.nn as nn
+    a = node.attrs
+    bn = nn.BatchNorm2d(spec.input_shapes(node)[0][0], eps=a["epsilon"], momentum=1.0 - a["momentum"])
+    _load(bn, spec, node)
+    return bn
+
+
+def op_globalavgpool(spec, node, **_options):
+    import torch.nn as nn
+    pool = nn.AdaptiveAvgPool2d(1)
+    return pool if node.attrs.get("keepdims", True) else nn.Sequential(pool, nn.Flatten())
+
+
+@functools.cache
+def _join_classes():
+    import torch
+    import torch.nn as nn
+
+    class Sum(nn.Module):
+        """The elementwise sum of the node's inputs, left to right (ONNX Add, Sum); torch has no module for it."""
+
+        def forward(self, *xs):
+            total = xs[0]
+            for x in xs[1:]:
+                total = total + x
+            return total
+
+    class Concat(nn.Module):
+        """torch.cat of the node's inputs on the channel (feature) axis, in input order."""
+
+        def forward(self, *xs):
+            return torch.cat(xs, dim=1)
+
+    return Sum, Concat
+
+
+def op_add(spec, node, **_options):
+    return _join_classes()[0]()
+
+
+def op_concat(spec, node, **_options):
+    return _join_classes()[1]()
 
 
 @functools.cache
@@ -253,9 +406,10 @@ def build(spec: ir.ModelSpec, channels_last: bool = False, compile: bool = False
 
 
 def native_parameters(model, node) -> dict:
-    """{param name (the registry's): the nn.Parameter holding it} of a node with parameters."""
+    """{param name (the registry's): the tensor holding it} of a node with parameters: an nn.Parameter, or for
+    BatchNorm's running statistics the module's buffer."""
     module = model.module(node.name)
-    return {param: getattr(module, param) for param in ops.get(node.kind).param_names}
+    return {param: getattr(module, native_name(node, param)) for param in ops.get(node.kind).param_names}
 
 
 def _compiled(function):

@@ -9,6 +9,7 @@ import numpy as np
 
 from builders import keras_tensorflow as builder
 from builders import layouts
+from spec import ops
 from spec.training import LOSS_CLIP
 from trainers import masks
 
@@ -86,7 +87,10 @@ def _step_dumper(keras, spec, model, report, steps: int):
     """For config["dump_steps"]: wraps model.optimizer.apply_gradients to capture the (gradient, variable)
     pairs fit's train step hands the optimizer (run_eagerly, so they are concrete tensors), and reads every
     parameter in on_train_batch_end, after the update. One callback for all epochs: steps count across them."""
-    parameters = builder.parameters(model, spec)  # (node name, param) -> variable
+    trainable = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if p.trainable}
+    # (node name, param) -> variable; BatchNormalization's moving statistics get no gradient from the optimizer
+    parameters = {key: variable for key, variable in builder.parameters(model, spec).items()
+                  if (spec.node(key[0]).kind, key[1]) in trainable}
     slot = {id(variable): key for key, variable in parameters.items()}
     keras_optimizer = model.optimizer
     apply_gradients = keras_optimizer.apply_gradients

@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 import builders.pytorch as builder
+from spec import ops
 from spec.training import LOSS_CLIP
 from trainers import masks
 
@@ -63,9 +64,11 @@ def loss(p, y):
 
 
 def _parameters(spec, model) -> dict:
-    """{"<node>.<param>": (node, param, its nn.Parameter)} for every parameter the registry names."""
+    """{"<node>.<param>": (node, param, its nn.Parameter)} for every trainable parameter the registry names
+    (BatchNorm's running statistics are buffers, updated by the forward pass, not by the optimizer)."""
+    trainable = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if p.trainable}
     found = {f"{node.name}.{param}": (node, param, tensor) for node in spec.parametric()
-             for param, tensor in builder.native_parameters(model, node).items()}
+             for param, tensor in builder.native_parameters(model, node).items() if (node.kind, param) in trainable}
     if len(found) != len(list(model.parameters())):
         raise RuntimeError("the model has parameters outside its spec's parameter tensors")
     return found
