@@ -15,6 +15,25 @@ def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
 
 
+def is_depthwise(spec, node) -> bool:
+    """A conv node with one group per input channel (a depth multiplier filters/group >= 1)."""
+    group = node.attrs.get("group", 1)
+    return node.kind == "conv" and group > 1 and group == spec.shape_of(node.inputs[0])[0]
+
+
+def oihw_to_hwcm(w: np.ndarray, channels: int) -> np.ndarray:
+    """Canonical depthwise (C*M, 1, kh, kw), output o = c*M + m (group o // M) -> (kh, kw, C, M), the layout of
+    TensorFlow's depthwise kernels, whose output channel c*M + m is the same one."""
+    out, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(channels, out // channels, kh, kw).transpose(2, 3, 0, 1))
+
+
+def hwcm_to_oihw(w: np.ndarray) -> np.ndarray:
+    """Inverse of oihw_to_hwcm."""
+    kh, kw, c, m = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw))
+
+
 def chw_rows_to_hwc(w: np.ndarray, flatten_from) -> np.ndarray:
     """Dense (in, out) weight whose rows follow a (C, H, W) flatten -> rows in the (H, W, C) order an
     NHWC flatten produces. flatten_from is that (C, H, W) shape, or None when no reordering is due."""

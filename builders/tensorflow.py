@@ -23,6 +23,11 @@ def conv_kernel(w: np.ndarray) -> np.ndarray:
     return layouts.oihw_to_hwio(w)
 
 
+def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
+    """Canonical depthwise (C*M, 1, kh, kw) -> tf.nn.depthwise_conv2d's (kh, kw, C, M)."""
+    return layouts.oihw_to_hwcm(w, channels)
+
+
 def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
     return layouts.chw_rows_to_hwc(w, flatten_from)
@@ -48,18 +53,24 @@ def library():
 
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout its tf.Variable holds it in."""
+    if param == "weight" and layouts.is_depthwise(spec, node):
+        return depthwise_kernel(value, spec.shape_of(node.inputs[0])[0])
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
+    if param == "weight" and layouts.is_depthwise(spec, node):
+        return layouts.hwcm_to_oihw(value)
     return layouts.canonical_parameter(spec, node, param, value)
 
 
 def parameters(model, spec) -> dict:
-    """{(node name, param): tf.Variable} for every parameter of the registry, in graph order."""
-    return {(node.name, param): model.params[node.name][param]
-            for node in spec.parametric() for param in ops.get(node.kind).param_names}
+    """{(node name, param): tf.Variable} of every trainable parameter of the registry, in graph order: what an
+    optimizer updates. The running statistics (BatchNorm's mean and var) are variables with trainable=False in
+    model.params."""
+    return {(node.name, p.name): model.params[node.name][p.name]
+            for node in spec.parametric() for p in ops.get(node.kind).params if p.trainable}
 
 
 # --- the graph: one function per op kind -----------------------------------------------------------------
@@ -82,7 +93,7 @@ def _window(tf, spec, node) -> tuple:
     """(tf padding 'VALID'/'SAME', a function padding the input first) of a conv or pooling node."""
     a = node.attrs
     in_hw = tuple(spec.shape_of(node.inputs[0])[1:])
-    mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
+    mode = ir.padding_mode(in_hw, ops.effective_kernel(a), a["strides"], a["pads"])
     if mode == "explicit" and node.kind == "avgpool" and not a["count_include_pad"]:
         raise Unsupported(f"{node.name}: tf.nn.avg_pool2d excludes padding from the average only for "
                           f"padding='SAME', not explicit pads {tuple(a['pads'])}")
@@ -95,15 +106,40 @@ def _window(tf, spec, node) -> tuple:
     return mode.upper(), _padder(tf, None)
 
 
+def _strided_after(tf, strides):
+    """y -> y[:, ::sh, ::sw, :]: TensorFlow's dilated depthwise conv and dilated pooling take stride 1 only, and
+    a strided window over explicitly padded input is the stride-1 one subsampled."""
+    sh, sw = strides
+    return lambda y: y[:, ::sh, ::sw, :]
+
+
 def op_conv(tf, spec, node, params):
+    """group 1 and 1 < group < channels: tf.nn.conv2d, which convolves in groups when the kernel's input depth is
+    channels/group (kernel (kh, kw, C/G, O), output o in group o // (O/G), as ONNX; forward and gradient measured
+    on CPU); depthwise: tf.nn.depthwise_conv2d."""
+    a, weight, bias = node.attrs, params["weight"], params["bias"]
+    strides, dilations = list(a["strides"]), list(ops.dilations(a))
     padding, pad = _window(tf, spec, node)
-    strides, weight, bias = list(node.attrs["strides"]), params["weight"], params["bias"]
-    return lambda xs, training, masks: tf.nn.conv2d(pad(xs[0]), weight, strides, padding) + bias
+    if not layouts.is_depthwise(spec, node):
+        return lambda xs, training, masks: tf.nn.conv2d(pad(xs[0]), weight, strides, padding,
+                                                        dilations=dilations) + bias
+    if dilations != [1, 1] and strides != [1, 1]:
+        # measured: tf.nn.depthwise_conv2d with both gives outputs of the wrong shape
+        pad, subsample = _padder(tf, a["pads"]), _strided_after(tf, strides)
+        return lambda xs, training, masks: subsample(tf.nn.depthwise_conv2d(
+            pad(xs[0]), weight, [1, 1, 1, 1], "VALID", dilations=dilations)) + bias
+    return lambda xs, training, masks: tf.nn.depthwise_conv2d(pad(xs[0]), weight, [1, *strides, 1], padding,
+                                                              dilations=dilations) + bias
 
 
 def op_maxpool(tf, spec, node, params):
+    a = node.attrs
+    kernel, strides, dilations = list(a["kernel"]), list(a["strides"]), list(ops.dilations(a))
+    if dilations != [1, 1]:  # tf.nn.max_pool2d has no dilations; tf.nn.pool has, at stride 1 only
+        pad, subsample = _padder(tf, a["pads"], float("-inf")), _strided_after(tf, strides)
+        return lambda xs, training, masks: subsample(tf.nn.pool(pad(xs[0]), kernel, "MAX", [1, 1], "VALID",
+                                                                dilations=dilations))
     padding, pad = _window(tf, spec, node)
-    kernel, strides = list(node.attrs["kernel"]), list(node.attrs["strides"])
     return lambda xs, training, masks: tf.nn.max_pool2d(pad(xs[0]), kernel, strides, padding)
 
 
@@ -148,6 +184,99 @@ def op_softmax(tf, spec, node, params):
     return lambda xs, training, masks: tf.nn.softmax(xs[0], axis=-1)
 
 
+def op_logsoftmax(tf, spec, node, params):
+    return lambda xs, training, masks: tf.nn.log_softmax(xs[0], axis=-1)
+
+
+def op_sigmoid(tf, spec, node, params):
+    return lambda xs, training, masks: tf.math.sigmoid(xs[0])
+
+
+def op_leakyrelu(tf, spec, node, params):
+    alpha = node.attrs["alpha"]
+    return lambda xs, training, masks: tf.nn.leaky_relu(xs[0], alpha)
+
+
+def _scaled_elu(tf, x, alpha):
+    """x if x > 0 else alpha * (exp(x) - 1): tf.nn.elu has alpha 1"""
+    return tf.nn.elu(x) if alpha == 1.0 else tf.where(x > 0, x, alpha * tf.nn.elu(x))
+
+
+def op_elu(tf, spec, node, params):
+    alpha = node.attrs["alpha"]
+    return lambda xs, training, masks: _scaled_elu(tf, xs[0], alpha)
+
+
+SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)  # tf.nn.selu's alpha, gamma
+
+
+def op_selu(tf, spec, node, params):
+    alpha, gamma = node.attrs["alpha"], node.attrs["gamma"]
+    if np.float32(alpha) == np.float32(SELU[0]) and np.float32(gamma) == np.float32(SELU[1]):
+        return lambda xs, training, masks: tf.nn.selu(xs[0])
+    return lambda xs, training, masks: gamma * _scaled_elu(tf, xs[0], alpha)
+
+
+def op_softplus(tf, spec, node, params):
+    return lambda xs, training, masks: tf.math.softplus(xs[0])
+
+
+def op_hardsigmoid(tf, spec, node, params):
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    return lambda xs, training, masks: tf.clip_by_value(alpha * xs[0] + beta, 0.0, 1.0)
+
+
+def op_hardswish(tf, spec, node, params):
+    return lambda xs, training, masks: xs[0] * tf.clip_by_value(xs[0] / 6.0 + 0.5, 0.0, 1.0)
+
+
+def op_clip(tf, spec, node, params):
+    low, high = node.attrs["min"], node.attrs["max"]
+    return lambda xs, training, masks: tf.clip_by_value(xs[0], low, high)
+
+
+def _same_flat_order(spec, node) -> None:
+    """Flat inputs of a node reading several tensors must share one element order (an NHWC flatten's (H, W, C)
+    order, or the canonical one), or the node would mix them."""
+    sources = {layouts.flatten_source_of(spec, t) for t in node.inputs}
+    if len(sources) > 1 or (node.kind == "concat" and sources != {None}):
+        raise Unsupported(f"{node.name}: {node.kind} of flat inputs in NHWC flatten order {sorted(map(str, sources))}")
+
+
+def op_add(tf, spec, node, params):
+    _same_flat_order(spec, node)
+    return lambda xs, training, masks: tf.math.add_n(xs)
+
+
+def op_concat(tf, spec, node, params):
+    _same_flat_order(spec, node)
+    return lambda xs, training, masks: tf.concat(xs, axis=-1)  # the channel axis of NHWC, the feature axis of flat
+
+
+def op_globalavgpool(tf, spec, node, params):
+    keepdims = node.attrs.get("keepdims", True)
+    return lambda xs, training, masks: tf.reduce_mean(xs[0], axis=[1, 2], keepdims=keepdims)
+
+
+def op_batchnorm(tf, spec, node, params):
+    """tf.nn.batch_normalization with the running statistics (inference); in training (a Python bool) with the
+    batch's mean and biased variance (tf.nn.moments), which also update the running ones the way ONNX defines
+    momentum: running = momentum * running + (1 - momentum) * batch (raw TensorFlow keeps no statistics)."""
+    if len(spec.shape_of(node.inputs[0])) != 3:
+        raise Unsupported(f"{node.name}: batch normalisation of a {spec.shape_of(node.inputs[0])} input, not NCHW")
+    epsilon, momentum = node.attrs["epsilon"], node.attrs["momentum"]
+    scale, bias, running_mean, running_var = (params[p] for p in ("scale", "bias", "mean", "var"))
+
+    def batchnorm(xs, training, masks):
+        mean, var = running_mean, running_var
+        if training:
+            mean, var = tf.nn.moments(xs[0], axes=[0, 1, 2])
+            running_mean.assign(momentum * running_mean + (1.0 - momentum) * mean)
+            running_var.assign(momentum * running_var + (1.0 - momentum) * var)
+        return tf.nn.batch_normalization(xs[0], mean, var, bias, scale, epsilon)
+    return batchnorm
+
+
 def _graph_class():
     """The tf.Module subclass, defined on first use so that importing this file stays TensorFlow-free."""
     tf = library()
@@ -157,9 +286,10 @@ def _graph_class():
         def __init__(self, spec):
             super().__init__(name="graph")
             self.spec = spec
-            self.params = {node.name: {param: tf.Variable(to_native(spec, node, param, value),
-                                                          name=f"{layouts.safe_name(node.name)}_{param}")
-                                       for param, value in spec.params(node).items()}
+            self.params = {node.name: {p.name: tf.Variable(to_native(spec, node, p.name, spec.params(node)[p.name]),
+                                                           name=f"{layouts.safe_name(node.name)}_{p.name}",
+                                                           trainable=p.trainable)
+                                       for p in ops.get(node.kind).params}
                            for node in spec.parametric()}
             self.apply = {node.name: interface.op_function(module, node, NAME)(tf, spec, node,
                                                                                 self.params.get(node.name, {}))

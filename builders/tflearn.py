@@ -25,6 +25,11 @@ def conv_kernel(w):
     return layouts.oihw_to_hwio(w)
 
 
+def depthwise_kernel(w, channels: int):
+    """Canonical depthwise (C*M, 1, kh, kw) -> grouped_conv_2d's (kh, kw, C, M) (tf.nn.depthwise_conv2d's)."""
+    return layouts.oihw_to_hwcm(w, channels)
+
+
 def dense_kernel(w, flatten_from):
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
     return layouts.chw_rows_to_hwc(w, flatten_from)
@@ -32,11 +37,15 @@ def dense_kernel(w, flatten_from):
 
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout tflearn's variable holds it in."""
+    if param == "weight" and layouts.is_depthwise(spec, node):
+        return depthwise_kernel(value, spec.shape_of(node.inputs[0])[0])
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
+    if param == "weight" and layouts.is_depthwise(spec, node):
+        return layouts.hwcm_to_oihw(value)
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -92,7 +101,7 @@ def _pad(tf, x, pads, value=0.0):
 
 def _window_mode(net, node) -> str:
     a = node.attrs
-    return ir.padding_mode(net.spec.input_shapes(node)[0][1:], a["kernel"], a["strides"], a["pads"])
+    return ir.padding_mode(net.spec.input_shapes(node)[0][1:], ops.effective_kernel(a), a["strides"], a["pads"])
 
 
 def _flat_input(net, node, what: str) -> None:
@@ -101,12 +110,53 @@ def _flat_input(net, node, what: str) -> None:
         raise Unsupported(f"{node.name}: {what} on an unflattened {shape} input")
 
 
+def _subsampled(y, strides):
+    """TensorFlow's dilated depthwise conv and dilated pooling take stride 1 only: a strided window over explicitly
+    padded input is the stride-1 one subsampled."""
+    return y[:, ::strides[0], ::strides[1], :]
+
+
+def _tf_conv(net, node, x, mode):
+    """A convolution tflearn has no layer for, as tf ops on variables made by tflearn (tflearn.variables.variable,
+    in the node's scope, as its layers make theirs): depthwise and dilated (grouped_conv_2d has no dilation), or
+    1 < group < channels (tflearn has no grouped conv; tf.nn.conv2d convolves in groups when the kernel's input
+    depth is channels/group, output o in group o // (O/G) as in ONNX), or dilated with strides or unequal rates
+    (atrous_conv_2d has one rate and no strides; tf.nn.conv2d takes both, checked against the reference)."""
+    tf, a = net.tf, node.attrs
+    channels, group = net.spec.shape_of(node.inputs[0])[0], a.get("group", 1)
+    depthwise, dilations = layouts.is_depthwise(net.spec, node), list(ops.dilations(a))
+    shape = [*a["kernel"], channels, a["filters"] // group] if depthwise else [*a["kernel"], channels // group, a["filters"]]
+    with tf.variable_scope(None, default_name=layouts.safe_name(node.name)):
+        w = net.tflearn.variables.variable("W", shape=shape, initializer=tf.zeros_initializer())
+        b = net.tflearn.variables.variable("b", shape=[a["filters"]], initializer=tf.zeros_initializer())
+        if not depthwise:
+            y = tf.nn.conv2d(x, w, [1, *a["strides"], 1], mode.upper(), dilations=[1, *dilations, 1])
+        else:  # measured: TF's dilated depthwise conv with strides gives outputs of the wrong shape
+            if mode == "same":
+                x = _pad(tf, x, a["pads"])
+            y = _subsampled(tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "VALID", dilations=dilations), a["strides"])
+        y = tf.nn.bias_add(y, b)
+    y.W, y.b = w, b
+    return y
+
+
 def op_conv(net, node, x):
     a, mode = node.attrs, _window_mode(net, node)
     if mode == "explicit":
         x, mode = _pad(net.tf, x, a["pads"]), "valid"
-    y = net.tflearn.conv_2d(x, a["filters"], list(a["kernel"]), list(a["strides"]), padding=mode,
-                            activation="linear", name=layouts.safe_name(node.name))
+    name, (dh, dw), conv_layers = layouts.safe_name(node.name), ops.dilations(a), net.tflearn.layers.conv
+    if layouts.is_depthwise(net.spec, node) and (dh, dw) == (1, 1):
+        # tflearn's depthwise conv (tf.nn.depthwise_conv2d with a channel multiplier); it has no bias by default
+        y = conv_layers.grouped_conv_2d(x, a["filters"] // a["group"], list(a["kernel"]), list(a["strides"]),
+                                        padding=mode, activation="linear", bias=True, name=name)
+    elif a.get("group", 1) > 1 or (dh, dw) != (1, 1) and (dh != dw or tuple(a["strides"]) != (1, 1)):
+        y = _tf_conv(net, node, x, mode)
+    elif dh > 1:
+        y = conv_layers.atrous_conv_2d(x, a["filters"], list(a["kernel"]), dh, padding=mode, activation="linear",
+                                       name=name)
+    else:
+        y = net.tflearn.conv_2d(x, a["filters"], list(a["kernel"]), list(a["strides"]), padding=mode,
+                                activation="linear", name=name)
     net.hold(node, weight=y.W, bias=y.b)
     return y
 
@@ -120,6 +170,10 @@ def op_dense(net, node, x):
 
 def op_maxpool(net, node, x):
     a, mode = node.attrs, _window_mode(net, node)
+    if ops.dilations(a) != (1, 1):  # max_pool_2d has no dilation: tf.nn.pool, which has, at stride 1
+        x = _pad(net.tf, x, a["pads"], -np.inf)
+        y = net.tf.nn.pool(x, list(a["kernel"]), "MAX", "VALID", strides=[1, 1], dilations=list(ops.dilations(a)))
+        return _subsampled(y, a["strides"])
     if mode == "explicit":
         x, mode = _pad(net.tf, x, a["pads"], -np.inf), "valid"
     return net.tflearn.max_pool_2d(x, list(a["kernel"]), list(a["strides"]), padding=mode,
@@ -148,6 +202,114 @@ def op_tanh(net, node, x):
 def op_softmax(net, node, x):
     _flat_input(net, node, "softmax (over the last axis)")
     return net.tflearn.activation(x, "softmax", name=layouts.safe_name(node.name))
+
+
+def op_logsoftmax(net, node, x):
+    _flat_input(net, node, "log-softmax (over the last axis)")
+    # tflearn has no log-softmax activation
+    return net.tflearn.activation(x, lambda v: net.tf.nn.log_softmax(v, axis=-1), name=layouts.safe_name(node.name))
+
+
+def op_sigmoid(net, node, x):
+    return net.tflearn.activation(x, "sigmoid", name=layouts.safe_name(node.name))
+
+
+def op_softplus(net, node, x):
+    return net.tflearn.activation(x, "softplus", name=layouts.safe_name(node.name))
+
+
+def op_leakyrelu(net, node, x):
+    alpha = node.attrs["alpha"]
+    return net.tflearn.activation(x, lambda v: net.tflearn.activations.leaky_relu(v, alpha),
+                                  name=layouts.safe_name(node.name))
+
+
+def _scaled_elu(net, x, alpha):
+    """tflearn's elu (tf.nn.elu) has alpha 1; another alpha scales its negative side: x if x > 0 else
+    alpha * (exp(x) - 1)."""
+    elu = net.tflearn.activations.elu(x)
+    return elu if alpha == 1.0 else net.tf.where(x > 0, x, alpha * elu)
+
+
+def op_elu(net, node, x):
+    alpha = node.attrs["alpha"]
+    return net.tflearn.activation(x, lambda v: _scaled_elu(net, v, alpha), name=layouts.safe_name(node.name))
+
+
+SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)  # tflearn's selu (tf.nn.selu)
+
+
+def op_selu(net, node, x):
+    alpha, gamma = node.attrs["alpha"], node.attrs["gamma"]
+    if np.float32(alpha) == np.float32(SELU[0]) and np.float32(gamma) == np.float32(SELU[1]):
+        return net.tflearn.activation(x, "selu", name=layouts.safe_name(node.name))
+    return net.tflearn.activation(x, lambda v: gamma * _scaled_elu(net, v, alpha), name=layouts.safe_name(node.name))
+
+
+def op_hardsigmoid(net, node, x):
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    if np.float32(alpha) == np.float32(0.2) and np.float32(beta) == np.float32(0.5):
+        return net.tflearn.activation(x, "hard_sigmoid", name=layouts.safe_name(node.name))  # its slope and offset
+    return net.tflearn.activation(x, lambda v: net.tf.clip_by_value(alpha * v + beta, 0.0, 1.0),
+                                  name=layouts.safe_name(node.name))
+
+
+def op_hardswish(net, node, x):
+    # tflearn has no hard-swish: x * hard_sigmoid(x) with ONNX's slope 1/6 and offset 1/2, in tf ops
+    return net.tflearn.activation(x, lambda v: v * net.tf.clip_by_value(v / 6.0 + 0.5, 0.0, 1.0),
+                                  name=layouts.safe_name(node.name))
+
+
+def op_clip(net, node, x):
+    low, high = node.attrs["min"], node.attrs["max"]
+    if (low, high) == (0.0, 6.0):
+        return net.tflearn.activation(x, "relu6", name=layouts.safe_name(node.name))
+    # tflearn's only clipping activation is relu6
+    return net.tflearn.activation(x, lambda v: net.tf.clip_by_value(v, low, high), name=layouts.safe_name(node.name))
+
+
+def _same_flat_order(net, node) -> None:
+    """Flat inputs of a node reading several tensors must share one element order (an NHWC flatten's (H, W, C)
+    order, or the canonical one), or the node would mix them."""
+    sources = {layouts.flatten_source_of(net.spec, t) for t in node.inputs}
+    if len(sources) > 1 or (node.kind == "concat" and sources != {None}):
+        raise Unsupported(f"{node.name}: {node.kind} of flat inputs in NHWC flatten order {sorted(map(str, sources))}")
+
+
+def op_add(net, node, *xs):
+    _same_flat_order(net, node)
+    if len(xs) == 1:  # tflearn's merge wants two tensors or more
+        return net.tf.identity(xs[0], name=layouts.safe_name(node.name))
+    return net.tflearn.merge(list(xs), "elemwise_sum", name=layouts.safe_name(node.name))
+
+
+def op_concat(net, node, *xs):
+    _same_flat_order(net, node)
+    if len(xs) == 1:
+        return net.tf.identity(xs[0], name=layouts.safe_name(node.name))
+    # the last axis: NHWC's channels, or a flat input's features
+    return net.tflearn.merge(list(xs), "concat", axis=-1, name=layouts.safe_name(node.name))
+
+
+def op_globalavgpool(net, node, x):
+    y = net.tflearn.global_avg_pool(x, name=layouts.safe_name(node.name))  # [N, C]
+    if node.attrs.get("keepdims", True):  # ONNX's GlobalAveragePool keeps H and W as 1, tflearn's layer drops them
+        y = net.tf.reshape(y, [-1, 1, 1, node.output_shape[0]])
+    return y
+
+
+def op_batchnorm(net, node, x):
+    """tflearn's batch_normalization with ONNX's epsilon; its decay weighs the old running value as ONNX's momentum
+    does, so it is the momentum itself. Inference (layer_outputs) uses the running statistics."""
+    if len(net.spec.shape_of(node.inputs[0])) != 3:
+        raise Unsupported(f"{node.name}: batch normalisation of a {net.spec.shape_of(node.inputs[0])} input, not NCHW")
+    a, tf = node.attrs, net.tf
+    y = net.tflearn.batch_normalization(x, epsilon=a["epsilon"], decay=a["momentum"], name=layouts.safe_name(node.name))
+    scope = y.scope.name
+    running = {v.name: v for v in tf.get_collection(tf.GraphKeys.GLOBAL_VARIABLES, scope=scope)}
+    net.hold(node, scale=y.gamma, bias=y.beta, mean=running[f"{scope}/moving_mean:0"],
+             var=running[f"{scope}/moving_variance:0"])
+    return y
 
 
 def op_flatten(net, node, x):

@@ -109,10 +109,11 @@ def _capture_applied_gradients(tf, tf_optimizer):
 
 
 def _canonical_params(spec, model):
-    """[(variable, "<node>.<param>", to canonical layout)] for every parameter of the builder's network."""
+    """[(variable, "<node>.<param>", to canonical layout)] for every trainable parameter of the builder's network
+    (the ones with gradients: not BatchNorm's running statistics)."""
     found = []
     for node in spec.parametric():
-        for param in ops.get(node.kind).param_names:
+        for param in (p.name for p in ops.get(node.kind).params if p.trainable):
             convert = functools.partial(builder.to_canonical, spec, node, param)
             found.append((model.spec_params[f"{node.name}.{param}"], f"{node.name}.{param}", convert))
     return found
@@ -155,7 +156,9 @@ def train(spec, data, config, report) -> None:
     graph, net = built.session.graph, built.net
     with graph.as_default():
         weights = tf.trainable_variables()
-        values = built.session.run(weights)
+        # the new DNN's session initialises every variable: the running statistics (not trainable) are kept too
+        kept = weights + [v for v in built.spec_params.values() if v.name not in {w.name for w in weights}]
+        values = built.session.run(kept)
     built.session.close()
     dump_steps = config.get("dump_steps", 0)
     params = _canonical_params(spec, built) if dump_steps > 0 else []
@@ -180,7 +183,7 @@ def train(spec, data, config, report) -> None:
         logs = tempfile.TemporaryDirectory(prefix="tflearn_logs_")
         clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
         model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
-        for var, value in zip(weights, values):
+        for var, value in zip(kept, values):
             model.set_weights(var, value)
     session, x_in, y_in = model.session, model.inputs[0], targets
     if dump_steps > 0:
