@@ -2,7 +2,8 @@
 
 The model is tensorlayer's functional API: the graph is walked node by node (`interface.walk`), each node's
 `op_<kind>` calling a tensorlayer layer on the outputs of the nodes it reads, and tl.models.Model(inputs=...,
-outputs=...) takes every node's output, in spec order, so one forward pass yields them all.
+outputs=...) takes every node's output (last node first, see `_model_class`) and returns them in spec order,
+so one forward pass yields them all.
 tensorlayer has no activation layer and no -inf padding, so those are Lambda layers: of tensorlayer's own
 activation functions (tl.act.leaky_relu, tl.act.ramp) where it has one, else of tf.nn's.
 Its Conv2d and MaxPool2d default to padding 'SAME' (MaxPool2d also to a 3x3 window), GroupConv2d to strides 2,
@@ -261,7 +262,8 @@ def _flat_inputs_in_one_order(net, node) -> None:
     that order, concatenating them never (the result is in no single (C, H, W) order)."""
     sources = {layouts.flatten_source_of(net.spec, t) for t in node.inputs}
     if sources != {None} and (node.kind == "concat" or len(sources) > 1):
-        raise Unsupported(f"{node.name}: {node.kind} of flat inputs in different NHWC flatten orders {sources}")
+        raise Unsupported(f"{node.name}: {node.kind} of flat inputs still in NHWC flatten order (of {sources}): "
+                          "the result would be in no single (C, H, W) order")
 
 
 def op_add(net, node, *xs):
@@ -290,6 +292,8 @@ def op_batchnorm(net, node, x):
         raise Unsupported(f"{node.name}: batch norm of a {net.spec.input_shapes(node)[0]} input, not [C, H, W]")
     bn = net.L.BatchNorm2d(decay=a["momentum"], epsilon=a["epsilon"], act=None, data_format="channels_last",
                            num_features=net.spec.input_shapes(node)[0][0], name=layouts.safe_name(node.name))
+    # held before the call: tensorlayer's training-mode forward (the static model's construction runs one) replaces
+    # its moving_mean / moving_var attributes by the moving-average update's result
     net.hold(node, scale=bn.gamma, bias=bn.beta, mean=bn.moving_mean, var=bn.moving_var)
     return bn(x)
 
