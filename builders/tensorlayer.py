@@ -2,10 +2,12 @@
 
 The model is tensorlayer's functional API: the graph is walked node by node (`interface.walk`), each node's
 `op_<kind>` calling a tensorlayer layer on the outputs of the nodes it reads, and tl.models.Model(inputs=...,
-outputs=...) takes every node's output, in spec order, so one forward pass yields them all.
-tensorlayer has no activation layer (relu/tanh/softmax) and no -inf padding, so those are Lambda layers.
-Its Conv2d and MaxPool2d default to padding 'SAME' (MaxPool2d also to a 3x3 window) and Dropout takes
-the KEEP probability, so every argument is passed explicitly.
+outputs=...) takes every node's output (last node first, see `_model_class`) and returns them in spec order,
+so one forward pass yields them all.
+tensorlayer has no activation layer and no -inf padding, so those are Lambda layers: of tensorlayer's own
+activation functions (tl.act.leaky_relu, tl.act.ramp) where it has one, else of tf.nn's.
+Its Conv2d and MaxPool2d default to padding 'SAME' (MaxPool2d also to a 3x3 window), GroupConv2d to strides 2,
+Dropout takes the KEEP probability and BatchNorm's gamma starts random, so every argument is passed explicitly.
 
 Build options (`trainers.tensorlayer.build_options`): dropout_masks="harness", the identical-dropout variant
 (see `harness_dropout`).
@@ -34,13 +36,28 @@ def dense_kernel(w, flatten_from):
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
+def depthwise_kernel(w, channels: int):
+    """Canonical (C*M, 1, kh, kw), output channel c*M + m reading input channel c of `channels` C ->
+    DepthwiseConv2d's (kh, kw, C, M): tf.nn.depthwise_conv2d's output channel c*M + m is the same."""
+    return np.ascontiguousarray(w.reshape(channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1))
+
+
+def depthwise_kernel_to_canonical(w):
+    """Inverse of depthwise_kernel: (kh, kw, C, M) -> (C*M, 1, kh, kw)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(-1, 1, *w.shape[:2]))
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout tensorlayer's weight holds it in."""
+    if (node.kind, param) == ("conv", "weight") and conv_layer(spec, node) == "depthwise":
+        return depthwise_kernel(value, spec.input_shapes(node)[0][0])
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
+    if (node.kind, param) == ("conv", "weight") and conv_layer(spec, node) == "depthwise":
+        return depthwise_kernel_to_canonical(value)
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -86,7 +103,7 @@ def _pad(net, x, pads, name, value=0.0):
 
 def _window_mode(net, node) -> str:
     a = node.attrs
-    return ir.padding_mode(net.spec.input_shapes(node)[0][1:], a["kernel"], a["strides"], a["pads"])
+    return ir.padding_mode(net.spec.input_shapes(node)[0][1:], ops.effective_kernel(a), a["strides"], a["pads"])
 
 
 def _flat_input(net, node, what: str) -> int:
@@ -96,13 +113,36 @@ def _flat_input(net, node, what: str) -> int:
     return shape[0]
 
 
+def conv_layer(spec, node) -> str:
+    """The tensorlayer layer a conv node is built with: "conv" (Conv2d), "depthwise" (DepthwiseConv2d: one group
+    per input channel, depth multiplier filters/group) or "group" (GroupConv2d: tf.split, tf.nn.conv2d per group,
+    tf.concat). A depthwise conv that is both strided and dilated is built as GroupConv2d: TensorFlow 2.21's
+    tf.nn.depthwise_conv2d, under DepthwiseConv2d, only warns that it needs strides 1 with dilations > 1 and
+    returns the right shape with wrong values."""
+    group, channels = node.attrs.get("group", 1), spec.input_shapes(node)[0][0]
+    if group == 1:
+        return "conv"
+    strided_and_dilated = max(node.attrs["strides"]) > 1 and max(ops.dilations(node.attrs)) > 1
+    return "depthwise" if group == channels and not strided_and_dilated else "group"
+
+
 def op_conv(net, node, x):
     a, mode, name = node.attrs, _window_mode(net, node), layouts.safe_name(node.name)
     if mode == "explicit":
         x, mode = _pad(net, x, a["pads"], name + "_pad"), "valid"
-    conv = net.L.Conv2d(a["filters"], tuple(a["kernel"]), tuple(a["strides"]), act=None, padding=mode.upper(),
-                        in_channels=net.spec.input_shapes(node)[0][0], name=name)
-    net.hold(node, weight=conv.W, bias=conv.b)
+    window = {"filter_size": tuple(a["kernel"]), "strides": tuple(a["strides"]), "act": None,
+              "padding": mode.upper(), "dilation_rate": ops.dilations(a),
+              "in_channels": net.spec.input_shapes(node)[0][0], "name": name}
+    layer = conv_layer(net.spec, node)
+    if layer == "depthwise":
+        conv = net.L.DepthwiseConv2d(depth_multiplier=a["filters"] // a["group"], **window)
+        net.hold(node, weight=conv.W, bias=conv.b)
+    elif layer == "group":
+        conv = net.L.GroupConv2d(a["filters"], n_group=a["group"], **window)
+        net.hold(node, weight=conv.We, bias=conv.b)
+    else:
+        conv = net.L.Conv2d(a["filters"], **window)
+        net.hold(node, weight=conv.W, bias=conv.b)
     return conv(x)
 
 
@@ -114,10 +154,24 @@ def op_dense(net, node, x):
 
 
 def op_maxpool(net, node, x):
-    a, mode, name = node.attrs, _window_mode(net, node), layouts.safe_name(node.name)
+    a, name = node.attrs, layouts.safe_name(node.name)
+    if ops.dilations(a) != (1, 1):
+        return _dilated_maxpool(net, node, x)
+    mode = _window_mode(net, node)
     if mode == "explicit":
         x, mode = _pad(net, x, a["pads"], name + "_pad", -np.inf), "valid"
     return net.L.MaxPool2d(tuple(a["kernel"]), tuple(a["strides"]), padding=mode.upper(), name=name)(x)
+
+
+def _dilated_maxpool(net, node, x):
+    """tensorlayer's MaxPool2d has no dilations: a Lambda of tf.nn.pool, which takes dilations only with
+    strides 1, so the strided windows are every stride-th of the stride-1 ones (the same windows)."""
+    a, name, tf = node.attrs, layouts.safe_name(node.name), net.tf
+    if any(a["pads"]):
+        x = _pad(net, x, a["pads"], name + "_pad", -np.inf)
+    (sh, sw), kernel, rate = a["strides"], tuple(a["kernel"]), ops.dilations(a)
+    return net.L.Lambda(lambda t: tf.nn.pool(t, kernel, "MAX", strides=(1, 1), padding="VALID",
+                                             dilations=rate)[:, ::sh, ::sw, :], name=name)(x)
 
 
 def op_avgpool(net, node, x):
@@ -130,17 +184,118 @@ def op_avgpool(net, node, x):
     return net.L.MeanPool2d(tuple(a["kernel"]), tuple(a["strides"]), padding=mode.upper(), name=name)(x)
 
 
+def _act(net, node, f):
+    """An activation: tensorlayer has no activation layers, so a Lambda of f."""
+    return net.L.Lambda(f, name=layouts.safe_name(node.name))
+
+
 def op_relu(net, node, x):
-    return net.L.Lambda(net.tf.nn.relu, name=layouts.safe_name(node.name))(x)
+    return _act(net, node, net.tf.nn.relu)(x)
 
 
 def op_tanh(net, node, x):
-    return net.L.Lambda(net.tf.nn.tanh, name=layouts.safe_name(node.name))(x)
+    return _act(net, node, net.tf.nn.tanh)(x)
 
 
 def op_softmax(net, node, x):
     _flat_input(net, node, "softmax (over the last axis)")
-    return net.L.Lambda(net.tf.nn.softmax, name=layouts.safe_name(node.name))(x)
+    return _act(net, node, net.tf.nn.softmax)(x)
+
+
+def op_sigmoid(net, node, x):
+    return _act(net, node, net.tf.nn.sigmoid)(x)
+
+
+def op_leakyrelu(net, node, x):
+    alpha = node.attrs["alpha"]
+    if 0 < alpha <= 1:  # tensorlayer's leaky_relu is max(x, alpha * x): right only for these alphas, and refuses others
+        return _act(net, node, lambda t: net.tl.act.leaky_relu(t, alpha=alpha))(x)
+    return _act(net, node, lambda t: net.tf.nn.leaky_relu(t, alpha=alpha))(x)
+
+
+def _elu(tf, x, alpha):
+    """x if x > 0 else alpha * (exp(x) - 1): tf.nn.elu is alpha 1 only, and scaling all of it would scale x > 0."""
+    return tf.nn.elu(x) if alpha == 1.0 else tf.where(x > 0, x, alpha * tf.nn.elu(x))
+
+
+def op_elu(net, node, x):
+    return _act(net, node, lambda t: _elu(net.tf, t, node.attrs["alpha"]))(x)
+
+
+# tf.nn.selu's constants as float32, which ONNX Selu's defaults are
+_SELU = {"alpha": float(np.float32(1.6732632423543772)), "gamma": float(np.float32(1.0507009873554805))}
+
+
+def op_selu(net, node, x):
+    a, tf = node.attrs, net.tf
+    if {k: float(np.float32(a[k])) for k in _SELU} == _SELU:
+        return _act(net, node, tf.nn.selu)(x)
+    return _act(net, node, lambda t: a["gamma"] * _elu(tf, t, a["alpha"]))(x)
+
+
+def op_softplus(net, node, x):
+    return _act(net, node, net.tf.nn.softplus)(x)
+
+
+def op_hardsigmoid(net, node, x):
+    a, ramp = node.attrs, net.tl.act.ramp  # tensorlayer's clip
+    return _act(net, node, lambda t: ramp(a["alpha"] * t + a["beta"], 0.0, 1.0))(x)
+
+
+def op_hardswish(net, node, x):
+    ramp = net.tl.act.ramp
+    return _act(net, node, lambda t: t * ramp(t / 6.0 + 0.5, 0.0, 1.0))(x)
+
+
+def op_clip(net, node, x):
+    low, high = node.attrs["min"], node.attrs["max"]
+    return _act(net, node, lambda t: net.tl.act.ramp(t, low, high))(x)
+
+
+def op_logsoftmax(net, node, x):
+    _flat_input(net, node, "log softmax (over the last axis)")
+    return _act(net, node, net.tf.nn.log_softmax)(x)
+
+
+def _flat_inputs_in_one_order(net, node) -> None:
+    """Flat inputs still in an NHWC flatten's (H, W, C) order: adding them is right only when they share
+    that order, concatenating them never (the result is in no single (C, H, W) order)."""
+    sources = {layouts.flatten_source_of(net.spec, t) for t in node.inputs}
+    if sources != {None} and (node.kind == "concat" or len(sources) > 1):
+        raise Unsupported(f"{node.name}: {node.kind} of flat inputs still in NHWC flatten order (of {sources}): "
+                          "the result would be in no single (C, H, W) order")
+
+
+def op_add(net, node, *xs):
+    _flat_inputs_in_one_order(net, node)
+    return net.L.Elementwise(combine_fn=net.tf.add, act=None, name=layouts.safe_name(node.name))(list(xs))
+
+
+def op_concat(net, node, *xs):
+    _flat_inputs_in_one_order(net, node)
+    return net.L.Concat(concat_dim=-1, name=layouts.safe_name(node.name))(list(xs))  # NHWC's channel axis
+
+
+def op_globalavgpool(net, node, x):
+    name = layouts.safe_name(node.name)
+    y = net.L.GlobalMeanPool2d(data_format="channels_last", name=name + "_pool")(x)
+    if not node.attrs.get("keepdims", True):
+        return y
+    return net.L.Reshape([-1, 1, 1, net.spec.input_shapes(node)[0][0]], name=name)(y)  # [N, C] -> NHWC [N, 1, 1, C]
+
+
+def op_batchnorm(net, node, x):
+    """tensorlayer's BatchNorm in inference mode (model.eval()): (x - moving_mean) * rsqrt(moving_var + epsilon) *
+    gamma + beta. Its decay weighs the old running value, as ONNX's momentum does: decay = momentum."""
+    a = node.attrs
+    if len(net.spec.input_shapes(node)[0]) != 3:
+        raise Unsupported(f"{node.name}: batch norm of a {net.spec.input_shapes(node)[0]} input, not [C, H, W]")
+    bn = net.L.BatchNorm2d(decay=a["momentum"], epsilon=a["epsilon"], act=None, data_format="channels_last",
+                           num_features=net.spec.input_shapes(node)[0][0], name=layouts.safe_name(node.name))
+    # held before the call: tensorlayer's training-mode forward (the static model's construction runs one) replaces
+    # its moving_mean / moving_var attributes by the moving-average update's result
+    net.hold(node, scale=bn.gamma, bias=bn.beta, mean=bn.moving_mean, var=bn.moving_var)
+    return bn(x)
 
 
 def op_flatten(net, node, x):
@@ -185,6 +340,22 @@ def harness_dropout(net, node, x):
     return _harness_dropout_layer(net.tl)(mask, name=layouts.safe_name(node.name))(x)
 
 
+@functools.cache
+def _model_class(tl):
+    class SpecOrderModel(tl.models.Model):
+        """A static tl.models.Model given its outputs last node first, returning them in spec order.
+        tensorlayer 2.2.5 builds a static model's graph by a search from each output in turn that visits a
+        node once per output it is an ancestor of, listing its edges again each time; a node reading two
+        inputs (Add, Concat) can then be scheduled before its second input exists (KeyError at the first
+        call). Given the last node first, no search reaches a node an earlier one started from (a node is no
+        ancestor of what precedes it in graph order), so each node is searched once, each edge listed once."""
+
+        def forward(self, inputs, **kwargs):
+            return super().forward(inputs, **kwargs)[::-1]
+
+    return SpecOrderModel
+
+
 def build(spec, dropout_masks="library"):
     """The static tl.models.Model whose outputs are every node's output, in spec order, with the spec's weights.
     dropout_masks="harness" builds `harness_dropout` at every dropout node that drops something. The model
@@ -197,7 +368,7 @@ def build(spec, dropout_masks="library"):
     shape = layouts.native_shape(spec.input_shape)
     inputs = tl.layers.Input([None, *shape], name="input")
     values = interface.walk(spec, lambda node, xs: interface.op_function(module, node)(net, node, *xs), inputs)
-    model = tl.models.Model(inputs=inputs, outputs=[values[node.name] for node in spec.layers])
+    model = _model_class(tl)(inputs=inputs, outputs=[values[node.name] for node in reversed(spec.layers)])
     for var, value in net.loads:
         var.assign(value.astype(np.float32))
     model.spec_params, model.harness_masks = net.params, net.masks

@@ -43,13 +43,16 @@ def optimizer(tf, opt: dict, report):
     return optimizer
 
 
-def _canonical_params(spec, model):
-    """[(weight, "<node>.<param>", to canonical layout)] for every parameter of the builder's model."""
+def _canonical_params(spec, model, trainable: bool):
+    """[(weight, "<node>.<param>", to canonical layout)] for every parameter of the builder's model, or only for
+    its trainable ones (not BatchNorm's running statistics, which have no gradient)."""
     found = []
     for node in spec.parametric():
-        for param in ops.get(node.kind).param_names:
-            convert = functools.partial(builder.to_canonical, spec, node, param)
-            found.append((model.spec_params[f"{node.name}.{param}"], f"{node.name}.{param}", convert))
+        for param in ops.get(node.kind).params:
+            if trainable and not param.trainable:
+                continue
+            convert = functools.partial(builder.to_canonical, spec, node, param.name)
+            found.append((model.spec_params[f"{node.name}.{param.name}"], f"{node.name}.{param.name}", convert))
     return found
 
 
@@ -78,8 +81,8 @@ def train(spec, data, config, report) -> None:
     weights = model.trainable_weights
     dump_steps = config.get("dump_steps", 0)
     if dump_steps > 0:
-        params = _canonical_params(spec, model)
-        position = [next(j for j, w in enumerate(weights) if w is var) for var, _, _ in params]
+        params, trained = _canonical_params(spec, model, False), _canonical_params(spec, model, True)
+        position = [next(j for j, w in enumerate(weights) if w is var) for var, _, _ in trained]
         if sorted(position) != list(range(len(weights))):
             raise RuntimeError("the model's trainable weights are not the spec's parameters")
 
@@ -122,7 +125,7 @@ def train(spec, data, config, report) -> None:
             if global_step < dump_steps:
                 grads = applied[0]
                 report.step_tensors(global_step,
-                                    {key: convert(grads[j].numpy()) for j, (_, key, convert) in zip(position, params)},
+                                    {key: convert(grads[j].numpy()) for j, (_, key, convert) in zip(position, trained)},
                                     {key: convert(var.numpy()) for var, key, convert in params})
             global_step += 1
             batch_loss, n = float(loss), len(idx)
