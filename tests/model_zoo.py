@@ -212,7 +212,7 @@ def activations_cnn(path: Path) -> Path:
 
 def graph_cnn(path: Path) -> Path:
     """A hand-written graph (no torch): BatchNormalization, a residual Add, a channel Concat of two branches
-    (one grouped and dilated), a per-channel Mul and Sub by constants, LRN, GlobalAveragePool; used by the fuzzer."""
+    (one grouped and dilated), a channel shuffle, a per-channel Mul and Sub by constants, LRN, GlobalAveragePool."""
     g = _Graph(seed=29)
     g.conv(3, 8, 3, pads=[1, 1, 1, 1], strides=[2, 2])  # 32 -> 16
     stem = g.current
@@ -230,6 +230,11 @@ def graph_cnn(path: Path) -> Path:
     g.conv(8, 4, 1)
     g.nodes.append(helper.make_node("Concat", [left, g.current], ["cat"], name="join", axis=1))
     g.current = "cat"
+    g.inits += [numpy_helper.from_array(np.array([-1, 3, 4, 16, 16], np.int64), "groups_shape"),
+                numpy_helper.from_array(np.array([-1, 12, 16, 16], np.int64), "flat_channels")]
+    g.add("Reshape", ("groups_shape",))  # ShuffleNet's channel shuffle, as exporters write it
+    g.add("Transpose", perm=[0, 2, 1, 3, 4])
+    g.add("Reshape", ("flat_channels",))
     g.inits += [numpy_helper.from_array(g.rng.uniform(0.5, 2, (1, 12, 1, 1)).astype(np.float32), "per_channel"),
                 numpy_helper.from_array(np.float32(0.1), "offset")]
     g.add("Mul", ("per_channel",))
