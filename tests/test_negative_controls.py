@@ -19,6 +19,12 @@ CASES = [
     ("padding", "tensorflow", "strided", "conv1"),
     ("padding", "tflearn", "strided", "conv1"),
     ("channels-last-view", "pytorch+channels_last", "seed", "conv1"),  # a fast path is verified like a library
+    # graph ops (tests/planted/graph_bugs_<library>.py), each caught at its node of a graph model
+    ("leakyrelu-slope", "pytorch", "blocks", "depthwise_depthwise_2_LeakyRelu"),  # torch's default slope 0.01
+    ("bn-epsilon", "keras-tensorflow", "blocks", "stem_stem_1_BatchNormalization"),  # Keras's default 1e-3
+    ("concat-order", "tensorflow", "blocks", "Concat"),
+    ("depthwise-mapping", "tflearn", "blocks", "depthwise_depthwise_0_Conv"),  # multiplier and channel axes swapped
+    ("bn-scale-bias-swapped", "tensorlayer", "blocks", "stem_stem_1_BatchNormalization"),
 ]
 
 
