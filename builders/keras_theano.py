@@ -4,7 +4,12 @@ Per op kind one `op_<kind>(spec, node, inputs, **options) -> Keras tensor` (the 
 node); `build` applies them through `interface.walk`. Options, the variants a trainer trains:
 pool_gradient="single" gives max pooling whose gradient goes to one maximum per window (as TensorFlow and PyTorch;
 Theano's own, "theano", goes to every tied maximum); dropout_masks="harness" with batch_size puts a
-`HarnessDropout` in place of Dropout, multiplying by a mask variable the trainer sets each step."""
+`HarnessDropout` in place of Dropout, multiplying by a mask variable the trainer sets each step.
+
+Where Keras 2.3.1 has no layer for an op, a subclass or Lambda built from Keras's backend and Theano's own ops
+computes it: grouped convolution (Theano's num_groups), dilated max pooling (dilated window slices), batch norm
+with an epsilon below Theano's 1e-5 floor, log-softmax, hard swish, and Selu / HardSigmoid / Clip with other
+constants than Keras's."""
 from __future__ import annotations
 
 import collections
@@ -38,18 +43,36 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
+def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
+    """(C * m, 1, kh, kw) -> DepthwiseConv2D's (kh, kw, C, m); output channel c * m + j is (c, j) in both.
+    Not flipped: Keras 2's Theano depthwise_conv2d flips the kernel itself before Theano's true convolution
+    flips it back, so that layer cross-correlates as ONNX does."""
+    return np.ascontiguousarray(w.reshape(channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1))
+
+
+def _depthwise_channels(spec, node) -> int | None:
+    """The input channels of a depthwise conv node (group equal to its input channels, > 1), else None."""
+    group, channels = node.attrs.get("group", 1), spec.input_shapes(node)[0][0]
+    return channels if node.kind == "conv" and group > 1 and group == channels else None
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """Kernels as conv_kernel and dense_kernel say; every other parameter (biases) as it is."""
+    """Kernels as conv_kernel (grouped convs too: (O, I/G, kh, kw) like any other), depthwise_kernel and
+    dense_kernel say; every other parameter (biases, batch-norm vectors) as it is."""
     if (node.kind, param) == ("conv", "weight"):
-        return conv_kernel(value)
+        channels = _depthwise_channels(spec, node)
+        return depthwise_kernel(value, channels) if channels else conv_kernel(value)
     if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
     return np.ascontiguousarray(value)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """Inverse of to_native: undo the spatial flip for Theano's true convolution, then HWIO -> OIHW; dense rows
-    back from (H, W, C) to (C, H, W) order."""
+    """Inverse of to_native: depthwise (kh, kw, C, m) back to (C * m, 1, kh, kw); otherwise undo the spatial flip
+    for Theano's true convolution, then HWIO -> OIHW; dense rows back from (H, W, C) to (C, H, W) order."""
+    if (node.kind, param) == ("conv", "weight") and _depthwise_channels(spec, node):
+        kh, kw, channels, multiplier = value.shape
+        return np.ascontiguousarray(value.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw))
     if (node.kind, param) == ("conv", "weight"):
         return layouts.hwio_to_oihw(value[::-1, ::-1, :, :])
     if (node.kind, param) == ("dense", "weight"):
@@ -93,16 +116,17 @@ def versions(**_options) -> dict:
     return {"keras": keras.__version__, "theano": theano.__version__, "numpy": np.__version__}
 
 
-def _theano_same_matches(kind, in_hw, kernel, strides, pads) -> bool:
+def _theano_same_matches(kind, in_hw, kernel, strides, pads, dilations=(1, 1)) -> bool:
     """Whether Keras 2's padding='same' on Theano gives exactly these pads. It is not TensorFlow's SAME:
-    it pads symmetrically (conv: k//2, Theano's 'half'; pooling: k-2 for odd k > 2, else k-1) and keeps
-    ceil(size/stride) outputs (pooling always, conv only for even kernels)."""
-    for size, k, s, before, after in zip(in_hw, kernel, strides, pads[:2], pads[2:]):
-        p = k // 2 if kind == "conv" else (k - 2 if k > 2 and k % 2 else k - 1)
-        n = (size + 2 * p - k) // s + 1
+    it pads symmetrically (conv: e//2 for the dilated extent e, Theano's 'half'; pooling: k-2 for odd k > 2,
+    else k-1) and keeps ceil(size/stride) outputs (pooling always, conv only for even undilated kernels)."""
+    for size, k, s, d, before, after in zip(in_hw, kernel, strides, dilations, pads[:2], pads[2:]):
+        e = d * (k - 1) + 1
+        p = e // 2 if kind == "conv" else (k - 2 if k > 2 and k % 2 else k - 1)
+        n = (size + 2 * p - e) // s + 1
         if kind != "conv" or k % 2 == 0:
             n = min(n, -(-size // s))
-        if before != p or n != ir.window_output_size(size, k, s, before, after):
+        if before != p or n != ir.window_output_size(size, e, s, before, after):
             return False
     return True
 
@@ -130,6 +154,112 @@ def _single_max_pooling_2d(keras):
     return SingleMaxPooling2D
 
 
+@functools.cache
+def _dilated_max_pooling_2d(keras):
+    """keras.layers.MaxPooling2D with a dilation rate and explicit pads of -inf, which neither Keras 2 nor Theano's
+    pool_2d has: the maximum over the input's dilated window slices, as Theano tensors. first_max_gradient
+    sends each window's gradient to its first maximum (as SingleMaxPooling2D), otherwise Theano's max sends it
+    to every tied maximum (as its pool_2d)."""
+    import theano.tensor as T
+
+    class DilatedMaxPooling2D(keras.layers.MaxPooling2D):
+        def __init__(self, pool_size, strides, dilation_rate, pads, first_max_gradient, **kwargs):
+            super().__init__(pool_size, strides=strides, padding="valid", data_format=CF, **kwargs)
+            self.dilation_rate, self.pads, self.first_max_gradient = tuple(dilation_rate), tuple(pads), first_max_gradient
+
+        def compute_output_shape(self, input_shape):
+            n, c, h, w = input_shape
+            (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = (self.pool_size, self.strides,
+                                                                         self.dilation_rate, self.pads)
+            return (n, c, ir.window_output_size(h, dh * (kh - 1) + 1, sh, top, bottom),
+                    ir.window_output_size(w, dw * (kw - 1) + 1, sw, left, right))
+
+        def _pooling_function(self, inputs, pool_size, strides, padding, data_format):
+            (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = pool_size, strides, self.dilation_rate, self.pads
+            if any(self.pads):
+                h, w = inputs.shape[2], inputs.shape[3]
+                filled = T.alloc(np.float32(-np.inf), inputs.shape[0], inputs.shape[1], h + top + bottom, w + left + right)
+                inputs = T.set_subtensor(filled[:, :, top:top + h, left:left + w], inputs)
+            oh = (inputs.shape[2] - dh * (kh - 1) - 1) // sh + 1
+            ow = (inputs.shape[3] - dw * (kw - 1) - 1) // sw + 1
+            windows = T.stack([inputs[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                               for i in range(kh) for j in range(kw)])
+            if not self.first_max_gradient:
+                return windows.max(axis=0)
+            first = T.eq(T.arange(kh * kw).reshape((-1, 1, 1, 1, 1)), T.argmax(windows, axis=0, keepdims=True))
+            return T.switch(first, windows, 0).sum(axis=0)  # not windows * first: -inf * 0 is NaN
+
+    return DilatedMaxPooling2D
+
+
+@functools.cache
+def _grouped_conv_2d(keras):
+    """keras.layers.Conv2D of `groups` groups through Theano's own grouped convolution (conv2d's num_groups, which
+    Keras 2's backend does not pass on): kernel (kh, kw, in / groups, filters), output channel o computed by group
+    o // (filters / groups) as in ONNX. A true convolution like Conv2D on Theano, so conv_kernel flips it alike.
+    padding='valid' only (op_conv pads before)."""
+    import theano.tensor as T
+    from keras import backend as K
+    from keras.engine.base_layer import InputSpec
+
+    class GroupedConv2D(keras.layers.Conv2D):
+        def __init__(self, filters, kernel_size, groups, **kwargs):
+            super().__init__(filters, kernel_size, **kwargs)
+            if self.padding != "valid" or self.data_format != CF:
+                raise ValueError("GroupedConv2D takes padding='valid' and channels_first only")
+            self.groups = groups
+
+        def build(self, input_shape):
+            channels = input_shape[1]
+            super().build((input_shape[0], channels // self.groups, *input_shape[2:]))  # kernel of in / groups
+            self.input_spec = InputSpec(ndim=4, axes={1: channels})
+
+        def call(self, inputs):
+            y = T.nnet.conv2d(inputs, self.kernel.dimshuffle(3, 2, 0, 1), border_mode="valid", subsample=self.strides,
+                              filter_dilation=self.dilation_rate, num_groups=self.groups)
+            return K.bias_add(y, self.bias, data_format=CF)
+
+        def get_config(self):
+            return {**super().get_config(), "groups": self.groups}
+
+    return GroupedConv2D
+
+
+@functools.cache
+def _small_epsilon_batch_normalization(keras):
+    """keras.layers.BatchNormalization for an epsilon below 1e-5 in float32 (PyTorch's and ONNX's default,
+    float32(1e-5), is): Theano's batch_normalization_test and _train refuse those (cuDNN's floor, enforced on the
+    CPU too), so the same arithmetic is written in keras.backend. Inference: (x - mean) * (gamma / sqrt(var + eps))
+    + beta with the moving statistics; training: the batch mean and biased variance, the moving averages updated
+    as stock Keras on Theano updates them (it receives var + eps, Theano's 1 / invstd**2, and scales it by
+    n / (n - (1 + eps)))."""
+    from keras import backend as K
+
+    class SmallEpsilonBatchNormalization(keras.layers.BatchNormalization):
+        def call(self, inputs, training=None):
+            ndim = K.ndim(inputs)
+            axes = [a for a in range(ndim) if a != self.axis % ndim]
+            shape = [1] * ndim
+            shape[self.axis] = K.int_shape(inputs)[self.axis]
+
+            def normalize(mean, var):
+                factor = K.reshape(self.gamma, shape) / K.sqrt(K.reshape(var, shape) + self.epsilon)
+                return (inputs - K.reshape(mean, shape)) * factor + K.reshape(self.beta, shape)
+
+            def inference():
+                return normalize(self.moving_mean, self.moving_variance)
+
+            if isinstance(training, int) and not training:  # a static test phase (0 or False), as stock Keras
+                return inference()
+            mean, var = K.mean(inputs, axis=axes), K.var(inputs, axis=axes)
+            n = K.cast(K.prod([K.shape(inputs)[a] for a in axes]), K.dtype(inputs))
+            self.add_update([K.moving_average_update(self.moving_mean, mean, self.momentum),
+                             K.moving_average_update(self.moving_variance,
+                                                     (var + self.epsilon) * n / (n - (1.0 + self.epsilon)),
+                                                     self.momentum)], inputs)
+            return K.in_train_phase(normalize(mean, var), inference, training=training)
+
+    return SmallEpsilonBatchNormalization
 
 
 @functools.cache
@@ -176,9 +306,11 @@ def _load(layer, spec, node) -> None:
 def _window_padding(spec, node) -> tuple:
     """(pads, padding mode, whether Keras's padding='same' on Theano gives exactly these pads)."""
     a, in_hw = node.attrs, spec.input_shapes(node)[0][1:]
-    mode = ir.padding_mode(in_hw, a["kernel"], a["strides"], a["pads"])
-    pads = ir.same_pads(in_hw, a["kernel"], a["strides"]) if mode == "same" else tuple(a["pads"])
-    native_same = mode != "valid" and _theano_same_matches(node.kind, in_hw, a["kernel"], a["strides"], pads)
+    extent = ops.effective_kernel(a)
+    mode = ir.padding_mode(in_hw, extent, a["strides"], a["pads"])
+    pads = ir.same_pads(in_hw, extent, a["strides"]) if mode == "same" else tuple(a["pads"])
+    native_same = mode != "valid" and _theano_same_matches(node.kind, in_hw, a["kernel"], a["strides"], pads,
+                                                           ops.dilations(a))
     return pads, mode, native_same
 
 
@@ -188,12 +320,23 @@ def _zero_pad(x, pads):
 
 
 def op_conv(spec, node, inputs, **_options):
-    (x,), a = inputs, node.attrs
+    """Conv2D; DepthwiseConv2D (depth multiplier filters / channels) when group equals the input channels; other
+    groups a GroupedConv2D (Theano's own grouped convolution). Dilations as their dilation_rate."""
+    (x,), a, keras = inputs, node.attrs, library()
+    group = a.get("group", 1)
+    grouped = group > 1 and not _depthwise_channels(spec, node)
     pads, mode, native_same = _window_padding(spec, node)
+    native_same = native_same and not grouped
     if mode != "valid" and not native_same:
         x = _zero_pad(x, pads)
-    conv = library().layers.Conv2D(a["filters"], a["kernel"], strides=a["strides"],
-                                   padding="same" if native_same else "valid", data_format=CF, name=node.name)
+    common = {"strides": a["strides"], "padding": "same" if native_same else "valid",
+              "dilation_rate": ops.dilations(a), "data_format": CF, "name": node.name}
+    if grouped:
+        conv = _grouped_conv_2d(keras)(a["filters"], a["kernel"], group, **common)
+    elif group > 1:
+        conv = keras.layers.DepthwiseConv2D(a["kernel"], depth_multiplier=a["filters"] // group, **common)
+    else:
+        conv = keras.layers.Conv2D(a["filters"], a["kernel"], **common)
     y = conv(x)
     _load(conv, spec, node)
     return y
@@ -220,7 +363,10 @@ def _pool(spec, node, inputs, pool_class):
 
 
 def op_maxpool(spec, node, inputs, pool_gradient="theano", **_options):
-    keras = library()
+    keras, a = library(), node.attrs
+    if ops.dilations(a) != (1, 1):
+        return _dilated_max_pooling_2d(keras)(a["kernel"], a["strides"], ops.dilations(a), a["pads"],
+                                              pool_gradient == "single", name=node.name)(*inputs)
     pool = _single_max_pooling_2d(keras) if pool_gradient == "single" else keras.layers.MaxPooling2D
     return _pool(spec, node, inputs, pool)
 
@@ -261,6 +407,124 @@ def op_dense(spec, node, inputs, **_options):
 
 def op_softmax(spec, node, inputs, **_options):
     return library().layers.Softmax(axis=-1, name=node.name)(*inputs)
+
+
+def op_logsoftmax(spec, node, inputs, **_options):
+    # Keras 2 has no log-softmax layer or backend function: the shifted form, in keras.backend
+    keras = library()
+    K = keras.backend
+
+    def log_softmax(x):
+        shifted = x - K.max(x, axis=-1, keepdims=True)
+        return shifted - K.log(K.sum(K.exp(shifted), axis=-1, keepdims=True))
+    return _lambda(node, log_softmax, *inputs)
+
+
+def op_sigmoid(spec, node, inputs, **_options):
+    return library().layers.Activation("sigmoid", name=node.name)(*inputs)
+
+
+def op_softplus(spec, node, inputs, **_options):
+    return library().layers.Activation("softplus", name=node.name)(*inputs)
+
+
+def op_leakyrelu(spec, node, inputs, **_options):
+    return library().layers.LeakyReLU(node.attrs["alpha"], name=node.name)(*inputs)
+
+
+def op_elu(spec, node, inputs, **_options):
+    return library().layers.ELU(node.attrs["alpha"], name=node.name)(*inputs)
+
+
+def _float32_equal(values, constants) -> bool:
+    return all(np.float32(v) == np.float32(c) for v, c in zip(values, constants))
+
+
+def _lambda(node, f, *inputs):
+    """An elementwise Lambda layer named after the node."""
+    return library().layers.Lambda(f, output_shape=lambda shape: shape, name=node.name)(*inputs)
+
+
+# (alpha, scale) as keras.activations.selu (2.3.1) writes them, inside the function
+KERAS_SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+def op_selu(spec, node, inputs, **_options):
+    """Keras's selu where its two constants are the node's (in float32), else the same formula with the node's."""
+    keras, a = library(), node.attrs
+    if _float32_equal((a["alpha"], a["gamma"]), KERAS_SELU):
+        return keras.layers.Activation("selu", name=node.name)(*inputs)
+    return _lambda(node, lambda x: a["gamma"] * keras.backend.elu(x, a["alpha"]), *inputs)
+
+
+def op_hardsigmoid(spec, node, inputs, **_options):
+    """Theano's hard_sigmoid (Keras's 'hard_sigmoid') where the node's slope and offset are its 0.2 and 0.5, else
+    the same clip with the node's."""
+    keras, a = library(), node.attrs
+    if _float32_equal((a["alpha"], a["beta"]), (0.2, 0.5)):
+        return keras.layers.Activation("hard_sigmoid", name=node.name)(*inputs)
+    return _lambda(node, lambda x: keras.backend.clip(a["alpha"] * x + a["beta"], 0.0, 1.0), *inputs)
+
+
+def op_hardswish(spec, node, inputs, **_options):
+    # no such layer or activation in Keras 2: x * hard sigmoid of slope 1/6, in keras.backend
+    K = library().backend
+    return _lambda(node, lambda x: x * K.clip(x / 6.0 + 0.5, 0.0, 1.0), *inputs)
+
+
+def op_clip(spec, node, inputs, **_options):
+    """ReLU with max_value where min is 0 (ReLU6); otherwise min(max(x, min), max), which, as ONNX and unlike
+    K.clip, gives max everywhere when min > max."""
+    keras, lo, hi = library(), node.attrs["min"], node.attrs["max"]
+    if lo == 0 and hi >= 0:
+        return keras.layers.ReLU(max_value=None if np.isinf(hi) else hi, name=node.name)(*inputs)
+    K = keras.backend
+    return _lambda(node, lambda x: K.minimum(K.maximum(x, lo), hi), *inputs)
+
+
+def op_add(spec, node, inputs, **_options):
+    L = library().layers
+    if len(inputs) == 1:  # Sum of one tensor; Keras's Add takes two or more
+        return L.Activation("linear", name=node.name)(*inputs)
+    return L.Add(name=node.name)(list(inputs))
+
+
+def op_concat(spec, node, inputs, **_options):
+    L = library().layers
+    sources = [layouts.flatten_source_of(spec, t) for t in node.inputs]
+    if any(s is not None and s[1] * s[2] > 1 for s in sources):
+        raise Unsupported(f"{node.name}: concatenating flattened vectors: Keras's Flatten gives each in (H, W, C) "
+                          f"order and the dense layer after the concatenation is permuted for one source only")
+    if len(inputs) == 1:
+        return L.Activation("linear", name=node.name)(*inputs)
+    return L.Concatenate(axis=1, name=node.name)(list(inputs))
+
+
+def op_globalavgpool(spec, node, inputs, **_options):
+    """GlobalAveragePooling2D ([N, C]); with keepdims a Reshape to [N, C, 1, 1] after it carries the node's name."""
+    L = library().layers
+    if not node.attrs.get("keepdims", True):
+        return L.GlobalAveragePooling2D(data_format=CF, name=node.name)(*inputs)
+    y = L.GlobalAveragePooling2D(data_format=CF, name=f"{node.name}_pool")(*inputs)
+    return L.Reshape(tuple(node.output_shape), name=node.name)(y)
+
+
+def _theano_accepts_epsilon(epsilon: float) -> bool:
+    # theano.tensor.nnet.bn's own check, on the float32 the epsilon becomes
+    return not np.float32(epsilon) < 1e-5
+
+
+def op_batchnorm(spec, node, inputs, **_options):
+    """BatchNormalization on the channel axis, in inference mode at predict, with the node's epsilon (Keras's
+    default is 1e-3). Momentum: Keras's moving = momentum * moving + (1 - momentum) * batch is ONNX's convention,
+    so the node's momentum is Keras's as it is."""
+    keras, a = library(), node.attrs
+    layer = keras.layers.BatchNormalization if _theano_accepts_epsilon(a["epsilon"]) \
+        else _small_epsilon_batch_normalization(keras)
+    bn = layer(axis=1, momentum=a["momentum"], epsilon=a["epsilon"], name=node.name)
+    y = bn(*inputs)
+    _load(bn, spec, node)
+    return y
 
 
 # --- the model ----------------------------------------------------------------------------------------------

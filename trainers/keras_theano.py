@@ -9,6 +9,7 @@ import numpy as np
 
 from builders import keras_theano as builder
 from builders import layouts
+from spec import ops
 from trainers import masks
 
 NAME = "keras-theano"
@@ -114,7 +115,9 @@ def _step_dumper(keras, spec, model, report, steps: int):
     slot = {id(variable): (node.name, param) for node in spec.parametric()
             for param, variable in builder.native_parameters(model, node).items()}
     taken = {id(p) for p in params}
-    missing = sorted(f"{name}.{param}" for key, (name, param) in slot.items() if key not in taken)
+    trainable = {(node.name, p.name) for node in spec.parametric() for p in ops.get(node.kind).params if p.trainable}
+    missing = sorted(f"{name}.{param}" for key, (name, param) in slot.items()
+                     if key not in taken and (name, param) in trainable)  # BatchNorm's statistics take none
     if missing:
         raise RuntimeError(f"the optimizer takes no gradient for {missing}")
     # the train function's own inputs, as Keras 2.3.1's _make_train_function lists them

@@ -1,0 +1,24 @@
+"""Graph-op bugs planted into the Keras-on-Theano builder (collected by tests/planted/bugs.py)."""
+import dataclasses
+import importlib
+
+
+def _dilation_ignored():
+    # a dilated convolution built as a plain one: dilation_rate dropped and the pads shrunk by the extent the
+    # kernel no longer spans, so every shape still matches and only the values are wrong
+    module = importlib.import_module("builders.keras_theano")
+    original = module.op_conv
+
+    def op_conv(spec, node, inputs, **options):
+        dilations = tuple(node.attrs.get("dilations", (1, 1)))
+        if dilations != (1, 1):
+            lost = [(d - 1) * (k - 1) for k, d in zip(node.attrs["kernel"], dilations)]
+            top, left, bottom, right = node.attrs["pads"]
+            pads = (top - lost[0] // 2, left - lost[1] // 2, bottom - (lost[0] - lost[0] // 2), right - (lost[1] - lost[1] // 2))
+            attrs = {k: v for k, v in node.attrs.items() if k != "dilations"} | {"pads": pads}
+            node = dataclasses.replace(node, attrs=attrs)
+        return original(spec, node, inputs, **options)
+    module.op_conv = op_conv
+
+
+BUGS = {"dilation-ignored": _dilation_ignored}
