@@ -25,6 +25,7 @@ CASES = [
     ("concat-order", "tensorflow", "blocks", "Concat"),
     ("depthwise-mapping", "tflearn", "blocks", "depthwise_depthwise_0_Conv"),  # multiplier and channel axes swapped
     ("bn-scale-bias-swapped", "tensorlayer", "blocks", "stem_stem_1_BatchNormalization"),
+    ("dilation-ignored", "keras-theano", "blocks", "right_right_0_Conv"),  # pads shrunk so every shape matches
 ]
 
 
