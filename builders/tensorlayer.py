@@ -207,9 +207,29 @@ def op_avgpool(net, node, x):
     if mode != "valid" and a["count_include_pad"]:
         x, mode = _pad(net, x, a["pads"], name + "_pad"), "valid"  # TF 'SAME' would exclude the padding
     elif mode == "explicit":
-        raise Unsupported(f"{node.name}: average pooling that excludes padding is only 'SAME' in tensorlayer, "
-                          f"pads {a['pads']} are not")
+        return _avgpool_excluding_pads(net, node, x)
     return net.L.MeanPool2d(tuple(a["kernel"]), tuple(a["strides"]), padding=mode.upper(), name=name)(x)
+
+
+def _cells_inside(n: int, k: int, s: int, before: int, after: int) -> np.ndarray:
+    """Per output position along one axis: how many of its window's k cells lie inside the input, not the padding."""
+    starts = np.arange((n + before + after - k) // s + 1) * s - before
+    return np.minimum(starts + k, n) - np.maximum(starts, 0)
+
+
+def _avgpool_excluding_pads(net, node, x):
+    """tensorlayer's MeanPool2d leaves padding out of the mean only with TF's 'SAME' pads: other pads are the mean
+    over the zero-padded input (MeanPool2d, 'VALID'), times kh*kw / the number of the window's cells inside the
+    input, a constant map (a Lambda of a product, tensorlayer having no layer for it)."""
+    a, name = node.attrs, layouts.safe_name(node.name)
+    (h, w), (kh, kw), (sh, sw) = net.spec.input_shapes(node)[0][1:], a["kernel"], a["strides"]
+    top, left, bottom, right = a["pads"]
+    cells = np.outer(_cells_inside(h, kh, sh, top, bottom), _cells_inside(w, kw, sw, left, right))
+    if cells.min() <= 0:
+        raise Unsupported(f"{node.name}: a window of pads {a['pads']} holds no input cell")
+    factor = (kh * kw / cells).astype(np.float32)[None, :, :, None]
+    y = net.L.MeanPool2d((kh, kw), (sh, sw), padding="VALID", name=name + "_mean")(_pad(net, x, a["pads"], name + "_pad"))
+    return net.L.Lambda(lambda t: t * factor, name=name)(y)
 
 
 def _act(net, node, f):
