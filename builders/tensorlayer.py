@@ -47,10 +47,36 @@ def depthwise_kernel_to_canonical(w):
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(-1, 1, *w.shape[:2]))
 
 
+CONSTANT_KINDS = ("scale", "shift")  # nodes whose one parameter is a constant tensor broadcast against their input
+
+
+def constant_value(spec, node, value):
+    """A scale / shift constant, canonical (the input's rank without the batch axis) -> the layout of the NHWC
+    tensor it meets: one number -> (1,), the shape of tensorlayer's Scale weight; (C, H, W)-style -> (H, W, C);
+    per-feature (F,) over a flat input still in an NHWC flatten's (H, W, C) order -> that order."""
+    if value.size == 1:
+        return value.reshape(1)
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(1, 2, 0))
+    return layouts.chw_rows_to_hwc(value.reshape(-1, 1), layouts.flatten_source_of(spec, node.inputs[0])).reshape(-1)
+
+
+def constant_value_to_canonical(spec, node, param: str, value):
+    """Inverse of constant_value."""
+    shape = spec.weights[f"{node.name}.{param}"].shape
+    if value.size == 1:
+        return value.reshape(shape)
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(2, 0, 1))
+    return layouts.hwc_rows_to_chw(value.reshape(-1, 1), layouts.flatten_source_of(spec, node.inputs[0])).reshape(-1)
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout tensorlayer's weight holds it in."""
     if (node.kind, param) == ("conv", "weight") and conv_layer(spec, node) == "depthwise":
         return depthwise_kernel(value, spec.input_shapes(node)[0][0])
+    if node.kind in CONSTANT_KINDS:
+        return constant_value(spec, node, value)
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
@@ -58,6 +84,8 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
     if (node.kind, param) == ("conv", "weight") and conv_layer(spec, node) == "depthwise":
         return depthwise_kernel_to_canonical(value)
+    if node.kind in CONSTANT_KINDS:
+        return constant_value_to_canonical(spec, node, param, value)
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -179,9 +207,29 @@ def op_avgpool(net, node, x):
     if mode != "valid" and a["count_include_pad"]:
         x, mode = _pad(net, x, a["pads"], name + "_pad"), "valid"  # TF 'SAME' would exclude the padding
     elif mode == "explicit":
-        raise Unsupported(f"{node.name}: average pooling that excludes padding is only 'SAME' in tensorlayer, "
-                          f"pads {a['pads']} are not")
+        return _avgpool_excluding_pads(net, node, x)
     return net.L.MeanPool2d(tuple(a["kernel"]), tuple(a["strides"]), padding=mode.upper(), name=name)(x)
+
+
+def _cells_inside(n: int, k: int, s: int, before: int, after: int) -> np.ndarray:
+    """Per output position along one axis: how many of its window's k cells lie inside the input, not the padding."""
+    starts = np.arange((n + before + after - k) // s + 1) * s - before
+    return np.minimum(starts + k, n) - np.maximum(starts, 0)
+
+
+def _avgpool_excluding_pads(net, node, x):
+    """tensorlayer's MeanPool2d leaves padding out of the mean only with TF's 'SAME' pads: other pads are the mean
+    over the zero-padded input (MeanPool2d, 'VALID'), times kh*kw / the number of the window's cells inside the
+    input, a constant map (a Lambda of a product, tensorlayer having no layer for it)."""
+    a, name = node.attrs, layouts.safe_name(node.name)
+    (h, w), (kh, kw), (sh, sw) = net.spec.input_shapes(node)[0][1:], a["kernel"], a["strides"]
+    top, left, bottom, right = a["pads"]
+    cells = np.outer(_cells_inside(h, kh, sh, top, bottom), _cells_inside(w, kw, sw, left, right))
+    if cells.min() <= 0:
+        raise Unsupported(f"{node.name}: a window of pads {a['pads']} holds no input cell")
+    factor = (kh * kw / cells).astype(np.float32)[None, :, :, None]
+    y = net.L.MeanPool2d((kh, kw), (sh, sw), padding="VALID", name=name + "_mean")(_pad(net, x, a["pads"], name + "_pad"))
+    return net.L.Lambda(lambda t: t * factor, name=name)(y)
 
 
 def _act(net, node, f):
@@ -296,6 +344,72 @@ def op_batchnorm(net, node, x):
     # its moving_mean / moving_var attributes by the moving-average update's result
     net.hold(node, scale=bn.gamma, bias=bn.beta, mean=bn.moving_mean, var=bn.moving_var)
     return bn(x)
+
+
+def _image_input(net, node, what: str) -> int:
+    """The channels of node's [C, H, W] input; Unsupported for another rank."""
+    shape = net.spec.input_shapes(node)[0]
+    if len(shape) != 3:
+        raise Unsupported(f"{node.name}: {what} of a {shape} input, not [C, H, W]")
+    return shape[0]
+
+
+def op_lrn(net, node, x):
+    """ONNX LRN: x / (bias + alpha/size * sum of x^2 over `size` channels)^beta. tensorlayer's LocalResponseNorm
+    (tf.nn.local_response_normalization) sums over 2*depth_radius + 1 channels and does not divide alpha by the
+    window: for odd sizes it takes alpha/size and depth_radius (size-1)//2. An even size's window reaches one channel
+    further above than below, which depth_radius cannot express: a Lambda of tf ops, tensorlayer having no other
+    LRN (`_lrn_composed`)."""
+    a, name = node.attrs, layouts.safe_name(node.name)
+    _image_input(net, node, "local response normalisation")
+    if a["size"] % 2:
+        return net.L.LocalResponseNorm(depth_radius=(a["size"] - 1) // 2, bias=a["bias"], alpha=a["alpha"] / a["size"],
+                                       beta=a["beta"], name=name)(x)
+    return net.L.Lambda(lambda t: _lrn_composed(net.tf, t, a["size"], a["alpha"], a["beta"], a["bias"]), name=name)(x)
+
+
+def _lrn_composed(tf, x, size: int, alpha: float, beta: float, bias: float):
+    """ONNX LRN over NHWC's last axis: the window of channel c is c - (size-1)//2 .. c + size-1 - (size-1)//2, the
+    squares zero-padded at both ends and summed over the window's `size` shifted slices."""
+    below, channels = (size - 1) // 2, x.shape[-1]
+    squares = tf.pad(x * x, [[0, 0], [0, 0], [0, 0], [below, size - 1 - below]])
+    window = tf.add_n([squares[..., k:k + channels] for k in range(size)])
+    return x * tf.pow(bias + alpha / size * window, -beta)
+
+
+def op_scale(net, node, x):
+    """A product with a constant: tensorlayer's Scale layer where the constant is one number (Scale's weight is a
+    single number); else a Lambda of tf.multiply holding the constant as its weight (fn_weights, tensorlayer's way
+    for a function with a weight), tensorlayer having no layer that multiplies by a tensor."""
+    if net.spec.weights[f"{node.name}.value"].size == 1:
+        scale = net.L.Scale(init_scale=1.0, name=layouts.safe_name(node.name))
+        net.hold(node, value=scale.scale)
+        return scale(x)
+    return _with_constant(net, node, x, net.tf.multiply)
+
+
+def op_shift(net, node, x):
+    """A sum with a constant: a Lambda of tf.add holding the constant as its weight, tensorlayer having no layer
+    that adds a tensor of its own (its biases belong to the Dense and Conv layers)."""
+    return _with_constant(net, node, x, net.tf.add)
+
+
+def _with_constant(net, node, x, combine):
+    """A Lambda layer computing combine(x, value), value a weight of the Lambda in `constant_value`'s layout."""
+    name, tf = layouts.safe_name(node.name), net.tf
+    shape = constant_value(net.spec, node, net.spec.weights[f"{node.name}.value"]).shape
+    value = tf.Variable(tf.zeros(shape), name=name + "_value")
+    net.hold(node, value=value)
+    return net.L.Lambda(lambda t: combine(t, value), fn_weights=[value], name=name)(x)
+
+
+def op_channelshuffle(net, node, x):
+    """tensorlayer's Shuffle(group=k) views the channels as (C/k, k) before it transposes them, ONNX's (ShuffleNet's)
+    Reshape views them as (groups, C/groups): the same shuffle for k = C/groups."""
+    channels, groups = _image_input(net, node, "channel shuffle"), node.attrs["groups"]
+    if channels % groups:
+        raise Unsupported(f"{node.name}: {channels} channels in {groups} groups")
+    return net.L.Shuffle(group=channels // groups, name=layouts.safe_name(node.name))(x)
 
 
 def op_flatten(net, node, x):

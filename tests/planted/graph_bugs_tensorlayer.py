@@ -15,4 +15,11 @@ def _bn_scale_bias_swapped():
     module._Network.hold = hold
 
 
-BUGS = {"bn-scale-bias-swapped": _bn_scale_bias_swapped}
+def _shift_sign():
+    # ONNX Sub by a constant arrives as a shift by its negation; building the shift as a subtraction (the Sub the
+    # file had in mind) subtracts twice: same shape, every value off by twice the constant
+    module = importlib.import_module("builders.tensorlayer")
+    module.op_shift = lambda net, node, x: module._with_constant(net, node, x, net.tf.subtract)
+
+
+BUGS = {"bn-scale-bias-swapped": _bn_scale_bias_swapped, "shift-sign": _shift_sign}
