@@ -238,11 +238,26 @@ def _pool(graph: Graph, node, x, pool):
         padding = "same"  # TF SAME: max ignores the pad, average excludes it
     elif mode == "explicit" and node.kind == "maxpool" and _nonnegative_input(graph.spec, node):
         x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
+    elif mode == "explicit" and node.kind == "avgpool":
+        return _avgpool_excluding_pads(graph, node, x)
     elif mode == "explicit":
-        what = "max pooling of possibly negative input" if node.kind == "maxpool" \
-            else "average pooling with count_include_pad=False"
-        raise Unsupported(f"{node.name}: Keras cannot express {what} with explicit pads {a['pads']}")
+        raise Unsupported(f"{node.name}: Keras cannot express max pooling of possibly negative input with explicit "
+                          f"pads {a['pads']}")
     return pool(a["kernel"], strides=a["strides"], padding=padding, name=node.name)(x)
+
+
+def _avgpool_excluding_pads(graph: Graph, node, x):
+    """AveragePooling2D excludes padding only from TensorFlow's SAME pads: other pads are zero padding, the average
+    over kh * kw cells, times kh * kw / (the input cells in that window), a constant of the output position."""
+    L, a, kops = graph.keras.layers, node.attrs, graph.keras.ops
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
+    _, h, w = graph.spec.shape_of(node.inputs[0])
+    real = np.pad(np.ones((h, w)), _pairs(a["pads"]))
+    _, oh, ow = node.output_shape
+    counts = np.array([[real[i * sh:i * sh + kh, j * sw:j * sw + kw].sum() for j in range(ow)] for i in range(oh)])
+    factor = (kh * kw / counts)[:, :, None].astype(np.float32)
+    pooled = L.AveragePooling2D(a["kernel"], strides=a["strides"])(L.ZeroPadding2D(_pairs(a["pads"]))(x))
+    return L.Lambda(lambda t: kops.multiply(t, factor), name=node.name)(pooled)
 
 
 def op_maxpool(graph: Graph, node, xs):
