@@ -7,6 +7,7 @@ dropout_masks="harness" with batch_size is the identical-dropout training varian
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -101,12 +102,35 @@ def depthwise(spec, node) -> bool:
     return node.kind == "conv" and group > 1 and group == spec.shape_of(node.inputs[0])[0]
 
 
+def constant_value(value: np.ndarray, flatten_from) -> np.ndarray:
+    """A scale's or shift's canonical value -> the layout it broadcasts onto in Keras: (C, H, W)-style (C, 1, 1,
+    (1, 1, 1), ...) -> (H, W, C)-style; a flat (F,) one that meets an (H, W, C)-ordered flatten (flatten_from, its
+    (C, H, W) source) -> that order."""
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(1, 2, 0))
+    if flatten_from is not None and value.size > 1:
+        return layouts.from_canonical(value[None], flatten_from)[0]
+    return np.ascontiguousarray(value)
+
+
+def constant_to_canonical(value: np.ndarray, flatten_from) -> np.ndarray:
+    """Inverse of constant_value."""
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(2, 0, 1))
+    if flatten_from is not None and value.size > 1:
+        return layouts.to_canonical(value[None], flatten_from)[0]
+    return np.ascontiguousarray(value)
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout the Keras layer holds it in. A grouped Conv2D's kernel is
     (kh, kw, in/group, out), which is oihw_to_hwio of the canonical (out, in/group, kh, kw); BatchNormalization's
-    gamma, beta, moving mean and variance are (C,) as in the registry."""
+    gamma, beta, moving mean and variance are (C,) as in the registry; a scale's or shift's value as
+    constant_value says."""
     if (node.kind, param) == ("conv", "weight") and depthwise(spec, node):
         return depthwise_kernel(value, node.attrs["group"])
+    if node.kind in ("scale", "shift"):
+        return constant_value(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
@@ -114,6 +138,8 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
     if (node.kind, param) == ("conv", "weight") and depthwise(spec, node):
         return depthwise_to_canonical(value)
+    if node.kind in ("scale", "shift"):
+        return constant_to_canonical(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -152,22 +178,49 @@ def _padding_mode(graph: Graph, node) -> str:
     return ir.padding_mode(graph.spec.shape_of(node.inputs[0])[1:], ops.effective_kernel(a), a["strides"], a["pads"])
 
 
+@functools.cache
+def _subsampled_class(base):
+    """`base` (Conv2D or DepthwiseConv2D) at stride 1, then every stride-th output row and column: Keras refuses
+    strides > 1 with dilation_rate > 1 (and TensorFlow's depthwise conv computes that combination wrong, silently),
+    while a stride-1 conv over the same padded input has the strided conv's outputs at rows and columns 0, s, 2s..."""
+
+    class Subsampled(base):
+        def __init__(self, *args, subsample=(1, 1), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.subsample = tuple(subsample)
+
+        def call(self, inputs):
+            sh, sw = self.subsample
+            return super().call(inputs)[:, ::sh, ::sw, :]
+
+        def compute_output_shape(self, input_shape):
+            n, h, w, c = super().compute_output_shape(input_shape)
+            sh, sw = self.subsample
+            return n, None if h is None else -(-h // sh), None if w is None else -(-w // sw), c
+
+        def get_config(self):
+            return {**super().get_config(), "subsample": self.subsample}
+
+    Subsampled.__name__ = f"Subsampled{base.__name__}"
+    return Subsampled
+
+
 def op_conv(graph: Graph, node, xs):
     L, a, x = graph.keras.layers, node.attrs, xs[0]
-    dilations = ops.dilations(a)
-    if dilations != (1, 1) and tuple(a["strides"]) != (1, 1):
-        raise Unsupported(f"{node.name}: Keras convolutions refuse strides > 1 with dilation_rate > 1 (strides "
-                          f"{tuple(a['strides'])}, dilations {dilations})")
+    dilations, strides = ops.dilations(a), tuple(a["strides"])
+    subsample = dilations != (1, 1) and strides != (1, 1)
     mode = _padding_mode(graph, node)
-    if mode == "explicit":
+    if mode == "explicit" or (subsample and mode == "same"):  # SAME at stride 1 would pad differently
         x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
-    window = {"strides": a["strides"], "padding": "same" if mode == "same" else "valid", "dilation_rate": dilations,
-              "name": node.name}
+    window = {"strides": (1, 1) if subsample else strides, "padding": "same" if mode == "same" and not subsample
+              else "valid", "dilation_rate": dilations, "name": node.name}
     if depthwise(graph.spec, node):
-        conv = L.DepthwiseConv2D(a["kernel"], depth_multiplier=a["filters"] // a["group"], **window)
+        cls, shape = L.DepthwiseConv2D, {"depth_multiplier": a["filters"] // a["group"]}
     else:
-        conv = L.Conv2D(a["filters"], a["kernel"], groups=a.get("group", 1), **window)
-    return _loaded(graph, conv, node, x)
+        cls, shape = L.Conv2D, {"filters": a["filters"], "groups": a.get("group", 1)}
+    if subsample:
+        cls, window["subsample"] = _subsampled_class(cls), strides
+    return _loaded(graph, cls(kernel_size=a["kernel"], **shape, **window), node, x)
 
 
 def _nonnegative_input(spec, node) -> bool:
@@ -185,11 +238,26 @@ def _pool(graph: Graph, node, x, pool):
         padding = "same"  # TF SAME: max ignores the pad, average excludes it
     elif mode == "explicit" and node.kind == "maxpool" and _nonnegative_input(graph.spec, node):
         x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
+    elif mode == "explicit" and node.kind == "avgpool":
+        return _avgpool_excluding_pads(graph, node, x)
     elif mode == "explicit":
-        what = "max pooling of possibly negative input" if node.kind == "maxpool" \
-            else "average pooling with count_include_pad=False"
-        raise Unsupported(f"{node.name}: Keras cannot express {what} with explicit pads {a['pads']}")
+        raise Unsupported(f"{node.name}: Keras cannot express max pooling of possibly negative input with explicit "
+                          f"pads {a['pads']}")
     return pool(a["kernel"], strides=a["strides"], padding=padding, name=node.name)(x)
+
+
+def _avgpool_excluding_pads(graph: Graph, node, x):
+    """AveragePooling2D excludes padding only from TensorFlow's SAME pads: other pads are zero padding, the average
+    over kh * kw cells, times kh * kw / (the input cells in that window), a constant of the output position."""
+    L, a, kops = graph.keras.layers, node.attrs, graph.keras.ops
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
+    _, h, w = graph.spec.shape_of(node.inputs[0])
+    real = np.pad(np.ones((h, w)), _pairs(a["pads"]))
+    _, oh, ow = node.output_shape
+    counts = np.array([[real[i * sh:i * sh + kh, j * sw:j * sw + kw].sum() for j in range(ow)] for i in range(oh)])
+    factor = (kh * kw / counts)[:, :, None].astype(np.float32)
+    pooled = L.AveragePooling2D(a["kernel"], strides=a["strides"])(L.ZeroPadding2D(_pairs(a["pads"]))(x))
+    return L.Lambda(lambda t: kops.multiply(t, factor), name=node.name)(pooled)
 
 
 def op_maxpool(graph: Graph, node, xs):
@@ -302,6 +370,74 @@ def op_globalavgpool(graph: Graph, node, xs):
     keepdims = node.attrs.get("keepdims", True)
     return graph.keras.layers.GlobalAveragePooling2D(keepdims=keepdims, name=node.name)(xs[0])
 
+
+
+def _lrn(kops, x, size: int, alpha: float, beta: float, bias: float):
+    """ONNX's LRN in keras.ops on NHWC: x / (bias + alpha / size * window sum of x^2)^beta, the window of channel c
+    from c - (size - 1) // 2 to c + size // 2 (zero-padded squares, summed as `size` shifted slices)."""
+    below = (size - 1) // 2
+    channels = x.shape[-1]
+    squares = kops.pad(x * x, [[0, 0], [0, 0], [0, 0], [below, size - 1 - below]])
+    window = squares[..., :channels]
+    for k in range(1, size):
+        window = window + squares[..., k:k + channels]
+    return x * kops.power(bias + (alpha / size) * window, -beta)
+
+
+def op_lrn(graph: Graph, node, xs):
+    """Keras 3 has no LRN layer, and tf.nn.local_response_normalization would tie the model to the TensorFlow
+    backend (this builder also serves JAX and PyTorch) and can express odd sizes only: a Lambda of keras.ops."""
+    a, kops = node.attrs, graph.keras.ops
+    return graph.keras.layers.Lambda(lambda t: _lrn(kops, t, a["size"], a["alpha"], a["beta"], a["bias"]),
+                                     name=node.name)(xs[0])
+
+
+@functools.cache
+def _constant_class(keras):
+    """A layer holding a constant operand as its weight `value` (NHWC-broadcasting, see constant_value) and
+    multiplying its input by it (`adds`: adding it); Keras has no layer for an elementwise op with a weight."""
+
+    class ConstantOperand(keras.layers.Layer):
+        def __init__(self, value_shape, adds: bool, **kwargs):
+            super().__init__(**kwargs)
+            self.value_shape, self.adds = tuple(value_shape), adds
+
+        def build(self, input_shape):
+            self.value = self.add_weight(shape=self.value_shape, initializer="zeros" if self.adds else "ones",
+                                         name="value")
+
+        def call(self, inputs):
+            return inputs + self.value if self.adds else inputs * self.value
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "value_shape": self.value_shape, "adds": self.adds}
+
+    return ConstantOperand
+
+
+def _constant(graph: Graph, node, xs, adds: bool):
+    shape = to_native(graph.spec, node, "value", graph.spec.params(node)["value"]).shape
+    return _loaded(graph, _constant_class(graph.keras)(shape, adds, name=node.name), node, xs[0])
+
+
+def op_scale(graph: Graph, node, xs):
+    return _constant(graph, node, xs, adds=False)
+
+
+def op_shift(graph: Graph, node, xs):
+    return _constant(graph, node, xs, adds=True)
+
+
+def op_channelshuffle(graph: Graph, node, xs):
+    """ShuffleNet's shuffle in NHWC: channels viewed as (groups, C / groups), the two axes swapped, flattened."""
+    L, groups = graph.keras.layers, node.attrs["groups"]
+    c, h, w = node.output_shape
+    x = L.Reshape((h, w, groups, c // groups))(xs[0])
+    x = L.Permute((1, 2, 4, 3))(x)
+    return L.Reshape((h, w, c), name=node.name)(x)
 
 def _flatten_orders(graph: Graph, node) -> set:
     """The flatten sources (layouts.flatten_sources) of the node's inputs."""

@@ -47,7 +47,7 @@ def native_name(node, param: str) -> str:
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Conv weights are canonical already ((O, I/group, kh, kw), cross-correlation, output channel o in group
     o // (O/group), which is nn.Conv2d's grouping); nn.Linear holds (out, in); BatchNorm2d's four are (C,) as in
-    the registry."""
+    the registry, and a scale's or shift's value is NCHW-broadcasting as the registry's."""
     if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
     return np.ascontiguousarray(value)
@@ -299,6 +299,72 @@ def op_add(spec, node, **_options):
 
 def op_concat(spec, node, **_options):
     return _join_classes()[1]()
+
+
+@functools.cache
+def _lrn_class():
+    import torch
+    import torch.nn as nn
+
+    class MirroredLocalResponseNorm(nn.LocalResponseNorm):
+        """nn.LocalResponseNorm on the channels in reverse order, reversed back. For an even size torch's window
+        reaches size // 2 channels below and (size - 1) // 2 above, ONNX's the other way round; on reversed
+        channels torch's window is ONNX's."""
+
+        def forward(self, x):
+            return torch.flip(super().forward(torch.flip(x, (1,))), (1,))
+
+    return MirroredLocalResponseNorm
+
+
+def op_lrn(spec, node, **_options):
+    """nn.LocalResponseNorm divides alpha by size as ONNX does; its window is ONNX's for odd sizes only."""
+    import torch.nn as nn
+    a = node.attrs
+    cls = nn.LocalResponseNorm if a["size"] % 2 else _lrn_class()
+    return cls(a["size"], alpha=a["alpha"], beta=a["beta"], k=a["bias"])
+
+
+@functools.cache
+def _constant_classes():
+    import torch
+    import torch.nn as nn
+
+    class Scale(nn.Module):
+        """x * value, value an nn.Parameter of the registry's shape (broadcasting, no batch axis); torch has no
+        module for it."""
+
+        def __init__(self, shape):
+            super().__init__()
+            self.value = nn.Parameter(torch.ones(shape))
+
+        def forward(self, x):
+            return x * self.value
+
+    class Shift(Scale):
+        """x + value."""
+
+        def forward(self, x):
+            return x + self.value
+
+    return Scale, Shift
+
+
+def op_scale(spec, node, **_options):
+    scale = _constant_classes()[0](spec.params(node)["value"].shape)
+    _load(scale, spec, node)
+    return scale
+
+
+def op_shift(spec, node, **_options):
+    shift = _constant_classes()[1](spec.params(node)["value"].shape)
+    _load(shift, spec, node)
+    return shift
+
+
+def op_channelshuffle(spec, node, **_options):
+    import torch.nn as nn
+    return nn.ChannelShuffle(node.attrs["groups"])
 
 
 @functools.cache

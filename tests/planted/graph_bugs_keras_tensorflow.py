@@ -12,4 +12,18 @@ def _bn_epsilon():
     module.op_batchnorm = op_batchnorm
 
 
-BUGS = {"bn-epsilon": _bn_epsilon}
+def _channel_shuffle_transposed_wrong():
+    # the NHWC port of the shuffle reshaped to (H, W, C/g, g) instead of (H, W, g, C/g): the transpose then
+    # applies the inverse permutation of the channels
+    module = importlib.import_module("builders.keras_tensorflow")
+
+    def op_channelshuffle(graph, node, xs):
+        L, groups = graph.keras.layers, node.attrs["groups"]
+        c, h, w = node.output_shape
+        x = L.Reshape((h, w, c // groups, groups))(xs[0])
+        x = L.Permute((1, 2, 4, 3))(x)
+        return L.Reshape((h, w, c), name=node.name)(x)
+    module.op_channelshuffle = op_channelshuffle
+
+
+BUGS = {"bn-epsilon": _bn_epsilon, "channel-shuffle-transposed-wrong": _channel_shuffle_transposed_wrong}

@@ -12,4 +12,15 @@ def _leakyrelu_slope():
     module.op_leakyrelu = op_leakyrelu
 
 
-BUGS = {"leakyrelu-slope": _leakyrelu_slope}
+def _lrn_alpha():
+    # alpha multiplied by size, TensorFlow's convention ported to nn.LocalResponseNorm, which divides by size itself
+    module = importlib.import_module("builders.pytorch")
+
+    def op_lrn(spec, node, **_options):
+        import torch.nn as nn
+        a = node.attrs
+        return nn.LocalResponseNorm(a["size"], alpha=a["alpha"] * a["size"], beta=a["beta"], k=a["bias"])
+    module.op_lrn = op_lrn
+
+
+BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha}
