@@ -26,6 +26,9 @@ CASES = [
     ("depthwise-mapping", "tflearn", "blocks", "depthwise_depthwise_0_Conv"),  # multiplier and channel axes swapped
     ("bn-scale-bias-swapped", "tensorlayer", "blocks", "stem_stem_1_BatchNormalization"),
     ("dilation-ignored", "keras-theano", "blocks", "right_right_0_Conv"),  # pads shrunk so every shape matches
+    ("lrn-alpha", "pytorch", "graph", "lrn11"),  # TensorFlow's convention: alpha not divided by size
+    ("channel-shuffle-transposed-wrong", "keras-tensorflow", "graph", "reshape6"),
+    ("shift-sign", "tensorlayer", "graph", "sub10"),
 ]
 
 
