@@ -56,20 +56,31 @@ def _depthwise_channels(spec, node) -> int | None:
     return channels if node.kind == "conv" and group > 1 and group == channels else None
 
 
+def _flat_operand(spec, node, value):
+    """The (C, H, W) a constant scale or shift operand's input was flattened from, where that input is in the
+    (H, W, C) order of Keras's Flatten and the operand (F,) has one value per element; else None."""
+    source = layouts.flatten_source_of(spec, node.inputs[0])
+    return source if source is not None and value.shape == (int(np.prod(source)),) else None
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Kernels as conv_kernel (grouped convs too: (O, I/G, kh, kw) like any other), depthwise_kernel and
-    dense_kernel say; every other parameter (biases, batch-norm vectors) as it is."""
+    dense_kernel say; a constant operand of a flattened vector in Flatten's (H, W, C) order; every other
+    parameter (biases, batch-norm vectors, constant operands of maps: NCHW as the canonical) as it is."""
     if (node.kind, param) == ("conv", "weight"):
         channels = _depthwise_channels(spec, node)
         return depthwise_kernel(value, channels) if channels else conv_kernel(value)
     if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    if param == "value" and (source := _flat_operand(spec, node, value)):
+        return layouts.chw_rows_to_hwc(value.reshape(-1, 1), source).reshape(value.shape)
     return np.ascontiguousarray(value)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native: depthwise (kh, kw, C, m) back to (C * m, 1, kh, kw); otherwise undo the spatial flip
-    for Theano's true convolution, then HWIO -> OIHW; dense rows back from (H, W, C) to (C, H, W) order."""
+    for Theano's true convolution, then HWIO -> OIHW; dense rows and flat constant operands back from (H, W, C)
+    to (C, H, W) order."""
     if (node.kind, param) == ("conv", "weight") and _depthwise_channels(spec, node):
         kh, kw, channels, multiplier = value.shape
         return np.ascontiguousarray(value.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw))
@@ -77,6 +88,8 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
         return layouts.hwio_to_oihw(value[::-1, ::-1, :, :])
     if (node.kind, param) == ("dense", "weight"):
         return layouts.hwc_rows_to_chw(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    if param == "value" and (source := _flat_operand(spec, node, value)):
+        return layouts.hwc_rows_to_chw(value.reshape(-1, 1), source).reshape(value.shape)
     return np.ascontiguousarray(value)
 
 
@@ -526,6 +539,78 @@ def op_batchnorm(spec, node, inputs, **_options):
     _load(bn, spec, node)
     return y
 
+
+
+def op_lrn(spec, node, inputs, **_options):
+    """Keras 2 has no LRN layer: ONNX's LRN in keras.backend. The squares are zero-padded along the channel axis
+    (temporal_padding of the (N, C, H * W) view) by the window's reach below and above, (size - 1) // 2 and the
+    rest (asymmetric for even sizes, as ONNX defines it), and summed over `size` shifted slices; alpha is divided
+    by size, as ONNX does."""
+    K, a = library().backend, node.attrs
+    size, channels, (height, width) = a["size"], spec.input_shapes(node)[0][0], spec.input_shapes(node)[0][1:]
+    below = (size - 1) // 2
+
+    def lrn(x):
+        squares = K.reshape(K.square(x), (-1, channels, height * width))
+        padded = K.temporal_padding(squares, (below, size - 1 - below))
+        window_sums = K.reshape(sum(padded[:, i:i + channels] for i in range(size)), (-1, channels, height, width))
+        return x / K.pow(a["bias"] + a["alpha"] / size * window_sums, a["beta"])
+    return _lambda(node, lrn, *inputs)
+
+
+@functools.cache
+def _constant_operand(keras):
+    """A layer holding a constant operand `value` of the registry's shape (the input's without the batch axis,
+    broadcasting along its axes of size 1) as a weight, applied with Keras's elementwise multiply or add: Keras 2
+    has Multiply and Add layers of two tensors only. The weight is reshaped with a leading 1, which makes Theano
+    broadcast along every axis of size 1 (a shared variable's own axes never broadcast)."""
+    from keras import backend as K
+
+    class ConstantOperand(keras.layers.Layer):
+        def __init__(self, shape, operation, **kwargs):
+            super().__init__(**kwargs)
+            self.shape, self.operation = tuple(shape), operation
+
+        def build(self, input_shape):
+            self.value = self.add_weight(name="value", shape=self.shape, initializer="zeros")
+            super().build(input_shape)
+
+        def call(self, inputs):
+            value = K.reshape(self.value, (1, *self.shape))
+            return inputs * value if self.operation == "multiply" else inputs + value
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "shape": self.shape, "operation": self.operation}
+
+    return ConstantOperand
+
+
+def _constant_operation(spec, node, inputs, operation):
+    layer = _constant_operand(library())(spec.params(node)["value"].shape, operation, name=node.name)
+    y = layer(*inputs)
+    _load(layer, spec, node)
+    return y
+
+
+def op_scale(spec, node, inputs, **_options):
+    return _constant_operation(spec, node, inputs, "multiply")
+
+
+def op_shift(spec, node, inputs, **_options):
+    return _constant_operation(spec, node, inputs, "add")
+
+
+def op_channelshuffle(spec, node, inputs, **_options):
+    """Keras's Reshape, Permute, Reshape, as ONNX writes it: the channels viewed as (groups, C / groups), those two
+    axes swapped, flattened back."""
+    L, groups = library().layers, node.attrs["groups"]
+    channels, height, width = spec.input_shapes(node)[0]
+    y = L.Reshape((groups, channels // groups, height, width), name=f"{node.name}_groups")(*inputs)
+    y = L.Permute((2, 1, 3, 4), name=f"{node.name}_transpose")(y)
+    return L.Reshape((channels, height, width), name=node.name)(y)
 
 # --- the model ----------------------------------------------------------------------------------------------
 

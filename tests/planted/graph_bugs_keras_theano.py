@@ -21,4 +21,18 @@ def _dilation_ignored():
     module.op_conv = op_conv
 
 
-BUGS = {"dilation-ignored": _dilation_ignored}
+def _shuffle_groups_swapped():
+    # the channel shuffle's channels viewed as (C / groups, groups) instead of (groups, C / groups) before the
+    # transpose: every shape stays valid, the channels land in another order (a shuffle of C / groups groups)
+    module = importlib.import_module("builders.keras_theano")
+
+    def op_channelshuffle(spec, node, inputs, **_options):
+        L, groups = module.library().layers, node.attrs["groups"]
+        channels, height, width = spec.input_shapes(node)[0]
+        y = L.Reshape((channels // groups, groups, height, width), name=f"{node.name}_groups")(*inputs)
+        y = L.Permute((2, 1, 3, 4), name=f"{node.name}_transpose")(y)
+        return L.Reshape((channels, height, width), name=node.name)(y)
+    module.op_channelshuffle = op_channelshuffle
+
+
+BUGS = {"dilation-ignored": _dilation_ignored, "shuffle-groups-swapped": _shuffle_groups_swapped}
