@@ -29,6 +29,7 @@ CASES = [
     ("lrn-alpha", "pytorch", "graph", "lrn11"),  # TensorFlow's convention: alpha not divided by size
     ("channel-shuffle-transposed-wrong", "keras-tensorflow", "graph", "reshape6"),
     ("shift-sign", "tensorlayer", "graph", "sub10"),
+    ("shuffle-groups-swapped", "keras-theano", "graph", "reshape6"),  # channels viewed as (C/g, g)
 ]
 
 
