@@ -105,6 +105,15 @@ def import_model(path) -> ModelSpec:
         raise ModelError(f"{path}: {IMPORTER_BUG}: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
+def normalized_model(path) -> onnx.ModelProto:
+    """The model at path in the form the importer reads (spec.onnx_normalize), for a reference that cannot run
+    the original (onnxruntime implements no kernels for some ops of old opsets)."""
+    try:
+        return normalize(load_onnx(path))[0]
+    except NormalizeError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
 IMPORTER_BUG = "the importer failed on this model (a bug: please report it with the file)"
 
 
