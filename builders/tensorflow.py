@@ -106,9 +106,6 @@ def _window(tf, spec, node) -> tuple:
     a = node.attrs
     in_hw = tuple(spec.shape_of(node.inputs[0])[1:])
     mode = ir.padding_mode(in_hw, ops.effective_kernel(a), a["strides"], a["pads"])
-    if mode == "explicit" and node.kind == "avgpool" and not a["count_include_pad"]:
-        raise Unsupported(f"{node.name}: tf.nn.avg_pool2d excludes padding from the average only for "
-                          f"padding='SAME', not explicit pads {tuple(a['pads'])}")
     if mode == "explicit":
         # TF's own SAME max pool ignores padding; an explicit pad must never win
         return "VALID", _padder(tf, a["pads"], float("-inf") if node.kind == "maxpool" else 0.0)
@@ -157,7 +154,14 @@ def op_maxpool(tf, spec, node, params):
 
 def op_avgpool(tf, spec, node, params):
     padding, pad = _window(tf, spec, node)
-    kernel, strides = list(node.attrs["kernel"]), list(node.attrs["strides"])
+    a = node.attrs
+    kernel, strides = list(a["kernel"]), list(a["strides"])
+    if padding == "VALID" and not a["count_include_pad"] and any(a["pads"]):
+        # tf.nn.avg_pool2d excludes padding from the average only for padding='SAME': explicit pads divide the
+        # zero-padded window's mean by the share of the window in bounds, an average pool of padded ones
+        ones = [1, *spec.shape_of(node.inputs[0])[1:], 1]
+        return lambda xs, training, masks: (tf.nn.avg_pool2d(pad(xs[0]), kernel, strides, "VALID")
+                                            / tf.nn.avg_pool2d(pad(tf.ones(ones)), kernel, strides, "VALID"))
     return lambda xs, training, masks: tf.nn.avg_pool2d(pad(xs[0]), kernel, strides, padding)
 
 

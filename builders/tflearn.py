@@ -197,10 +197,20 @@ def op_avgpool(net, node, x):
     if mode != "valid" and a["count_include_pad"]:
         x, mode = _pad(net.tf, x, a["pads"]), "valid"  # TF 'same' would exclude the padding
     elif mode == "explicit":
-        raise Unsupported(f"{node.name}: average pooling that excludes padding is only 'same' in tflearn, "
-                          f"pads {a['pads']} are not")
+        return _avgpool_in_bounds(net, node, x)
     return net.tflearn.avg_pool_2d(x, list(a["kernel"]), list(a["strides"]), padding=mode,
                                    name=layouts.safe_name(node.name))
+
+
+def _avgpool_in_bounds(net, node, x):
+    """tflearn's average pooling excludes padding only for 'same': explicit pads divide the zero-padded window's
+    mean by the share of the window in bounds, the same pooling of padded ones."""
+    a, tf, name = node.attrs, net.tf, layouts.safe_name(node.name)
+    kernel, strides = list(a["kernel"]), list(a["strides"])
+    ones = tf.ones([1, *net.spec.shape_of(node.inputs[0])[1:], 1])
+    share = net.tflearn.avg_pool_2d(_pad(tf, ones, a["pads"]), kernel, strides, padding="valid", name=f"{name}_share")
+    return tf.math.divide(net.tflearn.avg_pool_2d(_pad(tf, x, a["pads"]), kernel, strides, padding="valid"), share,
+                          name=name)
 
 
 def op_relu(net, node, x):
