@@ -56,6 +56,26 @@ def hwc_rows_to_chw(w: np.ndarray, flatten_from) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(c * h * wd, -1))
 
 
+def chw_constant_to_hwc(value: np.ndarray, flatten_from) -> np.ndarray:
+    """A constant broadcasting over one sample (a scale or shift node's value), canonical -> NHWC: rank 3
+    (C, H, W)-style -> (H, W, C)-style, e.g. (C, 1, 1) -> (1, 1, C); a flat (F,) one read against an NHWC
+    flatten's (H, W, C)-ordered vector (flatten_from = its (C, H, W) source) -> that order; a (1,) one as it is."""
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(1, 2, 0))
+    if value.ndim == 1 and value.size > 1:
+        return chw_rows_to_hwc(value.reshape(-1, 1), flatten_from).reshape(-1)
+    return np.ascontiguousarray(value)
+
+
+def hwc_constant_to_chw(value: np.ndarray, flatten_from) -> np.ndarray:
+    """Inverse of chw_constant_to_hwc."""
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(2, 0, 1))
+    if value.ndim == 1 and value.size > 1:
+        return hwc_rows_to_chw(value.reshape(-1, 1), flatten_from).reshape(-1)
+    return np.ascontiguousarray(value)
+
+
 def kernel_to_canonical(spec, index: int, kernel: np.ndarray) -> np.ndarray:
     """A conv or dense node's kernel (or its gradient) in an NHWC library's layout -> canonical layout."""
     if spec.layers[index].kind == "conv":

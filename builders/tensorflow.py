@@ -33,6 +33,14 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
+def constant_value(value: np.ndarray, flatten_from) -> np.ndarray:
+    """A scale or shift node's canonical constant, e.g. (C, 1, 1) -> (1, 1, C), broadcasting over NHWC."""
+    return layouts.chw_constant_to_hwc(value, flatten_from)
+
+
+CONSTANT_KINDS = ("scale", "shift")  # op kinds whose one parameter is a constant broadcasting over the input
+
+
 def versions(**_options) -> dict:
     tf = library()
     return {"tensorflow": tf.__version__, "numpy": np.__version__}
@@ -55,6 +63,8 @@ def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout its tf.Variable holds it in."""
     if param == "weight" and layouts.is_depthwise(spec, node):
         return depthwise_kernel(value, spec.shape_of(node.inputs[0])[0])
+    if node.kind in CONSTANT_KINDS:
+        return constant_value(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
@@ -62,6 +72,8 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
     if param == "weight" and layouts.is_depthwise(spec, node):
         return layouts.hwcm_to_oihw(value)
+    if node.kind in CONSTANT_KINDS:
+        return layouts.hwc_constant_to_chw(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -94,9 +106,6 @@ def _window(tf, spec, node) -> tuple:
     a = node.attrs
     in_hw = tuple(spec.shape_of(node.inputs[0])[1:])
     mode = ir.padding_mode(in_hw, ops.effective_kernel(a), a["strides"], a["pads"])
-    if mode == "explicit" and node.kind == "avgpool" and not a["count_include_pad"]:
-        raise Unsupported(f"{node.name}: tf.nn.avg_pool2d excludes padding from the average only for "
-                          f"padding='SAME', not explicit pads {tuple(a['pads'])}")
     if mode == "explicit":
         # TF's own SAME max pool ignores padding; an explicit pad must never win
         return "VALID", _padder(tf, a["pads"], float("-inf") if node.kind == "maxpool" else 0.0)
@@ -145,7 +154,14 @@ def op_maxpool(tf, spec, node, params):
 
 def op_avgpool(tf, spec, node, params):
     padding, pad = _window(tf, spec, node)
-    kernel, strides = list(node.attrs["kernel"]), list(node.attrs["strides"])
+    a = node.attrs
+    kernel, strides = list(a["kernel"]), list(a["strides"])
+    if padding == "VALID" and not a["count_include_pad"] and any(a["pads"]):
+        # tf.nn.avg_pool2d excludes padding from the average only for padding='SAME': explicit pads divide the
+        # zero-padded window's mean by the share of the window in bounds, an average pool of padded ones
+        ones = [1, *spec.shape_of(node.inputs[0])[1:], 1]
+        return lambda xs, training, masks: (tf.nn.avg_pool2d(pad(xs[0]), kernel, strides, "VALID")
+                                            / tf.nn.avg_pool2d(pad(tf.ones(ones)), kernel, strides, "VALID"))
     return lambda xs, training, masks: tf.nn.avg_pool2d(pad(xs[0]), kernel, strides, padding)
 
 
@@ -275,6 +291,57 @@ def op_batchnorm(tf, spec, node, params):
             running_var.assign(momentum * running_var + (1.0 - momentum) * var)
         return tf.nn.batch_normalization(xs[0], mean, var, bias, scale, epsilon)
     return batchnorm
+
+
+def _feature_map(spec, node, what: str) -> tuple:
+    """The node's (C, H, W) input shape; Unsupported for a flat one."""
+    shape = spec.shape_of(node.inputs[0])
+    if len(shape) != 3:
+        raise Unsupported(f"{node.name}: {what} of a {shape} input, not NCHW")
+    return shape
+
+
+def op_lrn(tf, spec, node, params):
+    """tf.nn.local_response_normalization sums x^2 over 2r+1 channels and multiplies that sum by its alpha as it
+    is: ONNX divides alpha by size. An even size reaches one channel further above than below, which depth_radius
+    cannot say: that window's sum is composed of tf.pad and slices of x^2 over the channel axis."""
+    _feature_map(spec, node, "local response normalisation")
+    a = node.attrs
+    size, bias, beta = a["size"], a["bias"], a["beta"]
+    alpha = a["alpha"] / size
+    if size % 2 == 1:
+        return lambda xs, training, masks: tf.nn.local_response_normalization(xs[0], (size - 1) // 2, bias, alpha,
+                                                                              beta)
+    below, above = (size - 1) // 2, size - 1 - (size - 1) // 2
+    channels = spec.shape_of(node.inputs[0])[0]
+
+    def lrn(xs, training, masks):
+        squares = tf.pad(tf.square(xs[0]), [[0, 0], [0, 0], [0, 0], [below, above]])
+        window = tf.math.add_n([squares[..., k:k + channels] for k in range(size)])
+        return xs[0] * tf.pow(bias + alpha * window, -beta)
+    return lrn
+
+
+def op_scale(tf, spec, node, params):
+    value = params["value"]
+    return lambda xs, training, masks: tf.math.multiply(xs[0], value)
+
+
+def op_shift(tf, spec, node, params):
+    value = params["value"]
+    return lambda xs, training, masks: tf.math.add(xs[0], value)
+
+
+def op_channelshuffle(tf, spec, node, params):
+    """ONNX's (N, g, C/g, H, W) -> transpose (0, 2, 1, 3, 4) -> (N, C, H, W), in NHWC: (N, H, W, g, C/g) ->
+    transpose (0, 1, 2, 4, 3) -> (N, H, W, C)."""
+    channels, height, width = _feature_map(spec, node, "channel shuffle")
+    groups = node.attrs["groups"]
+
+    def shuffle(xs, training, masks):
+        grouped = tf.reshape(xs[0], [-1, height, width, groups, channels // groups])
+        return tf.reshape(tf.transpose(grouped, [0, 1, 2, 4, 3]), [-1, height, width, channels])
+    return shuffle
 
 
 def _graph_class():

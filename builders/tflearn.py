@@ -35,10 +35,20 @@ def dense_kernel(w, flatten_from):
     return layouts.chw_rows_to_hwc(w, flatten_from)
 
 
+def constant_value(value, flatten_from):
+    """A scale or shift node's canonical constant, e.g. (C, 1, 1) -> (1, 1, C), broadcasting over NHWC."""
+    return layouts.chw_constant_to_hwc(value, flatten_from)
+
+
+CONSTANT_KINDS = ("scale", "shift")  # op kinds whose one parameter is a constant broadcasting over the input
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout tflearn's variable holds it in."""
     if param == "weight" and layouts.is_depthwise(spec, node):
         return depthwise_kernel(value, spec.shape_of(node.inputs[0])[0])
+    if node.kind in CONSTANT_KINDS:
+        return constant_value(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
@@ -46,6 +56,8 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
     if param == "weight" and layouts.is_depthwise(spec, node):
         return layouts.hwcm_to_oihw(value)
+    if node.kind in CONSTANT_KINDS:
+        return layouts.hwc_constant_to_chw(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -185,10 +197,20 @@ def op_avgpool(net, node, x):
     if mode != "valid" and a["count_include_pad"]:
         x, mode = _pad(net.tf, x, a["pads"]), "valid"  # TF 'same' would exclude the padding
     elif mode == "explicit":
-        raise Unsupported(f"{node.name}: average pooling that excludes padding is only 'same' in tflearn, "
-                          f"pads {a['pads']} are not")
+        return _avgpool_in_bounds(net, node, x)
     return net.tflearn.avg_pool_2d(x, list(a["kernel"]), list(a["strides"]), padding=mode,
                                    name=layouts.safe_name(node.name))
+
+
+def _avgpool_in_bounds(net, node, x):
+    """tflearn's average pooling excludes padding only for 'same': explicit pads divide the zero-padded window's
+    mean by the share of the window in bounds, the same pooling of padded ones."""
+    a, tf, name = node.attrs, net.tf, layouts.safe_name(node.name)
+    kernel, strides = list(a["kernel"]), list(a["strides"])
+    ones = tf.ones([1, *net.spec.shape_of(node.inputs[0])[1:], 1])
+    share = net.tflearn.avg_pool_2d(_pad(tf, ones, a["pads"]), kernel, strides, padding="valid", name=f"{name}_share")
+    return tf.math.divide(net.tflearn.avg_pool_2d(_pad(tf, x, a["pads"]), kernel, strides, padding="valid"), share,
+                          name=name)
 
 
 def op_relu(net, node, x):
@@ -310,6 +332,61 @@ def op_batchnorm(net, node, x):
     net.hold(node, scale=y.gamma, bias=y.beta, mean=running[f"{scope}/moving_mean:0"],
              var=running[f"{scope}/moving_variance:0"])
     return y
+
+
+def _feature_map(net, node, what: str) -> tuple:
+    """The node's (C, H, W) input shape; Unsupported for a flat one."""
+    shape = net.spec.shape_of(node.inputs[0])
+    if len(shape) != 3:
+        raise Unsupported(f"{node.name}: {what} of a {shape} input, not NCHW")
+    return shape
+
+
+def op_lrn(net, node, x):
+    """tflearn's local_response_normalization is tf.nn.lrn: a sum of x^2 over 2r+1 channels, multiplied by its
+    alpha as it is, where ONNX divides alpha by size. An even size reaches one channel further above than below,
+    which depth_radius cannot say: that window's sum is composed of tf.pad and slices of x^2 over the channels."""
+    channels = _feature_map(net, node, "local response normalisation")[0]
+    a, tf = node.attrs, net.tf
+    size, bias, beta = a["size"], a["bias"], a["beta"]
+    alpha = a["alpha"] / size
+    if size % 2 == 1:
+        return net.tflearn.layers.normalization.local_response_normalization(
+            x, depth_radius=(size - 1) // 2, bias=bias, alpha=alpha, beta=beta, name=layouts.safe_name(node.name))
+    below, above = (size - 1) // 2, size - 1 - (size - 1) // 2
+    with tf.name_scope(layouts.safe_name(node.name)):
+        squares = tf.pad(tf.square(x), [[0, 0], [0, 0], [0, 0], [below, above]])
+        window = tf.add_n([squares[..., k:k + channels] for k in range(size)])
+        return x * tf.pow(bias + alpha * window, -beta)
+
+
+def _constant(net, node):
+    """The node's constant as a variable made by tflearn (tflearn.variables.variable, in the node's scope, as its
+    layers make theirs), in its NHWC shape."""
+    shape = to_native(net.spec, node, "value", net.spec.weights[f"{node.name}.value"]).shape
+    with net.tf.variable_scope(None, default_name=layouts.safe_name(node.name)):
+        value = net.tflearn.variables.variable("value", shape=list(shape), initializer=net.tf.zeros_initializer())
+    net.hold(node, value=value)
+    return value
+
+
+def op_scale(net, node, x):
+    # tflearn's element-wise merge of the input and the constant, which broadcasts (tf.multiply)
+    return net.tflearn.merge([x, _constant(net, node)], "elemwise_mul", name=layouts.safe_name(node.name))
+
+
+def op_shift(net, node, x):
+    return net.tflearn.merge([x, _constant(net, node)], "elemwise_sum", name=layouts.safe_name(node.name))
+
+
+def op_channelshuffle(net, node, x):
+    """ONNX's (N, g, C/g, H, W) -> transpose (0, 2, 1, 3, 4) -> (N, C, H, W), in NHWC with tflearn's reshape
+    layer: (N, H, W, g, C/g) -> transpose (0, 1, 2, 4, 3) -> (N, H, W, C)."""
+    channels, height, width = _feature_map(net, node, "channel shuffle")
+    groups, name = node.attrs["groups"], layouts.safe_name(node.name)
+    grouped = net.tflearn.reshape(x, [-1, height, width, groups, channels // groups], name=f"{name}_grouped")
+    swapped = net.tf.transpose(grouped, [0, 1, 2, 4, 3], name=f"{name}_transpose")
+    return net.tflearn.reshape(swapped, [-1, height, width, channels], name=name)
 
 
 def op_flatten(net, node, x):

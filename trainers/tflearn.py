@@ -127,6 +127,18 @@ def loss_and_correct(tf, p, y_onehot):
     return loss, correct
 
 
+def carried_weights(tf, built) -> tuple:
+    """(variables, their values) of the builder's model to set in a new tflearn.DNN on its graph, whose session
+    initialises every variable afresh: the trainable ones and the spec's parameters that are not trainable
+    (BatchNorm's running statistics). Closes the builder's session."""
+    with built.session.graph.as_default():
+        weights = tf.trainable_variables()
+        kept = weights + [v for v in built.spec_params.values() if v.name not in {w.name for w in weights}]
+        values = built.session.run(kept)
+    built.session.close()
+    return kept, values
+
+
 def build_options(config: dict) -> dict:
     """The builder options of the model this config trains: the graph seed, and the identical-dropout variant."""
     options = {**config.get("options", {}), "seed": config["seed"]}
@@ -156,10 +168,7 @@ def train(spec, data, config, report) -> None:
     graph, net = built.session.graph, built.net
     with graph.as_default():
         weights = tf.trainable_variables()
-        # the new DNN's session initialises every variable: the running statistics (not trainable) are kept too
-        kept = weights + [v for v in built.spec_params.values() if v.name not in {w.name for w in weights}]
-        values = built.session.run(kept)
-    built.session.close()
+    kept, values = carried_weights(tf, built)
     dump_steps = config.get("dump_steps", 0)
     params = _canonical_params(spec, built) if dump_steps > 0 else []
     if dump_steps > 0 and sorted(var.name for var, _, _ in params) != sorted(var.name for var in weights):

@@ -6,7 +6,7 @@ The traps of trainers/tflearn.py are kept, since they change the arithmetic or m
 variables turned back on after tflearn's import, the canonical RMSProp (mean square from 0) via that trainer's
 optimizer, its canonical loss, and gradient clipping off in canonical mode. The network is built as that trainer
 builds it: the builder's graph and weights, the builder's own session closed, then regression and a new DNN in that
-graph with the weights set.
+graph with the weights set (trainable ones and BatchNorm's running statistics: trainers.tflearn.carried_weights).
 
 final_loss: tflearn computes every step's raw loss for its TensorBoard summary anyway ("Loss/<scope>raw", written
 to tensorboard_dir at each step); after training the last one is read back from that event file, so the loop
@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import masks
-from trainers.tflearn import NATIVE_CLIP_NORM, loss_and_correct, optimizer, setup
+from trainers.tflearn import NATIVE_CLIP_NORM, carried_weights, loss_and_correct, optimizer, setup
 
 
 def _last_raw_loss(tf, logdir: str) -> float:
@@ -42,10 +42,7 @@ def train(spec, data, config) -> EpochTimes:
     tf, tflearn, built = setup(spec, {**config, "dropout_masks": masks.LIBRARY})
     batch_size = config["batch_size"]
     graph, net = built.session.graph, built.net
-    with graph.as_default():
-        weights = tf.trainable_variables()
-        values = built.session.run(weights)
-    built.session.close()
+    kept, values = carried_weights(tf, built)  # BatchNorm's running statistics too, not only trainable variables
 
     logs = tempfile.TemporaryDirectory(prefix="tflearn_plain_logs_")
     with graph.as_default():
@@ -57,7 +54,7 @@ def train(spec, data, config) -> EpochTimes:
                                  batch_size=batch_size, shuffle_batches=False)
         clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
         model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
-        for var, value in zip(weights, values):
+        for var, value in zip(kept, values):
             model.set_weights(var, value)
 
     x_train = layouts.nchw_to_nhwc(data.x_train)

@@ -13,4 +13,16 @@ def _concat_order():
     module.op_concat = op_concat
 
 
-BUGS = {"concat-order": _concat_order}
+def _lrn_alpha_not_divided():
+    # the classic LRN trap: ONNX's alpha handed to tf.nn.local_response_normalization as it is, when TensorFlow
+    # multiplies its plain window sum by alpha and ONNX divides alpha by size first
+    module = importlib.import_module("builders.tensorflow")
+
+    def op_lrn(tf, spec, node, params):
+        a = node.attrs
+        return lambda xs, training, masks: tf.nn.local_response_normalization(xs[0], (a["size"] - 1) // 2, a["bias"],
+                                                                              a["alpha"], a["beta"])
+    module.op_lrn = op_lrn
+
+
+BUGS = {"concat-order": _concat_order, "lrn-alpha-not-divided": _lrn_alpha_not_divided}

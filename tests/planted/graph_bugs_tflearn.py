@@ -15,4 +15,18 @@ def _depthwise_mapping():
     module.depthwise_kernel = depthwise_kernel
 
 
-BUGS = {"depthwise-mapping": _depthwise_mapping}
+def _scale_not_per_channel():
+    # a scale node's canonical (C, H, W)-style constant, broadcast to the full (C, H, W), reshaped to NHWC's (H, W, C)
+    # where a transpose was due: a valid shape, but each channel's factor spread along the rows of the map
+    module = importlib.import_module("builders.tflearn")
+    to_native = module.to_native
+
+    def planted(spec, node, param, value):
+        if node.kind != "scale" or value.ndim != 3:
+            return to_native(spec, node, param, value)
+        c, h, w = spec.shape_of(node.inputs[0])
+        return np.ascontiguousarray(np.broadcast_to(value, (c, h, w)).reshape(h, w, c))
+    module.to_native = planted
+
+
+BUGS = {"depthwise-mapping": _depthwise_mapping, "scale-not-per-channel": _scale_not_per_channel}
