@@ -30,6 +30,8 @@ CASES = [
     ("channel-shuffle-transposed-wrong", "keras-tensorflow", "graph", "reshape6"),
     ("shift-sign", "tensorlayer", "graph", "sub10"),
     ("shuffle-groups-swapped", "keras-theano", "graph", "reshape6"),  # channels viewed as (C/g, g)
+    ("lrn-alpha-not-divided", "tensorflow", "graph", "lrn11"),  # tf.nn.lrn does not divide alpha by size
+    ("scale-not-per-channel", "tflearn", "graph", "mul9"),  # reshaped where a transpose was due
 ]
 
 
