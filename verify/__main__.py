@@ -207,7 +207,9 @@ def main(argv=None) -> int:
         print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the workers were stopped on the way out (verify.equivalence)
-        print("interrupted; nothing was written", file=sys.stderr)
+        kept = args.command == "survey" and args.json
+        print(f"interrupted; the models surveyed so far are in {args.json}" if kept else "interrupted; nothing was written",
+              file=sys.stderr)
         return ExitCode.INTERRUPTED
     print(equivalence.table(report))
     passed = sum(r["status"] == "pass" for r in report["libraries"].values())
