@@ -34,13 +34,12 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
 def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
     """Depthwise (C*M, 1, kh, kw), output channel c*M + m from input channel c -> DepthwiseConv2D's (kh, kw, C, M),
     whose output channel c*M + m is the same one."""
-    return np.ascontiguousarray(w.reshape(channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1))
+    return layouts.oihw_to_hwcm(w, channels)
 
 
 def depthwise_to_canonical(w: np.ndarray) -> np.ndarray:
     """Inverse of depthwise_kernel."""
-    kh, kw, channels, multiplier = w.shape
-    return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw))
+    return layouts.hwcm_to_oihw(w)
 
 
 # TensorFlow's C++ start-up INFO lines; the oneDNN one is written before absl logging is initialised,
@@ -98,8 +97,7 @@ def versions(backend: str = "tensorflow", **_options) -> dict:
 
 def depthwise(spec, node) -> bool:
     """A conv node with one group per input channel (any depth multiplier): a DepthwiseConv2D."""
-    group = node.attrs.get("group", 1)
-    return node.kind == "conv" and group > 1 and group == spec.shape_of(node.inputs[0])[0]
+    return layouts.is_depthwise(spec, node)
 
 
 def constant_value(value: np.ndarray, flatten_from) -> np.ndarray:

@@ -47,13 +47,12 @@ def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
     """(C * m, 1, kh, kw) -> DepthwiseConv2D's (kh, kw, C, m); output channel c * m + j is (c, j) in both.
     Not flipped: Keras 2's Theano depthwise_conv2d flips the kernel itself before Theano's true convolution
     flips it back, so that layer cross-correlates as ONNX does."""
-    return np.ascontiguousarray(w.reshape(channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1))
+    return layouts.oihw_to_hwcm(w, channels)
 
 
 def _depthwise_channels(spec, node) -> int | None:
     """The input channels of a depthwise conv node (group equal to its input channels, > 1), else None."""
-    group, channels = node.attrs.get("group", 1), spec.input_shapes(node)[0][0]
-    return channels if node.kind == "conv" and group > 1 and group == channels else None
+    return spec.input_shapes(node)[0][0] if layouts.is_depthwise(spec, node) else None
 
 
 def _flat_operand(spec, node, value):
@@ -82,8 +81,7 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     for Theano's true convolution, then HWIO -> OIHW; dense rows and flat constant operands back from (H, W, C)
     to (C, H, W) order."""
     if (node.kind, param) == ("conv", "weight") and _depthwise_channels(spec, node):
-        kh, kw, channels, multiplier = value.shape
-        return np.ascontiguousarray(value.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw))
+        return layouts.hwcm_to_oihw(value)
     if (node.kind, param) == ("conv", "weight"):
         return layouts.hwio_to_oihw(value[::-1, ::-1, :, :])
     if (node.kind, param) == ("dense", "weight"):

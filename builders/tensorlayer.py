@@ -39,12 +39,12 @@ def dense_kernel(w, flatten_from):
 def depthwise_kernel(w, channels: int):
     """Canonical (C*M, 1, kh, kw), output channel c*M + m reading input channel c of `channels` C ->
     DepthwiseConv2d's (kh, kw, C, M): tf.nn.depthwise_conv2d's output channel c*M + m is the same."""
-    return np.ascontiguousarray(w.reshape(channels, -1, *w.shape[2:]).transpose(2, 3, 0, 1))
+    return layouts.oihw_to_hwcm(w, channels)
 
 
 def depthwise_kernel_to_canonical(w):
     """Inverse of depthwise_kernel: (kh, kw, C, M) -> (C*M, 1, kh, kw)."""
-    return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(-1, 1, *w.shape[:2]))
+    return layouts.hwcm_to_oihw(w)
 
 
 CONSTANT_KINDS = ("scale", "shift")  # nodes whose one parameter is a constant tensor broadcast against their input
