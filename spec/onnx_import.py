@@ -19,9 +19,10 @@ from spec.onnx_normalize import READ_RANGE, NormalizeError, default_opset, norma
 
 OPSET_RANGE = READ_RANGE  # read as they are; other opsets are converted first (spec.onnx_normalize)
 _TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
-               "Gemm", "MatMul+Add", "Softmax (last axis)", "LogSoftmax (last axis)", "Clip", "ReduceMean (H, W)",
-               "LRN", "Add/Sub/Mul/Div by a constant", "Reshape-Transpose-Reshape (channel shuffle)", "Identity",
-               "Constant")
+               "Gemm", "MatMul+Add", "Softmax (one axis)", "LogSoftmax (one axis)", "Clip", "ReduceMean (H, W)",
+               "LRN", "Add/Sub/Mul/Div by a constant", "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
+               "Identity", "Constant", "Pad (H, W)", "ConvTranspose", "PRelu", "InstanceNormalization", "DepthToSpace",
+               "Squeeze/Unsqueeze ([N, C, 1, 1] <-> [N, C])")
 
 
 class ModelError(ValueError):
@@ -205,6 +206,9 @@ class _Importer:
         self.tensors[self.input_name] = (self.input_name, tuple(dims[1:]))
         self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         nodes = list(self.graph.node)
+        for node in nodes:  # constants read no input: known before any node that reads them, wherever they stand
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self.constants[node.output[0]] = self._constant_node_tensor(node)
         for i in range(len(nodes)):
             if i not in self.consumed:
                 self._visit(nodes, i)
@@ -470,7 +474,8 @@ class _Importer:
         return self._flatten(node, i)
 
     def _op_Reshape(self, node, nodes, i):
-        if len(self.shape) == 3 and self._op_Reshape_shuffle(node, nodes, i):
+        if len(self.shape) == 3 and (self._op_Reshape_shuffle(node, nodes, i) or
+                                     self._op_Reshape_depth_to_space(node, nodes, i)):
             return i + 3
         shape = self._const(node, node.input[1], "shape")
         if shape.dtype.kind not in "iu":
@@ -478,6 +483,8 @@ class _Importer:
         target = [int(v) for v in shape.reshape(-1)]
         features = int(np.prod(self.shape))
         ok_batch = target[:1] and target[0] in (-1, 0) + ((self.batch,) if self.batch else ())
+        if len(self.shape) == 1 and ok_batch and target[1:] in ([features, 1, 1], [-1, 1, 1]):
+            return self._add(node, "unsqueeze", {}, None, node.output[0])
         if len(target) != 2 or not ok_batch or target[1] not in (-1, features) or target == [-1, -1]:
             self.fail(node, f"Reshape to {target} is supported only as a flatten to [N, {features}]")
         return self._flatten(node, i)
@@ -521,12 +528,17 @@ class _Importer:
         return self._dense(node, w, np.zeros(units), node.output[0], i + 1)
 
     def _op_Softmax(self, node, nodes, i):
+        self._softmax(node, "softmax")
+
+    def _softmax(self, node, kind: str):
+        """Softmax or LogSoftmax over the features of [N, F] or one axis of an NCHW map (opset >= 13: one axis)."""
         axis = self._attrs(node).get("axis", -1)
-        if len(self.shape) != 1 or axis not in (-1, 1):
-            self.fail(node, f"only Softmax over the last axis of an [N, F] tensor is supported (axis={axis}, "
-                            f"input shape {('N',) + self.shape})")
-        self._add(node, "softmax", {}, self.shape, node.output[0])
-        return i + 1
+        rank = len(self.shape) + 1
+        if not -rank <= axis < rank or axis % rank == 0:
+            self.fail(node, f"{node.op_type} over axis {axis} of a tensor of shape {('N',) + self.shape} is not "
+                            f"supported (the batch axis, or no such axis)")
+        axis %= rank
+        self._add(node, kind, {} if axis == 1 else {"axis": axis}, self.shape, node.output[0])
 
     def _op_LRN(self, node, nodes, i):
         self._require_spatial(node)
@@ -564,20 +576,26 @@ class _Importer:
             self.fail(node, f"{node.op_type} is supported of a computed tensor and a constant (x {node.op_type} c), "
                             f"or for Add of two computed tensors")
         self.source, self.shape = self.tensors[data]
-        value = self._const(node, constant, "operand")
+        value = self._broadcast_constant(node, constant, "constant")
+        if kind == "scale" and node.op_type == "Div" and (value == 0).any():
+            self.fail(node, f"divides by zero (constant {constant!r})")
+        self._add(node, kind, {}, self.shape, node.output[0], {"value": convert(value.astype(np.float64))})
+
+    def _broadcast_constant(self, node, name: str, what: str) -> np.ndarray:
+        """Initializer `name` at the input's rank without the batch axis, as ONNX broadcasting (right-aligned)
+        lays it onto the input."""
+        value = self._const(node, name, what)
         if value.ndim > len(self.shape) + 1 or (value.ndim == len(self.shape) + 1 and value.shape[0] != 1):
-            self.fail(node, f"constant {constant!r} of shape {value.shape} would broadcast over the batch axis")
+            self.fail(node, f"{what} {name!r} of shape {value.shape} would broadcast over the batch axis")
         value = value.reshape(value.shape[-len(self.shape):] if value.ndim > len(self.shape) else value.shape)
         value = value.reshape((1,) * (len(self.shape) - value.ndim) + value.shape)
         try:
             np.broadcast_shapes(value.shape, self.shape)
         except ValueError:
-            self.fail(node, f"constant {constant!r} of shape {value.shape} does not broadcast onto {self.shape}")
+            self.fail(node, f"{what} {name!r} of shape {value.shape} does not broadcast onto {self.shape}")
         if np.broadcast_shapes(value.shape, self.shape) != tuple(self.shape):
-            self.fail(node, f"constant {constant!r} of shape {value.shape} would enlarge the tensor {self.shape}")
-        if kind == "scale" and node.op_type == "Div" and (value == 0).any():
-            self.fail(node, f"divides by zero (constant {constant!r})")
-        self._add(node, kind, {}, self.shape, node.output[0], {"value": convert(value.astype(np.float64))})
+            self.fail(node, f"{what} {name!r} of shape {value.shape} would enlarge the tensor {self.shape}")
+        return value
 
     def _op_Reshape_shuffle(self, node, nodes, i):
         """Reshape (N, g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (N, C, H, W): a channel shuffle."""
@@ -660,11 +678,143 @@ class _Importer:
         self._add(node, "clip", {"min": float(low), "max": float(high)}, self.shape, node.output[0])
 
     def _op_LogSoftmax(self, node, nodes, i):
-        axis = self._attrs(node).get("axis", -1)
-        if len(self.shape) != 1 or axis not in (-1, 1):
-            self.fail(node, f"only LogSoftmax over the last axis of an [N, F] tensor is supported (axis={axis}, "
-                            f"input shape {('N',) + self.shape})")
-        self._add(node, "logsoftmax", {}, self.shape, node.output[0])
+        self._softmax(node, "logsoftmax")
+
+    def _op_Pad(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ops.PAD_MODES:
+            self.fail(node, f"mode {mode!r} is not supported (constant, reflect, edge)")
+        pads = attrs.get("pads")  # opset < 11: an attribute
+        if len(node.input) > 1 and node.input[1]:
+            pads = self._const(node, node.input[1], "pads").reshape(-1)
+        if len(node.input) > 3 and node.input[3]:
+            self.fail(node, "the axes input is not supported")
+        pads = [int(p) for p in (pads if pads is not None else [])]
+        if len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)):
+            self.fail(node, f"pads {pads}: only padding of H and W of an NCHW tensor is supported")
+        if any(p < 0 for p in pads):
+            self.fail(node, f"negative pads {pads} (cropping) are not supported")
+        top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
+        if mode == "reflect" and (max(top, bottom) >= self.shape[1] or max(left, right) >= self.shape[2]):
+            self.fail(node, f"reflect padding {pads} reaches beyond the {self.shape[1]}x{self.shape[2]} input")
+        value = attrs.get("value", 0.0)
+        if len(node.input) > 2 and node.input[2]:
+            value = self._scalar(node, node.input[2], "constant_value")
+        extra = {"value": float(value)} if mode == "constant" and value else {}
+        self._add(node, "pad", {"pads": (top, left, bottom, right), "mode": mode, **extra}, None, node.output[0])
+
+    def _op_ConvTranspose(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        w = self._const(node, node.input[1], "weight")
+        if w.ndim != 4 or w.shape[0] != self.shape[0]:
+            self.fail(node, f"weight {node.input[1]!r} has shape {w.shape}; expected ({self.shape[0]}, out, kh, kw)")
+        if attrs.get("group", 1) != 1:
+            self.fail(node, f"group {attrs['group']} is not supported (transposed convolution of one group only)")
+        if "output_shape" in attrs:
+            self.fail(node, "the output_shape attribute is not supported; give pads and output_padding")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET":
+            self.fail(node, f"auto_pad {auto_pad!r} is not supported; give pads")
+        kernel = tuple(attrs.get("kernel_shape", w.shape[2:]))
+        strides, pads = tuple(attrs.get("strides", (1, 1))), tuple(attrs.get("pads", (0, 0, 0, 0)))
+        dilations, padding = tuple(attrs.get("dilations", (1, 1))), tuple(attrs.get("output_padding", (0, 0)))
+        if kernel != w.shape[2:] or len(strides) != 2 or len(pads) != 4 or len(dilations) != 2 or len(padding) != 2:
+            self.fail(node, f"kernel {kernel}, strides {strides}, pads {pads}: only 2-D windows matching the weight "
+                            f"{w.shape} are supported")
+        if min(*strides, *dilations) < 1 or min(pads) < 0 or not all(0 <= p < s for p, s in zip(padding, strides)):
+            self.fail(node, f"invalid strides {strides}, dilations {dilations}, pads {pads} or output_padding "
+                            f"{padding} (each below its stride)")
+        b = self._const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[1])
+        if b.shape != (w.shape[1],):
+            self.fail(node, f"bias {node.input[2]!r} has shape {b.shape}; expected ({w.shape[1]},)")
+        out = {"filters": int(w.shape[1]), "kernel": kernel, "strides": strides, "pads": pads,
+               **self._non_default({"output_padding": padding, "dilations": dilations}, output_padding=(0, 0),
+                                   dilations=(1, 1))}
+        shape = ops.get("convtranspose").shape(out, [self.shape])
+        if min(shape[1:]) < 1:
+            self.fail(node, f"pads {pads} crop the whole output")
+        self._add(node, "convtranspose", out, shape, node.output[0], {"weight": w, "bias": b})
+
+    def _op_PRelu(self, node, nodes, i):
+        slope = self._broadcast_constant(node, node.input[1], "slope")
+        if slope.shape[1:] != (1,) * (len(self.shape) - 1):
+            self.fail(node, f"slope {node.input[1]!r} lies on {('N',) + self.shape} as {slope.shape}: only one slope "
+                            f"per channel or one shared slope is supported")
+        self._add(node, "prelu", {}, self.shape, node.output[0], {"slope": slope})
+
+    def _op_InstanceNormalization(self, node, nodes, i):
+        self._require_spatial(node)
+        params = {}
+        for name, what in zip(node.input[1:3], ("scale", "bias")):
+            params[what] = self._const(node, name, what)
+            if params[what].shape != (self.shape[0],):
+                self.fail(node, f"{what} {name!r} has shape {params[what].shape}; expected ({self.shape[0]},)")
+        if len(params) != 2:
+            self.fail(node, "expected 3 inputs (input, scale, B)")
+        self._add(node, "instancenorm", {"epsilon": float(self._attrs(node).get("epsilon", 1e-5))}, self.shape,
+                  node.output[0], params)
+
+    def _op_DepthToSpace(self, node, nodes, i):
+        self._require_spatial(node)
+        attrs = self._attrs(node)
+        mode = attrs.get("mode", b"DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        block = attrs.get("blocksize")
+        if mode not in ("DCR", "CRD") or not isinstance(block, int) or block < 1 or self.shape[0] % block**2:
+            self.fail(node, f"blocksize {block} (must divide the {self.shape[0]} channels as its square) or mode "
+                            f"{mode!r} (DCR, CRD) not supported")
+        self._add(node, "depthtospace", {"blocksize": block, "mode": mode}, None, node.output[0])
+
+    def _op_Squeeze(self, node, nodes, i):
+        axes = self._axes(node)
+        if len(self.shape) != 3 or self.shape[1:] != (1, 1) or sorted(a % 4 for a in (axes or (2, 3))) != [2, 3]:
+            self.fail(node, f"Squeeze of axes {axes} of {('N',) + self.shape} is supported only from [N, C, 1, 1] to "
+                            f"[N, C]")
+        return self._flatten(node, i)
+
+    def _op_Unsqueeze(self, node, nodes, i):
+        axes = self._axes(node)
+        if len(self.shape) != 1 or sorted(a % 4 for a in (axes or ())) != [2, 3]:
+            self.fail(node, f"Unsqueeze of axes {axes} of {('N',) + self.shape} is supported only from [N, F] to "
+                            f"[N, F, 1, 1]")
+        self._add(node, "unsqueeze", {}, None, node.output[0])
+
+    def _axes(self, node):
+        axes = self._attrs(node).get("axes")  # opset < 13: an attribute
+        if len(node.input) > 1 and node.input[1]:
+            axes = self._const(node, node.input[1], "axes").reshape(-1)
+        return None if axes is None else [int(a) for a in axes]
+
+    def _op_Reshape_depth_to_space(self, node, nodes, i):
+        """Reshape (N, C', b, b, H, W) -> Transpose (0, 1, 4, 2, 5, 3) -> Reshape (N, C', H*b, W*b), PyTorch's
+        pixel shuffle, or the DCR order (N, b, b, C', H, W) with (0, 3, 4, 1, 5, 2): a depth to space."""
+        readers = [j for j, n in enumerate(nodes) if node.output[0] in n.input]
+        transpose = nodes[readers[0]] if len(readers) == 1 else None
+        if transpose is None or transpose.op_type != "Transpose":
+            return None
+        perm = list(self._attrs(transpose).get("perm", []))
+        modes = {(0, 1, 4, 2, 5, 3): "CRD", (0, 3, 4, 1, 5, 2): "DCR"}
+        after = [j for j, n in enumerate(nodes) if transpose.output[0] in n.input]
+        back = nodes[after[0]] if len(after) == 1 else None
+        if tuple(perm) not in modes or back is None or back.op_type != "Reshape":
+            return None
+        mode = modes[tuple(perm)]
+        first = [int(v) for v in self._const(node, node.input[1], "shape").reshape(-1)]
+        c, h, w = self.shape
+        block = first[2] if mode == "CRD" and len(first) == 6 else first[1] if len(first) == 6 else 0
+        if block < 1 or c % block**2:
+            return None
+        expected = [c // block**2, block, block, h, w] if mode == "CRD" else [block, block, c // block**2, h, w]
+        target = [int(v) for v in self._const(back, back.input[1], "shape").reshape(-1)]
+        if first[1:] != expected or target[1:] != [c // block**2, h * block, w * block]:
+            return None
+        self.consumed.update(readers + after)
+        self._add(node, "depthtospace", {"blocksize": block, "mode": mode}, None, back.output[0])
+        return True
 
 
 def supported_ops() -> tuple:

@@ -299,17 +299,22 @@ elementwise("dropout", (), lambda x, a: x, lambda x, y, a: np.ones_like(x), 0,
             "dropout; attrs rate (identity at inference)")
 
 
+def _axis(attrs) -> int:
+    return attrs.get("axis", 1)
+
+
 def _softmax_forward(attrs, params, xs):
-    e = np.exp(xs[0] - xs[0].max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True), None
+    e = np.exp(xs[0] - xs[0].max(axis=_axis(attrs), keepdims=True))
+    return e / e.sum(axis=_axis(attrs), keepdims=True), None
 
 
 def _softmax_backward(attrs, params, xs, p, cache, g):
-    return [p * (g - (g * p).sum(axis=1, keepdims=True))], {}
+    return [p * (g - (g * p).sum(axis=_axis(attrs), keepdims=True))], {}
 
 
 register(Op("softmax", ("Softmax",), _softmax_forward, _softmax_backward, _per_element(5),
-            doc="softmax over the last axis of an [N, F] tensor"))
+            doc="softmax over the class axis of an [N, F] tensor, or over one axis of an NCHW map; attrs axis "
+                "(default 1: the features or channels)"))
 register(Op("flatten", ("Flatten",), lambda a, p, xs: (xs[0].reshape(len(xs[0]), -1), None),
             lambda a, p, xs, y, cache, g: ([g.reshape(xs[0].shape)], {}), _per_element(0),
             shape=lambda a, ins: (math.prod(ins[0]),),
@@ -317,16 +322,16 @@ register(Op("flatten", ("Flatten",), lambda a, p, xs: (xs[0].reshape(len(xs[0]),
 
 
 def _log_softmax_forward(attrs, params, xs):
-    shifted = xs[0] - xs[0].max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)), None
+    shifted = xs[0] - xs[0].max(axis=_axis(attrs), keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=_axis(attrs), keepdims=True)), None
 
 
 def _log_softmax_backward(attrs, params, xs, y, cache, g):
-    return [g - np.exp(y) * g.sum(axis=1, keepdims=True)], {}
+    return [g - np.exp(y) * g.sum(axis=_axis(attrs), keepdims=True)], {}
 
 
 register(Op("logsoftmax", ("LogSoftmax",), _log_softmax_forward, _log_softmax_backward, _per_element(5),
-            doc="log of softmax over the last axis of an [N, F] tensor (a model ending in log-probabilities)"))
+            doc="log of softmax (a model ending in log-probabilities); attrs axis as softmax's"))
 
 
 # --- graph ops: several inputs ---------------------------------------------------------------------------
@@ -468,3 +473,149 @@ register(Op("channelshuffle", (), lambda a, p, xs: (_shuffle(xs[0], a["groups"])
             lambda a, p, xs, y, cache, g: ([_shuffle(g, g.shape[1] // a["groups"])], {}), _per_element(0),
             doc="ShuffleNet's channel shuffle: channels viewed as (groups, C/groups), transposed, flattened "
                 "(ONNX Reshape, Transpose, Reshape); attrs groups"))
+
+
+# --- padding, transposed convolution, PReLU, instance norm, depth to space, unsqueeze ----------------------
+
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge"}  # ONNX mode -> numpy.pad mode
+
+
+def _pad_sources(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    """For each padded position along one axis, the input index it copies; -1 where it holds the constant."""
+    index = np.arange(size)
+    if mode == "constant":
+        return np.pad(index, (before, after), constant_values=-1)
+    return np.pad(index, (before, after), mode=PAD_MODES[mode])
+
+
+def _pad_forward(attrs, params, xs):
+    top, left, bottom, right = attrs["pads"]
+    rows = _pad_sources(xs[0].shape[2], top, bottom, attrs["mode"])
+    cols = _pad_sources(xs[0].shape[3], left, right, attrs["mode"])
+    y = xs[0][:, :, np.maximum(rows, 0)][:, :, :, np.maximum(cols, 0)]
+    outside = (rows < 0)[:, None] | (cols < 0)[None, :]
+    return np.where(outside, attrs.get("value", 0.0), y), (rows, cols, outside)
+
+
+def _pad_backward(attrs, params, xs, y, cache, g):
+    rows, cols, outside = cache
+    dx = np.zeros_like(xs[0])
+    g = np.where(outside, 0.0, g)
+    r, c = np.meshgrid(np.maximum(rows, 0), np.maximum(cols, 0), indexing="ij")
+    np.add.at(dx, (slice(None), slice(None), r, c), g)  # reflected and repeated edges collect every copy's gradient
+    return [dx], {}
+
+
+register(Op("pad", ("Pad",), _pad_forward, _pad_backward, _per_element(0),
+            shape=lambda a, ins: (ins[0][0], ins[0][1] + a["pads"][0] + a["pads"][2],
+                                  ins[0][2] + a["pads"][1] + a["pads"][3]),
+            doc="padding of H and W; attrs pads (top, left, bottom, right), mode constant | reflect | edge "
+                "(ONNX's: reflect mirrors without repeating the border, edge repeats it), value (constant mode)"))
+
+
+def _convtranspose_shape(attrs, in_shapes):
+    (kh, kw), (sh, sw), (oph, opw) = effective_kernel(attrs), attrs["strides"], attrs.get("output_padding", (0, 0))
+    top, left, bottom, right = attrs["pads"]
+    _, h, w = in_shapes[0]
+    return (attrs["filters"], sh * (h - 1) + oph + kh - top - bottom, sw * (w - 1) + opw + kw - left - right)
+
+
+def _convtranspose_forward(attrs, params, xs):
+    """The input gradient of the convolution with the same weight, kernel, strides, pads and dilations."""
+    x, w = xs[0], params["weight"]
+    out = _convtranspose_shape(attrs, [x.shape[1:]])
+    spread = np.einsum("nchw,coij->nohwij", x, w, optimize=True)
+    y = _scatter_windows((len(x), *out), spread, attrs)
+    return y + params["bias"][None, :, None, None], None
+
+
+def _convtranspose_backward(attrs, params, xs, y, cache, g):
+    win = _windows(_pad(g, attrs["pads"]), attrs)[:, :, :xs[0].shape[2], :xs[0].shape[3]]
+    return [np.einsum("nohwij,coij->nchw", win, params["weight"], optimize=True)], {
+        "weight": np.einsum("nchw,nohwij->coij", xs[0], win, optimize=True), "bias": g.sum(axis=(0, 2, 3))}
+
+
+def _convtranspose_fans(shape):
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+register(Op(
+    "convtranspose", ("ConvTranspose",), _convtranspose_forward, _convtranspose_backward,
+    flops=lambda a, ins, out, input_grad: _mac_flops(
+        math.prod(ins[0]) * a["filters"] * math.prod(a["kernel"]), math.prod(out), input_grad),
+    shape=_convtranspose_shape,
+    params=(Param("weight", "(in, out, kh, kw): the weight of the convolution it transposes", "glorot_uniform",
+                  _convtranspose_fans),
+            Param("bias", "(out,)")),
+    doc="transposed 2-D convolution (the input gradient of a convolution); attrs filters, kernel, strides, pads "
+        "(cropped from the full output), output_padding (rows and columns added at the bottom and right, default "
+        "(0, 0)), dilations (default (1, 1))"))
+
+
+def _prelu_forward(attrs, params, xs):
+    return np.where(xs[0] > 0, xs[0], params["slope"] * xs[0]), None
+
+
+def _prelu_backward(attrs, params, xs, y, cache, g):
+    x, slope = xs[0], params["slope"]
+    return [np.where(x > 0, g, slope * g)], {"slope": _reduce_to(np.where(x > 0, 0.0, g * x), slope.shape)}
+
+
+register(Op("prelu", ("PRelu",), _prelu_forward, _prelu_backward, _per_element(2),
+            params=(Param("slope", "the input's rank without the batch axis: (C, 1, 1) per channel or (1, 1, 1) "
+                                   "shared ((F,) or (1,) after a flatten)", "zeros"),),
+            doc="x if x > 0 else slope * x, with a learned slope per channel or one shared"))
+
+
+def _instancenorm_forward(attrs, params, xs):
+    x = xs[0]
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    inv = 1.0 / np.sqrt(x.var(axis=(2, 3), keepdims=True) + attrs["epsilon"])
+    xhat = (x - mean) * inv
+    return xhat * _channel(params["scale"]) + _channel(params["bias"]), (xhat, inv)
+
+
+def _instancenorm_backward(attrs, params, xs, y, cache, g):
+    xhat, inv = cache
+    dxhat = g * _channel(params["scale"])
+    dx = inv * (dxhat - dxhat.mean(axis=(2, 3), keepdims=True) - xhat * (dxhat * xhat).mean(axis=(2, 3), keepdims=True))
+    return [dx], {"scale": (g * xhat).sum(axis=(0, 2, 3)), "bias": g.sum(axis=(0, 2, 3))}
+
+
+register(Op("instancenorm", ("InstanceNormalization",), _instancenorm_forward, _instancenorm_backward,
+            lambda a, ins, out, input_grad: (6 * math.prod(out), 10 * math.prod(out)),
+            params=(Param("scale", "(C,)", "ones"), Param("bias", "(C,)")),
+            attrs={"epsilon": 1e-5},
+            doc="instance normalisation: each image's channel normalised by its own mean and (biased) variance over "
+                "H and W, then scale and bias per channel; attrs epsilon"))
+
+
+def _depth_to_space(x, block: int, mode: str):
+    n, c, h, w = x.shape
+    if mode == "DCR":
+        v = x.reshape(n, block, block, c // block**2, h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        v = x.reshape(n, c // block**2, block, block, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return v.reshape(n, c // block**2, h * block, w * block)
+
+
+def _space_to_depth(g, block: int, mode: str):
+    n, c, h, w = g.shape
+    v = g.reshape(n, c, h // block, block, w // block, block)
+    v = v.transpose(0, 3, 5, 1, 2, 4) if mode == "DCR" else v.transpose(0, 1, 3, 5, 2, 4)
+    return v.reshape(n, c * block**2, h // block, w // block)
+
+
+register(Op("depthtospace", ("DepthToSpace",),
+            lambda a, p, xs: (_depth_to_space(xs[0], a["blocksize"], a["mode"]), None),
+            lambda a, p, xs, y, cache, g: ([_space_to_depth(g, a["blocksize"], a["mode"])], {}), _per_element(0),
+            shape=lambda a, ins: (ins[0][0] // a["blocksize"] ** 2, ins[0][1] * a["blocksize"],
+                                  ins[0][2] * a["blocksize"]),
+            attrs={"blocksize": None, "mode": "DCR"},
+            doc="channels moved into blocksize x blocksize spatial blocks; attrs blocksize, mode DCR (ONNX's default: "
+                "channel index (i, j, c)) or CRD (PyTorch's PixelShuffle: (c, i, j))"))
+register(Op("unsqueeze", (), lambda a, p, xs: (xs[0].reshape(*xs[0].shape, 1, 1), None),
+            lambda a, p, xs, y, cache, g: ([g.reshape(xs[0].shape)], {}), _per_element(0),
+            shape=lambda a, ins: (ins[0][0], 1, 1),
+            doc="[N, F] -> [N, F, 1, 1] (ONNX Reshape or Unsqueeze to a 1x1 map; Flatten is the way back)"))

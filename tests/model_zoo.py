@@ -5,7 +5,9 @@ Together they cover: kernel sizes 1/3/5, strides 1/2, symmetric, asymmetric and 
 padding, max and average pooling (with and without counted padding), Flatten and Reshape,
 Gemm with transB 0/1, MatMul followed by Add, Dropout and Tanh; and graphs: residual Add, channel Concat,
 BatchNormalization, depthwise and dilated convolution, global average pooling, the common activations, a model
-ending in LogSoftmax, and an old-opset file whose weights are computed by ConstantOfShape nodes.
+ending in LogSoftmax, the layers of image-to-image models (padding modes, PRelu,
+transposed and dilated convolution, instance norm, depth to space), and an old-opset file whose weights are
+computed by ConstantOfShape nodes.
 """
 from __future__ import annotations
 
@@ -42,10 +44,15 @@ class _Graph:
         b = self.param(f"{name}.b", (c_out,), scale=0.1)
         return self.add("Conv", (w, b), kernel_shape=[k, k], **attrs)
 
-    def save(self, path: Path, input_shape, opset=17) -> Path:
+    def constant(self, name, value):
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def save(self, path: Path, input_shape, opset=17, output_shape=(10,)) -> Path:
         graph = helper.make_graph(
             self.nodes, "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])],
-            [helper.make_tensor_value_info(self.current, TensorProto.FLOAT, ["N", 10])], initializer=self.inits)
+            [helper.make_tensor_value_info(self.current, TensorProto.FLOAT, ["N", *output_shape])],
+            initializer=self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8
         onnx.checker.check_model(model, full_check=True)
@@ -247,6 +254,43 @@ def graph_cnn(path: Path) -> Path:
     return g.save(path, (3, 32, 32))
 
 
+def layers_cnn(path: Path) -> Path:
+    """A hand-written chain of the layers image-to-image models use: Pad (reflect, edge, constant 0.5), PRelu (per
+    channel and shared), ConvTranspose (output padding; dilated), InstanceNormalization, DepthToSpace (DCR) and
+    PyTorch's pixel shuffle (Reshape-Transpose-Reshape, CRD), Softmax over channels and LogSoftmax over W of a map,
+    Squeeze and Unsqueeze; it ends in a softmax over the classes of an [N, 10, 1, 1] map."""
+    g = _Graph(seed=31)
+    i64 = np.int64
+    g.add("Pad", (g.constant("pad1", np.array([0, 0, 1, 2, 0, 0, 2, 1], i64)),), mode="reflect")  # 12 -> 15
+    g.conv(3, 8, 3)  # 13
+    g.add("PRelu", (g.constant("slope8", g.rng.uniform(0.05, 0.3, (8, 1, 1)).astype(np.float32)),))
+    g.add("Pad", (g.constant("pad2", np.array([0, 0, 0, 1, 0, 0, 1, 0], i64)),), mode="edge")  # 14
+    g.add("ConvTranspose", (g.param("up.w", (8, 6, 3, 3)), g.param("up.b", (6,), scale=0.1)), kernel_shape=[3, 3],
+          strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])  # 28
+    g.add("InstanceNormalization", (g.constant("in.s", g.rng.uniform(0.5, 1.5, 6).astype(np.float32)),
+                                    g.constant("in.b", g.rng.uniform(-0.2, 0.2, 6).astype(np.float32))), epsilon=1e-4)
+    g.add("PRelu", (g.constant("slope1", np.array([0.2], np.float32)),))
+    g.conv(6, 16, 3, strides=[2, 2], pads=[1, 1, 1, 1])  # 14
+    g.add("DepthToSpace", blocksize=2, mode="DCR")  # 4 x 28 x 28
+    g.add("ConvTranspose", (g.param("dil.w", (4, 4, 2, 2)),), kernel_shape=[2, 2], dilations=[2, 2],
+          pads=[1, 0, 0, 1])  # 29
+    g.add("Pad", (g.constant("pad3", np.array([0, 0, 1, 0, 0, 0, 0, 1], i64)), g.constant("half", np.float32(0.5))),
+          mode="constant")  # 30
+    g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2])  # 15
+    g.add("Softmax", axis=1)
+    g.conv(4, 16, 3, strides=[2, 2])  # 7
+    g.add("Reshape", (g.constant("shuffle_in", np.array([-1, 4, 2, 2, 7, 7], i64)),))  # PyTorch's PixelShuffle(2)
+    g.add("Transpose", perm=[0, 1, 4, 2, 5, 3])
+    g.add("Reshape", (g.constant("shuffle_out", np.array([-1, 4, 14, 14], i64)),))
+    g.add("LogSoftmax", axis=3)
+    g.add("GlobalAveragePool")
+    g.add("Squeeze", (g.constant("hw", np.array([2, 3], i64)),))
+    g.add("Gemm", (g.param("fc.w", (4, 10)), g.param("fc.b", (10,), scale=0.1)))
+    g.add("Unsqueeze", ("hw",))
+    g.add("Softmax", axis=1)
+    return g.save(path, (3, 12, 12), output_shape=(10, 1, 1))
+
+
 def opset9_cnn(path: Path) -> Path:
     """An opset-9 file as old Caffe2 exports are (onnx's own 'light' zoo models): weights computed by
     ConstantOfShape nodes, initializers listed among the graph inputs, IR version 3."""
@@ -289,6 +333,7 @@ def write_all(folder: Path) -> dict:
         "activations": activations_cnn(folder / "activations.onnx"),
         "opset9": opset9_cnn(folder / "opset9.onnx"),
         "graph": graph_cnn(folder / "graph.onnx"),
+        "layers": layers_cnn(folder / "layers.onnx"),
     }
 
 

@@ -34,6 +34,13 @@ CASES = {
     "scale": ({}, (3, 4, 4)),
     "shift": ({}, (3, 4, 4)),
     "channelshuffle": ({"groups": 3}, (6, 2, 2)),
+    "pad": ({"pads": (2, 1, 1, 3), "mode": "reflect"}, (2, 4, 5)),
+    "convtranspose": ({"filters": 3, "kernel": (3, 2), "strides": (2, 3), "pads": (1, 0, 0, 1),
+                       "output_padding": (1, 2)}, (2, 4, 3)),
+    "prelu": ({}, (3, 4, 4)),
+    "instancenorm": ({"epsilon": 1e-3}, (3, 4, 5)),
+    "depthtospace": ({"blocksize": 2, "mode": "CRD"}, (8, 2, 3)),
+    "unsqueeze": ({}, (5,)),
 }
 # ops of several inputs: (attrs, input shapes)
 MULTI = {"add": ({}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)]), "concat": ({}, [(2, 3, 3), (1, 3, 3), (3, 3, 3)])}
@@ -46,6 +53,13 @@ VARIANTS = {
     "dilated max pool": ("maxpool", {"kernel": (2, 2), "strides": (1, 2), "pads": (0, 1, 1, 0),
                                      "dilations": (2, 2)}, (2, 6, 6)),
     "global mean, no kept axes": ("globalavgpool", {"keepdims": False}, (3, 2, 5)),
+    "edge padding": ("pad", {"pads": (3, 0, 1, 2), "mode": "edge"}, (2, 3, 3)),
+    "constant padding": ("pad", {"pads": (1, 2, 0, 1), "mode": "constant", "value": 1.5}, (2, 3, 3)),
+    "dilated transposed conv": ("convtranspose", {"filters": 2, "kernel": (2, 3), "strides": (1, 2), "pads": (1, 1, 0, 2),
+                                                  "dilations": (2, 2)}, (3, 4, 4)),
+    "depth to space, DCR": ("depthtospace", {"blocksize": 2, "mode": "DCR"}, (8, 2, 3)),
+    "softmax over W": ("softmax", {"axis": 3}, (2, 3, 4)),
+    "log softmax over channels": ("logsoftmax", {}, (3, 2, 2)),
 }
 
 
@@ -60,7 +74,11 @@ def _params(op, attrs, in_shape, rng):
                        "bias": (attrs.get("filters", 0),)},
               "dense": {"weight": (in_shape[0], attrs.get("units", 0)), "bias": (attrs.get("units", 0),)},
               "batchnorm": dict.fromkeys(("scale", "bias", "mean", "var"), (channels,)),
-              "scale": {"value": (channels, 1, 1)}, "shift": {"value": (channels, 1, 1)}}
+              "convtranspose": {"weight": (channels, attrs.get("filters", 0), *attrs.get("kernel", (1, 1))),
+                                "bias": (attrs.get("filters", 0),)},
+              "instancenorm": {"scale": (channels,), "bias": (channels,)},
+              "scale": {"value": (channels, 1, 1)}, "shift": {"value": (channels, 1, 1)},
+              "prelu": {"slope": (channels, 1, 1)}}
     params = {p: rng.standard_normal(shapes[op.kind][p]) for p in op.param_names}
     if "var" in params:
         params["var"] = np.abs(params["var"]) + 0.1
@@ -142,7 +160,8 @@ def test_a_wrong_tanh_derivative_is_caught(monkeypatch):
 
 
 def test_parameters_are_asked_of_the_registry():
-    assert [k for k, op in ops.REGISTRY.items() if op.params] == ["conv", "dense", "batchnorm", "scale", "shift"]
+    assert [k for k, op in ops.REGISTRY.items() if op.params] == ["conv", "dense", "batchnorm", "scale", "shift", "convtranspose",
+                                                                "prelu", "instancenorm"]
     assert ops.get("conv").param_names == ("weight", "bias")
     with pytest.raises(KeyError, match="unknown op kind 'nope'"):
         ops.get("nope")
@@ -164,3 +183,46 @@ def test_lrn_forward_is_onnx_s_with_alpha_divided_by_size(size):
     assert np.abs(got - expected).max() < 1e-5
     tf_style, _ = ops.get("lrn").forward({**attrs, "alpha": attrs["alpha"] * size}, {}, [x.astype(np.float64)])
     assert np.abs(tf_style - expected).max() > 1e-3  # alpha not divided by size: the trap is visible at this scale
+
+
+ONNX_FORWARD = {  # (ONNX op, its attributes, the registry's attrs, input shape)
+    "reflect pad": ("Pad", {"mode": "reflect"}, VARIANTS["edge padding"][1] | {"mode": "reflect"}, (2, 4, 4)),
+    "edge pad": ("Pad", {"mode": "edge"}, VARIANTS["edge padding"][1], (2, 3, 3)),
+    "constant pad": ("Pad", {"mode": "constant"}, VARIANTS["constant padding"][1], (2, 3, 3)),
+    "dilated transposed conv": ("ConvTranspose", {}, VARIANTS["dilated transposed conv"][1], (3, 4, 4)),
+    "transposed conv, output padding": ("ConvTranspose", {}, CASES["convtranspose"][0], (2, 4, 3)),
+    "depth to space, DCR": ("DepthToSpace", {"blocksize": 2, "mode": "DCR"}, VARIANTS["depth to space, DCR"][1],
+                            (8, 2, 3)),
+    "depth to space, CRD": ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, CASES["depthtospace"][0], (8, 2, 3)),
+    "instance norm": ("InstanceNormalization", {"epsilon": 1e-3}, CASES["instancenorm"][0], (3, 4, 5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONNX_FORWARD))
+def test_new_op_forward_matches_onnxruntime(case):
+    """Padding modes, transposed convolution, depth to space and instance norm are ONNX's as onnxruntime runs them."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    op_type, onnx_attrs, attrs, in_shape = ONNX_FORWARD[case]
+    op = ops.get({"Pad": "pad", "ConvTranspose": "convtranspose", "DepthToSpace": "depthtospace",
+                  "InstanceNormalization": "instancenorm"}[op_type])
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *in_shape)).astype(np.float32)
+    params = {k: v.astype(np.float32) for k, v in _params(op, attrs, in_shape, rng).items()}
+    inits = [numpy_helper.from_array(params[p], p) for p in op.param_names]
+    if op_type == "Pad":
+        top, left, bottom, right = attrs["pads"]
+        inits = [numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), "pads"),
+                 numpy_helper.from_array(np.array(attrs.get("value", 0.0), np.float32), "value")]
+    if op_type == "ConvTranspose":
+        onnx_attrs = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
+                      "pads": list(attrs["pads"]), "dilations": list(attrs.get("dilations", (1, 1))),
+                      "output_padding": list(attrs.get("output_padding", (0, 0)))}
+    node = helper.make_node(op_type, ["x"] + [t.name for t in inits], ["y"], **onnx_attrs)
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got, _ = op.forward(attrs, {k: v.astype(np.float64) for k, v in params.items()}, [x.astype(np.float64)])
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
