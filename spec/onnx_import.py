@@ -464,9 +464,31 @@ class _Importer:
         self._add(node, "dropout", {"rate": float(rate)}, self.shape, node.output[0])
         return i + 1
 
-    def _flatten(self, node, i):
-        self._add(node, "flatten", {}, (int(np.prod(self.shape)),), node.output[0])
+    def _flatten(self, node, i, order: str = "CHW", output: str | None = None):
+        self._add(node, "flatten", {"order": order} if order != "CHW" else {}, (int(np.prod(self.shape)),),
+                  output or node.output[0])
         return i + 1
+
+    def _op_Transpose(self, node, nodes, i):
+        """NCHW -> NHWC right before a flatten: a flatten in (H, W, C) order (how tf2onnx writes a Keras Flatten)."""
+        perm = list(self._attrs(node).get("perm", []))
+        readers = [n for n in nodes if node.output[0] in n.input]
+        nxt = readers[0] if len(readers) == 1 else None
+        if perm == [0, 2, 3, 1] and len(self.shape) == 3 and nxt is not None and nxt.input[0] == node.output[0] and \
+                self._flattens(nxt):
+            self.consumed.add(nodes.index(nxt))
+            return self._flatten(nxt, i, order="HWC", output=nxt.output[0])
+        self.fail(node, f"Transpose {perm} of {('N',) + self.shape} is supported only as NCHW -> NHWC right before "
+                        f"a flatten, or as part of a channel shuffle or depth to space")
+
+    def _flattens(self, node) -> bool:
+        """Whether `node` (reading an NHWC view of this tensor) flattens it to [N, F]."""
+        if node.op_type == "Flatten":
+            return self._attrs(node).get("axis", 1) == 1
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in self.constants:
+            return False
+        target = [int(v) for v in numpy_helper.to_array(self.constants[node.input[1]]).reshape(-1)]
+        return len(target) == 2 and target[0] in (-1, 0, self.batch) and target[1] in (-1, int(np.prod(self.shape)))
 
     def _op_Flatten(self, node, nodes, i):
         if self._attrs(node).get("axis", 1) != 1:

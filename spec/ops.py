@@ -315,10 +315,22 @@ def _softmax_backward(attrs, params, xs, p, cache, g):
 register(Op("softmax", ("Softmax",), _softmax_forward, _softmax_backward, _per_element(5),
             doc="softmax over the class axis of an [N, F] tensor, or over one axis of an NCHW map; attrs axis "
                 "(default 1: the features or channels)"))
-register(Op("flatten", ("Flatten",), lambda a, p, xs: (xs[0].reshape(len(xs[0]), -1), None),
-            lambda a, p, xs, y, cache, g: ([g.reshape(xs[0].shape)], {}), _per_element(0),
+def _flatten_forward(attrs, params, xs):
+    x = xs[0].transpose(0, 2, 3, 1) if attrs.get("order", "CHW") == "HWC" else xs[0]
+    return x.reshape(len(x), -1), None
+
+
+def _flatten_backward(attrs, params, xs, y, cache, g):
+    if attrs.get("order", "CHW") == "HWC":
+        n, c, h, w = xs[0].shape
+        return [g.reshape(n, h, w, c).transpose(0, 3, 1, 2)], {}
+    return [g.reshape(xs[0].shape)], {}
+
+
+register(Op("flatten", ("Flatten",), _flatten_forward, _flatten_backward, _per_element(0),
             shape=lambda a, ins: (math.prod(ins[0]),),
-            doc="[N, C, H, W] -> [N, C*H*W] in (C, H, W) order"))
+            doc="[N, C, H, W] -> [N, C*H*W] in (C, H, W) order; attrs order: HWC flattens in (H, W, C) order (a "
+                "Keras model's Flatten as tf2onnx writes it: Transpose to NHWC, then Reshape)"))
 
 
 def _log_softmax_forward(attrs, params, xs):

@@ -78,7 +78,7 @@ def bad_models(tmp_path):
     cases["unknown_domain"] = (save("unknown_domain", _graph([foreign], [], opsets={"com.example": 1})),
                                ["alien", "com.example"])
     softmax = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=0)
-    cases["softmax_axis"] = (save("softmax_axis", _graph([softmax], [])), ["sm", "last axis"])
+    cases["softmax_axis"] = (save("softmax_axis", _graph([softmax], [])), ["sm", "the batch axis"])
 
     # memory guard: sizes declared in headers, refused before anything of that size is allocated
     huge = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32))

@@ -60,6 +60,7 @@ VARIANTS = {
     "depth to space, DCR": ("depthtospace", {"blocksize": 2, "mode": "DCR"}, (8, 2, 3)),
     "softmax over W": ("softmax", {"axis": 3}, (2, 3, 4)),
     "log softmax over channels": ("logsoftmax", {}, (3, 2, 2)),
+    "flatten in HWC order": ("flatten", {"order": "HWC"}, (3, 2, 4)),
 }
 
 
