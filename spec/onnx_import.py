@@ -425,14 +425,14 @@ class _Importer:
     def _pool(self, node, kind: str, i: int, extra: dict):
         self._require_spatial(node)
         attrs = self._attrs(node)
-        if attrs.get("ceil_mode", 0):
-            self.fail(node, "ceil_mode=1 is not supported")
         if attrs.get("storage_order", 0):
             self.fail(node, "storage_order=1 is not supported")
         if len(node.output) > 1 and node.output[1]:
             self.fail(node, "the Indices output is not supported")
         kernel = tuple(attrs["kernel_shape"])
         strides, pads, out_hw = self._window(node, attrs, kernel)
+        if attrs.get("ceil_mode", 0):
+            pads, out_hw = self._ceil_pads(node, kind, attrs, kernel, strides, pads, extra)
         if kind == "avgpool" and tuple(attrs.get("dilations", (1, 1))) != (1, 1):
             self.fail(node, "dilated average pooling is not supported")
         if kind == "maxpool":
@@ -440,6 +440,24 @@ class _Importer:
         self._add(node, kind, {"kernel": kernel, "strides": strides, "pads": pads, **extra},
                   (self.shape[0],) + out_hw, node.output[0])
         return i + 1
+
+    def _ceil_pads(self, node, kind, attrs, kernel, strides, pads, extra) -> tuple:
+        """ceil_mode=1 as extra bottom and right padding: windows that start inside the input or its top/left
+        padding and hang over the end (ONNX's and PyTorch's rule); those cells count as -inf for max pooling and
+        are not counted by an average that excludes padding."""
+        extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, attrs.get("dilations", (1, 1))))
+        more, out_hw = [0, 0], []
+        for a in (0, 1):
+            size, before, after = self.shape[1 + a], pads[a], pads[a + 2]
+            out = -(-(size + before + after - extent[a]) // strides[a]) + 1
+            if (out - 1) * strides[a] >= size + before:
+                out -= 1
+            more[a] = max((out - 1) * strides[a] + extent[a] - (size + before + after), 0)
+            out_hw.append(out)
+        if kind == "avgpool" and extra.get("count_include_pad") and any(more):
+            self.fail(node, "ceil_mode=1 with count_include_pad=1 is not supported (the cells past the end are not "
+                            "counted while the padding is)")
+        return (pads[0], pads[1], pads[2] + more[0], pads[3] + more[1]), tuple(out_hw)
 
     def _op_MaxPool(self, node, nodes, i):
         return self._pool(node, "maxpool", i, {})

@@ -215,3 +215,26 @@ def test_a_computed_weight_is_folded_and_initializer_inputs_are_weights(zoo):
     assert np.all(spec.weights["gemm5.bias"] == np.float32(0.05))  # the ConstantOfShape fill
     assert any("initializers listed among the graph inputs" in note for note in spec.notes)
     assert any("ConstantOfShape" in note and "folded" in note for note in spec.notes)
+
+
+@pytest.mark.parametrize("op_type, size, kernel, stride, pad", [
+    ("MaxPool", 6, 3, 2, 0), ("MaxPool", 7, 2, 3, 1), ("MaxPool", 9, 3, 2, 1),
+    ("AveragePool", 6, 3, 2, 0), ("AveragePool", 8, 2, 3, 1), ("AveragePool", 9, 3, 2, 1)])
+def test_ceil_mode_becomes_extra_padding_that_onnxruntime_agrees_with(tmp_path, op_type, size, kernel, stride, pad):
+    """ceil_mode=1: windows hanging over the end are kept (as bottom/right padding) unless they would start past
+    the input; the float64 reference on the imported node equals onnxruntime on the original."""
+    import onnxruntime as ort
+
+    from spec.reference64 import Reference
+
+    attrs = {"kernel_shape": [kernel, kernel], "strides": [stride, stride], "pads": [pad] * 4, "ceil_mode": 1}
+    node = helper.make_node(op_type, ["x"], ["y"], name="pool", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "h", "w"])])
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    x = np.random.default_rng(size).standard_normal((2, 2, size, size)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    spec = import_model(path)
+    got = Reference(spec, spec.weights).outputs(x)[spec.layers[0].name]
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
