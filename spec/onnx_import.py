@@ -203,9 +203,10 @@ class _Importer:
             raise ModelError(f"{self.path}: expected one graph output, found {len(self.graph.output)}")
         self.input_name = inputs[0].name
         dims = self._input_dims(inputs[0])
-        self.tensors[self.input_name] = (self.input_name, tuple(dims[1:]))
-        self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         nodes = list(self.graph.node)
+        self.layout = self._channels_last_input(nodes)
+        self.tensors[self.input_name] = (self.input_name, self.shape_in)
+        self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         for node in nodes:  # constants read no input: known before any node that reads them, wherever they stand
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 self.constants[node.output[0]] = self._constant_node_tensor(node)
@@ -223,7 +224,23 @@ class _Importer:
         _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, {ACTIVATION_COPIES} "
                                   f"copies of one image)", ACTIVATION_COPIES * per_image)
         return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch,
-                         self.notes)
+                         self.notes, self.layout)
+
+    def _channels_last_input(self, nodes: list) -> str:
+        """"NHWC" when every reader of a 4-D graph input is a Transpose to NCHW (as tf2onnx writes a Keras model's
+        input): the spec then takes NCHW images and those Transposes read as the input itself; else "NCHW"."""
+        readers = [(j, n) for j, n in enumerate(nodes) if self.input_name in n.input]
+        if len(self.shape_in) != 3 or not readers or any(
+                n.op_type != "Transpose" or list(self._attrs(n).get("perm", [])) != [0, 3, 1, 2] for _, n in readers):
+            return "NCHW"
+        h, w, c = self.shape_in
+        self.shape_in = (c, h, w)
+        for j, n in readers:
+            self.consumed.add(j)
+            self.tensors[n.output[0]] = (self.input_name, self.shape_in)
+        self.notes += (f"input {self.input_name!r} is NHWC {['N', h, w, c]}; its Transpose to NCHW is read as the "
+                       f"input, and onnxruntime is given the images channels-last",)
+        return "NHWC"
 
     def _keep_what_the_output_needs(self, output: str) -> None:
         """Drop nodes the output does not depend on, and make the output node the last one."""
