@@ -20,7 +20,8 @@ from spec.onnx_normalize import READ_RANGE, NormalizeError, default_opset, norma
 OPSET_RANGE = READ_RANGE  # read as they are; other opsets are converted first (spec.onnx_normalize)
 _TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
                "Gemm", "MatMul+Add", "Softmax (one axis)", "LogSoftmax (one axis)", "Clip", "ReduceMean (H, W)",
-               "LRN", "Add/Sub/Mul/Div by a constant", "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
+               "LRN", "Add/Sub/Mul/Div by a constant", "Mul of two tensors",
+               "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
                "Identity", "Constant", "Pad (H, W)", "ConvTranspose", "PRelu", "InstanceNormalization", "DepthToSpace",
                "Squeeze/Unsqueeze ([N, C, 1, 1] <-> [N, C])")
 
@@ -186,6 +187,7 @@ class _Importer:
         self.names: set[str] = set()
         self.tensors: dict[str, tuple] = {}  # ONNX tensor -> (IR tensor name, shape without the batch axis)
         self.consumed: set[str] = set()  # ONNX nodes already imported as part of another (MatMul's Add)
+        self.nhwc_views: dict[str, tuple] = {}  # ONNX tensor -> (IR tensor, shape) it is an NHWC transpose of
 
     def fail(self, node, message: str):
         raise ModelError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
@@ -275,6 +277,8 @@ class _Importer:
         if node.op_type in ("Add", "Mul") and len(node.input) == 2 and node.input[0] not in self.tensors and \
                 node.input[1] in self.tensors:
             node = onnx.helper.make_node(node.op_type, node.input[::-1], node.output, name=node.name)  # c + x
+        if node.input[0] in self.nhwc_views:
+            return self._read_nhwc_view(node, i)
         if node.input[0] not in self.tensors:
             where = "a weight, not a tensor the model computes" if node.input[0] in self.constants else \
                 "not computed by any earlier node (graph not in topological order, or a cycle)"
@@ -505,16 +509,25 @@ class _Importer:
         return i + 1
 
     def _op_Transpose(self, node, nodes, i):
-        """NCHW -> NHWC right before a flatten: a flatten in (H, W, C) order (how tf2onnx writes a Keras Flatten)."""
+        """NCHW -> NHWC: a view that a flatten (in (H, W, C) order) or a mean over H and W may read, as tf2onnx
+        writes a Keras model's Flatten and GlobalAveragePooling2D."""
         perm = list(self._attrs(node).get("perm", []))
-        readers = [n for n in nodes if node.output[0] in n.input]
-        nxt = readers[0] if len(readers) == 1 else None
-        if perm == [0, 2, 3, 1] and len(self.shape) == 3 and nxt is not None and nxt.input[0] == node.output[0] and \
-                self._flattens(nxt):
-            self.consumed.add(nodes.index(nxt))
-            return self._flatten(nxt, i, order="HWC", output=nxt.output[0])
-        self.fail(node, f"Transpose {perm} of {('N',) + self.shape} is supported only as NCHW -> NHWC right before "
-                        f"a flatten, or as part of a channel shuffle or depth to space")
+        if perm != [0, 2, 3, 1] or len(self.shape) != 3:
+            self.fail(node, f"Transpose {perm} of {('N',) + self.shape} is supported only as NCHW -> NHWC before a "
+                            f"flatten or a mean over H and W, or as part of a channel shuffle or depth to space")
+        self.nhwc_views[node.output[0]] = (self.source, self.shape)
+
+    def _read_nhwc_view(self, node, i):
+        self.source, self.shape = self.nhwc_views[node.input[0]]
+        if self._flattens(node):
+            return self._flatten(node, i, order="HWC")
+        if node.op_type == "ReduceMean":
+            axes = self._axes(node)
+            keep = self._attrs(node).get("keepdims", 1)
+            if axes is not None and sorted(a % 4 for a in axes) == [1, 2] and not keep:
+                return self._add(node, "globalavgpool", {"keepdims": False}, (self.shape[0],), node.output[0])
+        self.fail(node, "reads an NHWC view (a Transpose (0, 2, 3, 1)) of a map; only a flatten or a mean over H and W "
+                        "without kept axes may read one")
 
     def _flattens(self, node) -> bool:
         """Whether `node` (reading an NHWC view of this tensor) flattens it to [N, F]."""
@@ -616,6 +629,9 @@ class _Importer:
         return self._constant_operand(node, "shift", lambda v: -v)
 
     def _op_Mul(self, node, nodes, i):
+        if len(node.input) == 2 and all(n in self.tensors for n in node.input):
+            sources = sorted(self._computed_inputs(node), key=lambda s: -int(np.prod(s[1])))  # the full map first
+            return self._add(node, "mul", {}, None, node.output[0], sources=sources)
         return self._constant_operand(node, "scale", lambda v: v)
 
     def _op_Div(self, node, nodes, i):
