@@ -31,6 +31,7 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     notes = []
     _initializers_are_weights(model, notes)
+    _old_prelu_slopes(model, notes)
     model = _convert_opset(model, notes)
     model = _fold_constants(model, notes)
     model = _fold_batch_reshapes(model, notes)
@@ -47,6 +48,31 @@ def _initializers_are_weights(model: onnx.ModelProto, notes: list) -> None:
     model.graph.input.extend(kept)
     model.ir_version = max(model.ir_version, 4)  # from IR 4 on, an initializer need not be an input
     notes.append(f"{len(listed)} initializers listed among the graph inputs read as weights")
+
+
+def _old_prelu_slopes(model: onnx.ModelProto, notes: list) -> None:
+    """Before opset 7, PRelu's 1-D slope of C values meant one per channel; from 7 on it broadcasts from the right
+    (onto W). onnx.version_converter keeps it as it is, so it is laid on the channel axis here."""
+    version = default_opset(model)
+    if version is None or version >= 7:
+        return
+    weights = {t.name: t for t in model.graph.initializer}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - without ranks nothing is changed; the importer judges the slopes
+        return
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.input, *inferred.value_info]}
+    fixed = 0
+    for node in model.graph.node:
+        slope = weights.get(node.input[1]) if node.op_type == "PRelu" and len(node.input) > 1 else None
+        rank = ranks.get(node.input[0], 0)
+        if slope is not None and len(slope.dims) == 1 and slope.dims[0] > 1 and rank > 2:
+            value = onnx.numpy_helper.to_array(slope).reshape((-1,) + (1,) * (rank - 2))
+            slope.CopyFrom(onnx.numpy_helper.from_array(value, slope.name))
+            fixed += 1
+    if fixed:
+        notes.append(f"{fixed} PRelu slope(s) of opset {version} (one per channel) laid on the channel axis (C, 1, ...), as "
+                     f"opset 7 on reads them")
 
 
 def _convert_opset(model: onnx.ModelProto, notes: list) -> onnx.ModelProto:
