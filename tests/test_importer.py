@@ -243,9 +243,9 @@ def test_ceil_mode_becomes_extra_padding_that_onnxruntime_agrees_with(tmp_path, 
 def test_an_opset_6_prelu_slope_is_one_per_channel():
     """Before opset 7 a 1-D PRelu slope meant one per channel; onnx.version_converter leaves it to broadcast onto W,
     which onnxruntime refuses. The onnx package's PyTorch-converted model reads as PyTorch meant it."""
-    import onnx.backend.test
-
     from pathlib import Path
+
+    import onnx.backend.test
 
     path = Path(onnx.backend.test.__file__).parent / "data/pytorch-converted/test_PReLU_2d_multiparam/model.onnx"
     spec = import_model(path)
