@@ -2,7 +2,9 @@
 
 tflearn layers are functions on TF1 tensors, so the graph is walked node by node (`interface.walk`), each node's
 `op_<kind>` applied to the tensors it reads. tflearn has no zero-padding layer, so explicit pads are tf.pad on the
-layer tensors. Its pooling defaults to padding 'same' and its dropout takes the KEEP probability.
+layer tensors. Its pooling defaults to padding 'same' and its dropout takes the KEEP probability. Where tflearn has
+no layer at all (Pad's modes, instance normalisation, depth to space, dilated transposed convolution) the op
+function uses TensorFlow ops on the layer tensors and variables made by tflearn, and its docstring says which.
 
 Build options (`trainers.tflearn.build_options`): seed, the graph's random seed (tflearn's own dropout masks);
 dropout_masks="harness" with batch_size: the identical-dropout variant (see `harness_dropout`).
