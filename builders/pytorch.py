@@ -296,7 +296,13 @@ def _join_classes():
         def forward(self, *xs):
             return torch.cat(xs, dim=1)
 
-    return Sum, Concat
+    class Product(nn.Module):
+        """The elementwise product of two tensors; a (C, 1, 1) second input broadcasts over H and W."""
+
+        def forward(self, a, b):
+            return a * b
+
+    return Sum, Concat, Product
 
 
 def op_add(spec, node, **_options):
@@ -305,6 +311,10 @@ def op_add(spec, node, **_options):
 
 def op_concat(spec, node, **_options):
     return _join_classes()[1]()
+
+
+def op_mul(spec, node, **_options):
+    return _join_classes()[2]()
 
 
 @functools.cache

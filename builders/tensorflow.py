@@ -299,6 +299,11 @@ def op_add(tf, spec, node, params):
     return lambda xs, training, masks: tf.math.add_n(xs)
 
 
+def op_mul(tf, spec, node, params):
+    _same_flat_order(spec, node)
+    return lambda xs, training, masks: tf.math.multiply(xs[0], xs[1])  # (1, 1, C) per image broadcasts over H, W
+
+
 def op_concat(tf, spec, node, params):
     _same_flat_order(spec, node)
     return lambda xs, training, masks: tf.concat(xs, axis=-1)  # the channel axis of NHWC, the feature axis of flat

@@ -346,6 +346,14 @@ def op_add(net, node, *xs):
     return net.tflearn.merge(list(xs), "elemwise_sum", name=layouts.safe_name(node.name))
 
 
+def op_mul(net, node, a, b):
+    _same_flat_order(net, node)
+    # tflearn's merge multiplies equal shapes only; a (1, 1, C) gate per image broadcasts with TensorFlow's multiply
+    if a.shape[1:] == b.shape[1:]:
+        return net.tflearn.merge([a, b], "elemwise_mul", name=layouts.safe_name(node.name))
+    return net.tf.multiply(a, b, name=layouts.safe_name(node.name))
+
+
 def op_concat(net, node, *xs):
     _same_flat_order(net, node)
     if len(xs) == 1:
