@@ -8,6 +8,8 @@ tensorlayer has no activation layer and no -inf padding, so those are Lambda lay
 activation functions (tl.act.leaky_relu, tl.act.ramp) where it has one, else of tf.nn's.
 Its Conv2d and MaxPool2d default to padding 'SAME' (MaxPool2d also to a 3x3 window), GroupConv2d to strides 2,
 Dropout takes the KEEP probability and BatchNorm's gamma starts random, so every argument is passed explicitly.
+Where a tensorlayer layer's forward cannot express an op faithfully (DeConv2dLayer, PRelu, InstanceNorm2d) it is
+subclassed, its weights kept and its forward replaced by TensorFlow ops; each subclass says why.
 
 Build options (`trainers.tensorlayer.build_options`): dropout_masks="harness", the identical-dropout variant
 (see `harness_dropout`).
@@ -462,10 +464,10 @@ def op_pad(net, node, x):
     a, name = node.attrs, layouts.safe_name(node.name)
     if a["mode"] == "constant":
         return _pad(net, x, a["pads"], name, a.get("value", 0.0))
-    top, left, bottom, right = a["pads"]
     if a["mode"] == "edge":
         return _edge_pad(net, x, a["pads"], name)
     _image_input(net, node, "padding")
+    top, left, bottom, right = a["pads"]
     h, w = net.spec.input_shapes(node)[0][1:]
     if max(top, bottom) >= h or max(left, right) >= w:
         raise Unsupported(f"{node.name}: reflect padding {a['pads']} reaches beyond the {h}x{w} input")
