@@ -153,10 +153,29 @@ def op_avgpool(spec, node, **_options):
     if node.attrs["count_include_pad"]:
         pad = None if native else nn.ZeroPad2d(explicit)
         return _padded(pad, nn.AvgPool2d(kernel, strides, padding=padding, count_include_pad=True))
-    if not native:
-        raise Unsupported(f"{node.name}: nn.AvgPool2d excludes padding from the average only for "
-                          f"symmetric pads of at most half the kernel, not pads {pads} with kernel {kernel}")
+    if not native:  # nn.AvgPool2d excludes padding only for symmetric pads of at most half the kernel
+        return _excluding_pad_class()(nn.ZeroPad2d(explicit), nn.AvgPool2d(kernel, strides), spec.input_shapes(node)[0])
     return nn.AvgPool2d(kernel, strides, padding=padding, count_include_pad=False)
+
+
+@functools.cache
+def _excluding_pad_class():
+    import torch
+    import torch.nn as nn
+
+    class AvgExcludingPad(nn.Module):
+        """Average pooling that leaves padding out of the count, for any pads: the zero-padded input's window
+        average divided by the same average of a padded map of ones (the share of real cells in each window)."""
+
+        def __init__(self, pad, pool, in_shape):
+            super().__init__()
+            self.pad, self.pool = pad, pool
+            self.register_buffer("share", pool(pad(torch.ones(1, 1, *in_shape[1:]))), persistent=False)
+
+        def forward(self, x):
+            return self.pool(self.pad(x)) / self.share
+
+    return AvgExcludingPad
 
 
 def op_relu(spec, node, **_options):

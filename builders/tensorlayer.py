@@ -365,6 +365,12 @@ def op_add(net, node, *xs):
     return net.L.Elementwise(combine_fn=net.tf.add, act=None, name=layouts.safe_name(node.name))(list(xs))
 
 
+def op_mul(net, node, a, b):
+    _flat_inputs_in_one_order(net, node)
+    # a (1, 1, C) gate per image broadcasts over H and W in tf.multiply
+    return net.L.Elementwise(combine_fn=net.tf.multiply, act=None, name=layouts.safe_name(node.name))([a, b])
+
+
 def op_concat(net, node, *xs):
     _flat_inputs_in_one_order(net, node)
     return net.L.Concat(concat_dim=-1, name=layouts.safe_name(node.name))(list(xs))  # NHWC's channel axis

@@ -575,6 +575,17 @@ def harness_dropout(net, node, x):
         return tf.cond(net.tflearn.get_training_mode(), lambda: x * mask[:tf.shape(x)[0]], lambda: x)
 
 
+def _session_config(tf):
+    """Grappler's remapper fuses conv + sigmoid + mul (swish) into one kernel, after which the sigmoid a layer-wise
+    comparison fetches no longer exists ("not found in the Graph"); without it every node runs as built, in
+    verification and training alike."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    config = tf.ConfigProto()
+    config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    return config
+
+
 def build(spec, seed=None, dropout_masks="library", batch_size=None):
     """The network in a graph of its own, in a tflearn.DNN whose session holds the spec's weights.
     seed: the graph's random seed, set before any op exists (tflearn's dropout masks). dropout_masks="harness"
@@ -589,6 +600,7 @@ def build(spec, seed=None, dropout_masks="library", batch_size=None):
     with graph.as_default():
         if seed is not None:
             tf.set_random_seed(seed)
+        tf.add_to_collection(tf.GraphKeys.GRAPH_CONFIG, _session_config(tf))  # read by tflearn.DNN's session
         net = _Network(tf, tflearn, spec, batch_size if dropout_masks == "harness" else None)
         module = sys.modules[__name__]
         x = tflearn.input_data(shape=[None, *layouts.native_shape(spec.input_shape)], name="input")

@@ -306,7 +306,8 @@ def graph_cnn(path: Path) -> Path:
 
 def layers_cnn(path: Path) -> Path:
     """A hand-written chain of the layers image-to-image models use: Pad (reflect, edge, constant 0.5), PRelu (per
-    channel and shared), ConvTranspose (output padding; dilated), InstanceNormalization, DepthToSpace (DCR) and
+    channel and shared), ConvTranspose (output padding; dilated), InstanceNormalization, a squeeze-and-excitation
+    gate (GlobalAveragePool, 1x1 Conv, Sigmoid, Mul by the map), DepthToSpace (DCR) and
     PyTorch's pixel shuffle (Reshape-Transpose-Reshape, CRD), Softmax over channels and LogSoftmax over W of a map,
     Squeeze and Unsqueeze; it ends in a softmax over the classes of an [N, 10, 1, 1] map."""
     g = _Graph(seed=31)
@@ -314,19 +315,25 @@ def layers_cnn(path: Path) -> Path:
     g.add("Pad", (g.constant("pad1", np.array([0, 0, 1, 2, 0, 0, 2, 1], i64)),), mode="reflect")  # 12 -> 15
     g.conv(3, 8, 3)  # 13
     g.add("PRelu", (g.constant("slope8", g.rng.uniform(0.05, 0.3, (8, 1, 1)).astype(np.float32)),))
-    g.add("Pad", (g.constant("pad2", np.array([0, 0, 0, 1, 0, 0, 1, 0], i64)),), mode="edge")  # 14
+    g.add("Pad", (g.constant("pad2", np.array([0, 0, 2, 1, 0, 0, 0, 1], i64)),), mode="edge")  # 15 (2 wide: not symmetric)
     g.add("ConvTranspose", (g.param("up.w", (8, 6, 3, 3)), g.param("up.b", (6,), scale=0.1)), kernel_shape=[3, 3],
-          strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])  # 28
+          strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])  # 30
     g.add("InstanceNormalization", (g.constant("in.s", g.rng.uniform(0.5, 1.5, 6).astype(np.float32)),
                                     g.constant("in.b", g.rng.uniform(-0.2, 0.2, 6).astype(np.float32))), epsilon=1e-4)
     g.add("PRelu", (g.constant("slope1", np.array([0.2], np.float32)),))
-    g.conv(6, 16, 3, strides=[2, 2], pads=[1, 1, 1, 1])  # 14
-    g.add("DepthToSpace", blocksize=2, mode="DCR")  # 4 x 28 x 28
+    body = g.current
+    g.add("GlobalAveragePool")  # a squeeze-and-excitation gate: one sigmoid per channel and image
+    g.conv(6, 6, 1)
+    g.add("Sigmoid")
+    g.nodes.append(helper.make_node("Mul", [body, g.current], ["excited"], name="excite"))
+    g.current = "excited"
+    g.conv(6, 16, 3, strides=[2, 2], pads=[1, 1, 1, 1])  # 15
+    g.add("DepthToSpace", blocksize=2, mode="DCR")  # 4 x 30 x 30
     g.add("ConvTranspose", (g.param("dil.w", (4, 4, 2, 2)),), kernel_shape=[2, 2], dilations=[2, 2],
-          pads=[1, 0, 0, 1])  # 29
+          pads=[1, 0, 0, 1])  # 31
     g.add("Pad", (g.constant("pad3", np.array([0, 0, 1, 0, 0, 0, 0, 1], i64)), g.constant("half", np.float32(0.5))),
-          mode="constant")  # 30
-    g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2])  # 15
+          mode="constant")  # 32
+    g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2])  # 16
     g.add("Softmax", axis=1)
     g.conv(4, 16, 3, strides=[2, 2])  # 7
     g.add("Reshape", (g.constant("shuffle_in", np.array([-1, 4, 2, 2, 7, 7], i64)),))  # PyTorch's PixelShuffle(2)
