@@ -87,7 +87,7 @@ def load_onnx(path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelError(f"{path}: ONNX checker rejected the model: {_first_line(exc)}") from None
+        raise ModelError(f"{path}: ONNX checker rejected the model: {_one_line(exc)}") from None
     return model
 
 
@@ -131,6 +131,11 @@ def _check_names(path: Path, model: onnx.ModelProto) -> None:
     if bad is not None:
         raise ModelError(f"{path}: the model names something with bytes that are not UTF-8 ({bad[:40]!r}); "
                          f"the file is corrupt")
+
+
+def _one_line(exc: Exception) -> str:
+    """The whole message on one line (the checker names the node on the lines after the first)."""
+    return " ".join((str(exc).strip() or type(exc).__name__).split())[:400]
 
 
 def _first_line(exc: Exception) -> str:

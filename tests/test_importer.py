@@ -77,6 +77,9 @@ def bad_models(tmp_path):
     foreign = helper.make_node("Relu", ["x"], ["y"], name="alien", domain="com.example")
     cases["unknown_domain"] = (save("unknown_domain", _graph([foreign], [], opsets={"com.example": 1})),
                                ["alien", "com.example"])
+    cycle = [helper.make_node("Add", ["x", "back"], ["ahead"], name="first"),
+             helper.make_node("Relu", ["ahead"], ["back"], name="second")]
+    cases["cycle"] = (save("cycle", _graph(cycle, [])), ["topologically sorted", "first", "'back'"])
     softmax = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=0)
     cases["softmax_axis"] = (save("softmax_axis", _graph([softmax], [])), ["sm", "the batch axis"])
 
@@ -154,7 +157,7 @@ def all_bad(tmp_path, zoo):
 
 
 CASES = ["unsupported_op", "missing_initializer", "opset_unknown", "add_of_a_weight", "add_shapes_differ",
-         "concat_on_width", "unknown_domain", "softmax_axis",
+         "concat_on_width", "unknown_domain", "softmax_axis", "cycle",
          "huge_weights", "huge_activations", "dropout_ratio_not_scalar", "zero_stride",
          "reshape_float_shape", "truncated", "not_onnx", "empty", "missing_file", "external_outside", "external_absolute",
          "external_truncated", "external_missing"]
