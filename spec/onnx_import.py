@@ -23,7 +23,8 @@ _TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", 
                "LRN", "Add/Sub/Mul/Div by a constant", "Mul of two tensors",
                "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
                "Identity", "Constant", "Pad (H, W)", "ConvTranspose", "PRelu", "InstanceNormalization", "DepthToSpace",
-               "Squeeze/Unsqueeze ([N, C, 1, 1] <-> [N, C])")
+               "Squeeze/Unsqueeze ([N, C, 1, 1] <-> [N, C])", "Transpose (an NHWC input; NCHW -> NHWC before a flatten "
+               "or a mean over H, W)")
 
 
 class ModelError(ValueError):
