@@ -7,8 +7,9 @@ Theano's own, "theano", goes to every tied maximum); dropout_masks="harness" wit
 `HarnessDropout` in place of Dropout, multiplying by a mask variable the trainer sets each step.
 
 Where Keras 2.3.1 has no layer for an op, a subclass or Lambda built from Keras's backend and Theano's own ops
-computes it: grouped convolution (Theano's num_groups), dilated max pooling (dilated window slices), batch norm
-with an epsilon below Theano's 1e-5 floor, log-softmax, hard swish, and Selu / HardSigmoid / Clip with other
+computes it: grouped convolution (Theano's num_groups), dilated max pooling (pool_2d over strided slices), batch norm
+with an epsilon below Theano's 1e-5 floor, instance norm, reflect / edge / non-zero constant padding, transposed
+convolution with asymmetric pads (cropped), log-softmax, hard swish, and Selu / HardSigmoid / Clip with other
 constants than Keras's."""
 from __future__ import annotations
 
