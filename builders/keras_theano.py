@@ -7,8 +7,9 @@ Theano's own, "theano", goes to every tied maximum); dropout_masks="harness" wit
 `HarnessDropout` in place of Dropout, multiplying by a mask variable the trainer sets each step.
 
 Where Keras 2.3.1 has no layer for an op, a subclass or Lambda built from Keras's backend and Theano's own ops
-computes it: grouped convolution (Theano's num_groups), dilated max pooling (dilated window slices), batch norm
-with an epsilon below Theano's 1e-5 floor, log-softmax, hard swish, and Selu / HardSigmoid / Clip with other
+computes it: grouped convolution (Theano's num_groups), dilated max pooling (pool_2d over strided slices), batch norm
+with an epsilon below Theano's 1e-5 floor, instance norm, reflect / edge / non-zero constant padding, transposed
+convolution with asymmetric pads (cropped), log-softmax, hard swish, and Selu / HardSigmoid / Clip with other
 constants than Keras's."""
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import sys
 
@@ -50,6 +52,12 @@ def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
     return layouts.oihw_to_hwcm(w, channels)
 
 
+def transposed_kernel(w: np.ndarray) -> np.ndarray:
+    """ConvTranspose (in, out, kh, kw) -> Conv2DTranspose's (kh, kw, out, in), flipped in both spatial axes: Keras 2
+    on Theano transposes a true convolution (filter_flip), ONNX a cross-correlation."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0)[::-1, ::-1, :, :])
+
+
 def _depthwise_channels(spec, node) -> int | None:
     """The input channels of a depthwise conv node (group equal to its input channels, > 1), else None."""
     return spec.input_shapes(node)[0][0] if layouts.is_depthwise(spec, node) else None
@@ -62,31 +70,40 @@ def _flat_operand(spec, node, value):
     return source if source is not None and value.shape == (int(np.prod(source)),) else None
 
 
+# parameters with one value per element of their input: a flattened input's are in Flatten's (H, W, C) order
+ELEMENTWISE_PARAMS = ("value", "slope")
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
-    """Kernels as conv_kernel (grouped convs too: (O, I/G, kh, kw) like any other), depthwise_kernel and
-    dense_kernel say; a constant operand of a flattened vector in Flatten's (H, W, C) order; every other
-    parameter (biases, batch-norm vectors, constant operands of maps: NCHW as the canonical) as it is."""
+    """Kernels as conv_kernel (grouped convs too: (O, I/G, kh, kw) like any other), depthwise_kernel,
+    transposed_kernel and dense_kernel say; a constant operand or PReLU slope of a flattened vector in Flatten's
+    (H, W, C) order; every other parameter (biases, batch-norm and instance-norm vectors, constant operands and
+    slopes of maps: NCHW as the canonical) as it is."""
     if (node.kind, param) == ("conv", "weight"):
         channels = _depthwise_channels(spec, node)
         return depthwise_kernel(value, channels) if channels else conv_kernel(value)
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return transposed_kernel(value)
     if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
-    if param == "value" and (source := _flat_operand(spec, node, value)):
+    if param in ELEMENTWISE_PARAMS and (source := _flat_operand(spec, node, value)):
         return layouts.chw_rows_to_hwc(value.reshape(-1, 1), source).reshape(value.shape)
     return np.ascontiguousarray(value)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native: depthwise (kh, kw, C, m) back to (C * m, 1, kh, kw); otherwise undo the spatial flip
-    for Theano's true convolution, then HWIO -> OIHW; dense rows and flat constant operands back from (H, W, C)
-    to (C, H, W) order."""
+    for Theano's true convolution, then HWIO -> OIHW (transposed: (kh, kw, out, in) -> (in, out, kh, kw)); dense rows
+    and flat constant operands and slopes back from (H, W, C) to (C, H, W) order."""
     if (node.kind, param) == ("conv", "weight") and _depthwise_channels(spec, node):
         return layouts.hwcm_to_oihw(value)
     if (node.kind, param) == ("conv", "weight"):
         return layouts.hwio_to_oihw(value[::-1, ::-1, :, :])
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return np.ascontiguousarray(value[::-1, ::-1, :, :].transpose(3, 2, 0, 1))
     if (node.kind, param) == ("dense", "weight"):
         return layouts.hwc_rows_to_chw(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
-    if param == "value" and (source := _flat_operand(spec, node, value)):
+    if param in ELEMENTWISE_PARAMS and (source := _flat_operand(spec, node, value)):
         return layouts.hwc_rows_to_chw(value.reshape(-1, 1), source).reshape(value.shape)
     return np.ascontiguousarray(value)
 
@@ -165,13 +182,36 @@ def _single_max_pooling_2d(keras):
     return SingleMaxPooling2D
 
 
+def _first_max(windows):
+    """The maximum over axis 0 of stacked window slices, its gradient to the first maximum along that axis (argmax
+    picks the first; an integer mask, so no gradient through it)."""
+    import theano.tensor as T
+    first = T.eq(T.arange(windows.shape[0]).reshape((-1, 1, 1, 1, 1)), T.argmax(windows, axis=0, keepdims=True))
+    return T.switch(first, windows, 0).sum(axis=0)  # not windows * first: -inf * 0 is NaN
+
+
+def _first_max_pool(x, pool_size, strides):
+    """Undilated 'valid' max pooling of x whose gradient goes to each window's first maximum in row-major window
+    order: the maximum over each row's kw column slices, then over the kh rows of those (the first row holding the
+    window's maximum, in it the first column). kh + kw slices, not kh * kw."""
+    import theano.tensor as T
+    (kh, kw), (sh, sw) = pool_size, strides
+    ow = (x.shape[3] - kw) // sw + 1
+    rows = _first_max(T.stack([x[:, :, :, j:j + sw * (ow - 1) + 1:sw] for j in range(kw)]))
+    oh = (x.shape[2] - kh) // sh + 1
+    return _first_max(T.stack([rows[:, :, i:i + sh * (oh - 1) + 1:sh] for i in range(kh)]))
+
+
 @functools.cache
 def _dilated_max_pooling_2d(keras):
     """keras.layers.MaxPooling2D with a dilation rate and explicit pads of -inf, which neither Keras 2 nor Theano's
-    pool_2d has: the maximum over the input's dilated window slices, as Theano tensors. first_max_gradient
-    sends each window's gradient to its first maximum (as SingleMaxPooling2D), otherwise Theano's max sends it
-    to every tied maximum (as its pool_2d)."""
+    pool_2d has. Along an axis, output o reads the rows o*s + i*d (i < k); the outputs o0 + t*q (q = d / gcd(s, d),
+    o0 < q) read o0*s + (t*s/gcd + i)*d: an undilated pool of stride s/gcd over every d-th row from o0*s. So it is
+    q_h * q_w undilated max pools of strided slices (one when the stride is a multiple of the dilation),
+    interleaved. Each is Theano's pool_2d (K.pool2d), its gradient to every tied maximum; with first_max_gradient,
+    _first_max_pool, its gradient to the first maximum in row-major window order (as SingleMaxPooling2D)."""
     import theano.tensor as T
+    from keras import backend as K
 
     class DilatedMaxPooling2D(keras.layers.MaxPooling2D):
         def __init__(self, pool_size, strides, dilation_rate, pads, first_max_gradient, **kwargs):
@@ -186,19 +226,28 @@ def _dilated_max_pooling_2d(keras):
                     ir.window_output_size(w, dw * (kw - 1) + 1, sw, left, right))
 
         def _pooling_function(self, inputs, pool_size, strides, padding, data_format):
-            (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = pool_size, strides, self.dilation_rate, self.pads
+            (sh, sw), (dh, dw), (top, left, bottom, right) = strides, self.dilation_rate, self.pads
+            oh, ow = self.compute_output_shape(K.int_shape(inputs))[2:]
             if any(self.pads):
                 h, w = inputs.shape[2], inputs.shape[3]
                 filled = T.alloc(np.float32(-np.inf), inputs.shape[0], inputs.shape[1], h + top + bottom, w + left + right)
                 inputs = T.set_subtensor(filled[:, :, top:top + h, left:left + w], inputs)
-            oh = (inputs.shape[2] - dh * (kh - 1) - 1) // sh + 1
-            ow = (inputs.shape[3] - dw * (kw - 1) - 1) // sw + 1
-            windows = T.stack([inputs[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-                               for i in range(kh) for j in range(kw)])
-            if not self.first_max_gradient:
-                return windows.max(axis=0)
-            first = T.eq(T.arange(kh * kw).reshape((-1, 1, 1, 1, 1)), T.argmax(windows, axis=0, keepdims=True))
-            return T.switch(first, windows, 0).sum(axis=0)  # not windows * first: -inf * 0 is NaN
+            (gh, gw) = math.gcd(sh, dh), math.gcd(sw, dw)
+            qh, qw = dh // gh, dw // gw
+            parts = {(a, b): self._pool(inputs[:, :, a * sh::dh, b * sw::dw], pool_size, (sh // gh, sw // gw))
+                     [:, :, :-(-(oh - a) // qh), :-(-(ow - b) // qw)]
+                     for a in range(min(qh, oh)) for b in range(min(qw, ow))}
+            if (qh, qw) == (1, 1):
+                return parts[0, 0]
+            y = T.zeros((inputs.shape[0], inputs.shape[1], oh, ow), dtype=inputs.dtype)
+            for (a, b), part in parts.items():
+                y = T.set_subtensor(y[:, :, a::qh, b::qw], part)
+            return y
+
+        def _pool(self, x, pool_size, strides):
+            if self.first_max_gradient:
+                return _first_max_pool(x, pool_size, strides)
+            return K.pool2d(x, pool_size, strides, padding="valid", data_format=CF, pool_mode="max")
 
     return DilatedMaxPooling2D
 
@@ -402,6 +451,8 @@ def op_dropout(spec, node, inputs, dropout_masks="library", batch_size=None, **_
 
 
 def op_flatten(spec, node, inputs, **_options):
+    """Keras's Flatten, which on channels_first flattens in (H, W, C) order: for the order HWC that is the canonical
+    vector; for CHW, layouts.flatten_sources records the map it came from (dense rows and outputs are permuted)."""
     L = library().layers
     if len(spec.input_shapes(node)[0]) == 3:
         return L.Flatten(data_format=CF, name=node.name)(*inputs)
@@ -417,17 +468,18 @@ def op_dense(spec, node, inputs, **_options):
 
 
 def op_softmax(spec, node, inputs, **_options):
-    return library().layers.Softmax(axis=-1, name=node.name)(*inputs)
+    # channels_first: the canonical axis is Keras's
+    return library().layers.Softmax(axis=node.attrs.get("axis", 1), name=node.name)(*inputs)
 
 
 def op_logsoftmax(spec, node, inputs, **_options):
     # Keras 2 has no log-softmax layer or backend function: the shifted form, in keras.backend
-    keras = library()
+    keras, axis = library(), node.attrs.get("axis", 1)
     K = keras.backend
 
     def log_softmax(x):
-        shifted = x - K.max(x, axis=-1, keepdims=True)
-        return shifted - K.log(K.sum(K.exp(shifted), axis=-1, keepdims=True))
+        shifted = x - K.max(x, axis=axis, keepdims=True)
+        return shifted - K.log(K.sum(K.exp(shifted), axis=axis, keepdims=True))
     return _lambda(node, log_softmax, *inputs)
 
 
@@ -609,6 +661,164 @@ def op_channelshuffle(spec, node, inputs, **_options):
     y = L.Reshape((groups, channels // groups, height, width), name=f"{node.name}_groups")(*inputs)
     y = L.Permute((2, 1, 3, 4), name=f"{node.name}_transpose")(y)
     return L.Reshape((channels, height, width), name=node.name)(y)
+
+
+def _border_pad(x, axis: int, size: int, before: int, after: int, mode: str):
+    """x padded along `axis` (of length size) in keras.backend: reflect mirrors the slices next to the border
+    (K.reverse), edge repeats the border slice (K.repeat_elements); concatenated around x."""
+    K = library().backend
+
+    def part(start, stop):
+        index = [slice(None)] * 4
+        index[axis] = slice(start, stop)
+        return x[tuple(index)]
+    if mode == "reflect":
+        head, tail = K.reverse(part(1, before + 1), axis), K.reverse(part(size - 1 - after, size - 1), axis)
+    else:
+        head, tail = K.repeat_elements(part(0, 1), before, axis), K.repeat_elements(part(size - 1, size), after, axis)
+    return K.concatenate([t for t, n in ((head, before), (x, 1), (tail, after)) if n], axis=axis)
+
+
+def op_pad(spec, node, inputs, **_options):
+    """ZeroPadding2D for constant 0. Keras 2 has no other padding: a constant value fills a Theano tensor the input
+    is set into; reflect and edge are _border_pad along H, then W (reflect: pads below the size only, one mirror)."""
+    (x,), a = inputs, node.attrs
+    top, left, bottom, right = a["pads"]
+    mode, value = a["mode"], a.get("value", 0.0)
+    _, height, width = spec.input_shapes(node)[0]
+    if mode == "constant" and value == 0:
+        return library().layers.ZeroPadding2D(((top, bottom), (left, right)), data_format=CF, name=node.name)(x)
+    if mode == "constant":
+        import theano.tensor as T
+
+        def fill(x):
+            filled = T.alloc(np.float32(value), x.shape[0], x.shape[1], height + top + bottom, width + left + right)
+            return T.set_subtensor(filled[:, :, top:top + height, left:left + width], x)
+        return library().layers.Lambda(fill, output_shape=tuple(node.output_shape), name=node.name)(x)
+    if mode == "reflect" and (max(top, bottom) >= height or max(left, right) >= width):
+        raise Unsupported(f"{node.name}: reflect pads {a['pads']} reach beyond the input ({height}x{width}): "
+                          f"a mirror of the mirror, which these slices do not compose")
+
+    def border(x):
+        return _border_pad(_border_pad(x, 2, height, top, bottom, mode), 3, width, left, right, mode)
+    return library().layers.Lambda(border, output_shape=tuple(node.output_shape), name=node.name)(x)
+
+
+@functools.cache
+def _cropped_conv_2d_transpose(keras):
+    """keras.layers.Conv2DTranspose with padding='valid' (the full output, output_padding added), then ONNX's pads
+    (top, left, bottom, right) cropped: Keras's padding='same' crops e // 2 on every side only."""
+
+    class CroppedConv2DTranspose(keras.layers.Conv2DTranspose):
+        def __init__(self, filters, kernel_size, pads, **kwargs):
+            super().__init__(filters, kernel_size, padding="valid", **kwargs)
+            self.pads = tuple(pads)
+
+        def call(self, inputs):
+            top, left, bottom, right = self.pads
+            y = super().call(inputs)
+            return y[:, :, top:y.shape[2] - bottom, left:y.shape[3] - right]
+
+        def compute_output_shape(self, input_shape):
+            n, c, h, w = super().compute_output_shape(input_shape)
+            top, left, bottom, right = self.pads
+            return n, c, h - top - bottom, w - left - right
+
+        def get_config(self):
+            return {**super().get_config(), "pads": self.pads}
+
+    return CroppedConv2DTranspose
+
+
+def op_convtranspose(spec, node, inputs, **_options):
+    """Conv2DTranspose with the node's strides, output_padding and dilations; padding='same' where that is the
+    node's pads (Theano: odd dilated extents e, pads e // 2 on every side), else CroppedConv2DTranspose."""
+    keras, a = library(), node.attrs
+    extent, pads = ops.effective_kernel(a), tuple(a["pads"])
+    common = {"strides": a["strides"], "output_padding": tuple(a.get("output_padding", (0, 0))),
+              "dilation_rate": ops.dilations(a), "data_format": CF, "name": node.name}
+    if all(e % 2 for e in extent) and pads == (extent[0] // 2, extent[1] // 2) * 2:
+        conv = keras.layers.Conv2DTranspose(a["filters"], a["kernel"], padding="same", **common)
+    else:
+        conv = _cropped_conv_2d_transpose(keras)(a["filters"], a["kernel"], pads, **common)
+    y = conv(*inputs)
+    _load(conv, spec, node)
+    return y
+
+
+def op_prelu(spec, node, inputs, **_options):
+    """PReLU shared along the axes where the slope has size 1, so its alpha has the slope's shape."""
+    shape = spec.params(node)["slope"].shape
+    shared = [axis + 1 for axis, n in enumerate(shape) if n == 1]
+    prelu = library().layers.PReLU(shared_axes=shared or None, name=node.name)
+    y = prelu(*inputs)
+    _load(prelu, spec, node)
+    return y
+
+
+@functools.cache
+def _instance_normalization(keras):
+    """Keras 2 has no instance normalisation: per image and channel (x - mean) / sqrt(var + epsilon) with the mean
+    and biased variance over H and W, times scale plus bias per channel, in keras.backend."""
+    from keras import backend as K
+
+    class InstanceNormalization(keras.layers.Layer):
+        def __init__(self, epsilon, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = epsilon
+
+        def build(self, input_shape):
+            self.scale = self.add_weight(name="scale", shape=(input_shape[1],), initializer="ones")
+            self.bias = self.add_weight(name="bias", shape=(input_shape[1],), initializer="zeros")
+            super().build(input_shape)
+
+        def call(self, inputs):
+            mean = K.mean(inputs, axis=(2, 3), keepdims=True)
+            var = K.var(inputs, axis=(2, 3), keepdims=True)
+            shape = (1, -1, 1, 1)
+            return (inputs - mean) / K.sqrt(var + self.epsilon) * K.reshape(self.scale, shape) + K.reshape(self.bias, shape)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "epsilon": self.epsilon}
+
+    return InstanceNormalization
+
+
+def op_instancenorm(spec, node, inputs, **_options):
+    norm = _instance_normalization(library())(node.attrs["epsilon"], name=node.name)
+    y = norm(*inputs)
+    _load(norm, spec, node)
+    return y
+
+
+# Permute (1-based, no batch axis) of the (b, b, C', H, W) or (C', b, b, H, W) view to (C', H, b, W, b)
+DEPTH_TO_SPACE = {"DCR": (3, 4, 1, 5, 2), "CRD": (1, 4, 2, 5, 3)}
+
+
+def op_depthtospace(spec, node, inputs, **_options):
+    """Keras's Reshape, Permute, Reshape, as ONNX defines it: the channels viewed as (b, b, C') in DCR mode or
+    (C', b, b) in CRD mode, the block axes moved beside H and W, merged into them."""
+    L, a = library().layers, node.attrs
+    b, (channels, height, width) = a["blocksize"], spec.input_shapes(node)[0]
+    blocks = (b, b, channels // b**2) if a["mode"] == "DCR" else (channels // b**2, b, b)
+    y = L.Reshape((*blocks, height, width), name=f"{node.name}_blocks")(*inputs)
+    y = L.Permute(DEPTH_TO_SPACE[a["mode"]], name=f"{node.name}_transpose")(y)
+    return L.Reshape(tuple(node.output_shape), name=node.name)(y)
+
+
+def op_unsqueeze(spec, node, inputs, **_options):
+    """Reshape to (F, 1, 1); a vector still in Flatten's (H, W, C) order is put back in (C, H, W) order first
+    (Reshape to the (H, W, C) map, Permute to (C, H, W))."""
+    (x,), L = inputs, library().layers
+    source = layouts.flatten_source_of(spec, node.inputs[0])
+    if source is not None and source[1] * source[2] > 1:
+        channels, height, width = source
+        x = L.Reshape((height, width, channels), name=f"{node.name}_hwc")(x)
+        x = L.Permute((3, 1, 2), name=f"{node.name}_chw")(x)
+    return L.Reshape(tuple(node.output_shape), name=node.name)(x)
 
 # --- the model ----------------------------------------------------------------------------------------------
 

@@ -143,7 +143,7 @@ def flatten_sources(spec) -> list:
             shape = tuple(spec.shape_of(node.inputs[0]))
             canonical = len(shape) != 3 or shape[1:] == (1, 1) or node.attrs.get("order", "CHW") == "HWC"
             sources[node.name] = None if canonical else shape
-        elif node.kind == "dense":
+        elif node.kind in ("dense", "unsqueeze"):  # unsqueeze: a map again (its builder orders the features)
             sources[node.name] = None
         else:
             sources[node.name] = sources[node.inputs[0]]

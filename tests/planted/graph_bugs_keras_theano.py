@@ -35,4 +35,13 @@ def _shuffle_groups_swapped():
     module.op_channelshuffle = op_channelshuffle
 
 
-BUGS = {"dilation-ignored": _dilation_ignored, "shuffle-groups-swapped": _shuffle_groups_swapped}
+def _transposed_kernel_unflipped():
+    # ConvTranspose weights loaded into Conv2DTranspose in its (kh, kw, out, in) layout without the spatial flip:
+    # Keras 2 on Theano transposes a true convolution (filter_flip), so the taps land mirrored; shapes all match
+    module = importlib.import_module("builders.keras_theano")
+    original = module.transposed_kernel
+    module.transposed_kernel = lambda w: original(w)[::-1, ::-1]
+
+
+BUGS = {"dilation-ignored": _dilation_ignored, "shuffle-groups-swapped": _shuffle_groups_swapped,
+        "transposed-kernel-unflipped": _transposed_kernel_unflipped}
