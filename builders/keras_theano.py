@@ -552,6 +552,11 @@ def op_add(spec, node, inputs, **_options):
     return L.Add(name=node.name)(list(inputs))
 
 
+def op_mul(spec, node, inputs, **_options):
+    # Keras's Multiply broadcasts a (C, 1, 1) gate per image over H and W
+    return library().layers.Multiply(name=node.name)(list(inputs))
+
+
 def op_concat(spec, node, inputs, **_options):
     L = library().layers
     sources = [layouts.flatten_source_of(spec, t) for t in node.inputs]
