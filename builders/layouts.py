@@ -141,7 +141,7 @@ def flatten_sources(spec) -> list:
     for node in spec.layers:
         if node.kind == "flatten":
             shape = spec.shape_of(node.inputs[0])
-            sources[node.name] = tuple(shape) if len(shape) == 3 else None
+            sources[node.name] = tuple(shape) if len(shape) == 3 and node.attrs.get("order", "CHW") == "CHW" else None
         elif node.kind == "dense":
             sources[node.name] = None
         else:
