@@ -136,12 +136,13 @@ def from_canonical(y: np.ndarray, flatten_from) -> np.ndarray:
 def flatten_sources(spec) -> list:
     """Per node: the (C, H, W) shape its output was flattened from while that output is still in an
     NHWC flatten's (H, W, C) order (from a flatten, through ops that keep the order, up to the next dense
-    node), else None."""
+    node), else None. A flattened 1x1 map, and a flatten in (H, W, C) order, are in canonical order already."""
     sources = {spec.input_name: None}
     for node in spec.layers:
         if node.kind == "flatten":
-            shape = spec.shape_of(node.inputs[0])
-            sources[node.name] = tuple(shape) if len(shape) == 3 and node.attrs.get("order", "CHW") == "CHW" else None
+            shape = tuple(spec.shape_of(node.inputs[0]))
+            canonical = len(shape) != 3 or shape[1:] == (1, 1) or node.attrs.get("order", "CHW") == "HWC"
+            sources[node.name] = None if canonical else shape
         elif node.kind == "dense":
             sources[node.name] = None
         else:

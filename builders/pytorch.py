@@ -36,7 +36,7 @@ def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
 # registry parameter names that differ from the torch module's own: BatchNorm2d's (running mean and variance are
 # buffers there, not parameters)
 NATIVE_NAMES = {("batchnorm", "scale"): "weight", ("batchnorm", "mean"): "running_mean",
-                ("batchnorm", "var"): "running_var"}
+                ("batchnorm", "var"): "running_var", ("prelu", "slope"): "weight", ("instancenorm", "scale"): "weight"}
 
 
 def native_name(node, param: str) -> str:
@@ -46,16 +46,22 @@ def native_name(node, param: str) -> str:
 
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Conv weights are canonical already ((O, I/group, kh, kw), cross-correlation, output channel o in group
-    o // (O/group), which is nn.Conv2d's grouping); nn.Linear holds (out, in); BatchNorm2d's four are (C,) as in
-    the registry, and a scale's or shift's value is NCHW-broadcasting as the registry's."""
+    o // (O/group), which is nn.Conv2d's grouping), and so are nn.ConvTranspose2d's ((in, out, kh, kw), no kernel
+    flip, as ONNX's); nn.Linear holds (out, in); nn.PReLU's weight is flat ((C,) or (1,)) where the registry's
+    slope has the input's rank; BatchNorm2d's four and InstanceNorm2d's two are (C,) as in the registry, and a
+    scale's or shift's value is NCHW-broadcasting as the registry's."""
     if (node.kind, param) == ("dense", "weight"):
         return dense_kernel(value, layouts.dense_input_order(spec, spec.index_of(node.name)))
+    if (node.kind, param) == ("prelu", "slope"):
+        return np.ascontiguousarray(value.reshape(-1))
     return np.ascontiguousarray(value)
 
 
 def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     if (node.kind, param) == ("dense", "weight"):
         return np.ascontiguousarray(value.T)
+    if (node.kind, param) == ("prelu", "slope"):
+        return np.ascontiguousarray(value.reshape(spec.params(node)["slope"].shape))
     return np.ascontiguousarray(value)
 
 
@@ -251,7 +257,7 @@ def op_clip(spec, node, **_options):
 
 def op_logsoftmax(spec, node, **_options):
     import torch.nn as nn
-    return nn.LogSoftmax(dim=-1)
+    return nn.LogSoftmax(dim=node.attrs.get("axis", 1))
 
 
 def op_batchnorm(spec, node, **_options):
@@ -290,7 +296,13 @@ def _join_classes():
         def forward(self, *xs):
             return torch.cat(xs, dim=1)
 
-    return Sum, Concat
+    class Product(nn.Module):
+        """The elementwise product of two tensors; a (C, 1, 1) second input broadcasts over H and W."""
+
+        def forward(self, a, b):
+            return a * b
+
+    return Sum, Concat, Product
 
 
 def op_add(spec, node, **_options):
@@ -299,6 +311,10 @@ def op_add(spec, node, **_options):
 
 def op_concat(spec, node, **_options):
     return _join_classes()[1]()
+
+
+def op_mul(spec, node, **_options):
+    return _join_classes()[2]()
 
 
 @functools.cache
@@ -393,8 +409,15 @@ def op_dropout(spec, node, dropout_masks="library", **_options):
 
 
 def op_flatten(spec, node, **_options):
+    """nn.Flatten flattens in (C, H, W) order; the HWC order permutes the map to NHWC first."""
+    import torch
     import torch.nn as nn
-    return nn.Flatten()
+    order = node.attrs.get("order", "CHW")
+    if order == "CHW":
+        return nn.Flatten()
+    if order == "HWC":
+        return _elementwise_class()(lambda x: torch.flatten(x.permute(0, 2, 3, 1), 1), "flatten(NHWC permute of x)")
+    raise Unsupported(f"{node.name}: flatten order {order!r} is not CHW or HWC")
 
 
 def op_dense(spec, node, **_options):
@@ -406,8 +429,106 @@ def op_dense(spec, node, **_options):
 
 
 def op_softmax(spec, node, **_options):
+    """Over the node's axis of the NCHW map or [N, F] tensor: the canonical axis is PyTorch's."""
     import torch.nn as nn
-    return nn.Softmax(dim=-1)
+    return nn.Softmax(dim=node.attrs.get("axis", 1))
+
+
+# --- padding, transposed convolution, PReLU, instance norm, depth to space, unsqueeze -----------------------
+
+def op_pad(spec, node, **_options):
+    """ONNX's reflect is nn.ReflectionPad2d (no border repeat), its edge nn.ReplicationPad2d; constant pads the
+    node's value (0.0 when absent)."""
+    import torch.nn as nn
+    top, left, bottom, right = node.attrs["pads"]
+    mode, pads = node.attrs["mode"], (left, right, top, bottom)
+    if mode == "constant":
+        return nn.ConstantPad2d(pads, node.attrs.get("value", 0.0))
+    if mode == "reflect":
+        return nn.ReflectionPad2d(pads)
+    if mode == "edge":
+        return nn.ReplicationPad2d(pads)
+    raise Unsupported(f"{node.name}: pad mode {mode!r} is not constant, reflect or edge")
+
+
+@functools.cache
+def _cropped_conv_transpose_class():
+    import torch.nn as nn
+
+    class CroppedConvTranspose2d(nn.ConvTranspose2d):
+        """nn.ConvTranspose2d without padding, its full output (output_padding rows and columns included) cropped
+        by (top, left, bottom, right): its own padding crops the same amount on both sides only. A subclass, so
+        that the node's parameters keep their names (weight, bias)."""
+
+        def __init__(self, *args, crop, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.crop = crop
+
+        def forward(self, x):
+            top, left, bottom, right = self.crop
+            y = super().forward(x)
+            return y[:, :, top:y.shape[2] - bottom, left:y.shape[3] - right]
+
+        def extra_repr(self):
+            return f"{super().extra_repr()}, crop={self.crop}"
+
+    return CroppedConvTranspose2d
+
+
+def op_convtranspose(spec, node, **_options):
+    """nn.ConvTranspose2d: ONNX's weight layout (in, out, kh, kw), no kernel flip, output_padding at the bottom and
+    right, dilations; symmetric pads are its padding, asymmetric ones padding 0 and a crop."""
+    import torch.nn as nn
+    a, (in_shape,) = node.attrs, spec.input_shapes(node)
+    top, left, bottom, right = pads = tuple(a["pads"])
+    common = dict(stride=tuple(a["strides"]), output_padding=tuple(a.get("output_padding", (0, 0))),
+                  dilation=ops.dilations(a))
+    if _symmetric(pads):
+        conv = nn.ConvTranspose2d(in_shape[0], a["filters"], tuple(a["kernel"]), padding=(top, left), **common)
+    else:
+        conv = _cropped_conv_transpose_class()(in_shape[0], a["filters"], tuple(a["kernel"]), padding=0, crop=pads,
+                                               **common)
+    _load(conv, spec, node)
+    return conv
+
+
+def op_prelu(spec, node, **_options):
+    """nn.PReLU: one slope, or one per channel of dim 1 (the channels of a map, the features of [N, F])."""
+    import torch.nn as nn
+    (in_shape,), slope = spec.input_shapes(node), spec.params(node)["slope"]
+    if slope.shape[1:] != (1,) * (len(in_shape) - 1) or slope.shape[0] not in (1, in_shape[0]):
+        raise Unsupported(f"{node.name}: nn.PReLU holds one slope or one per channel, not {slope.shape} on "
+                          f"{tuple(in_shape)}")
+    prelu = nn.PReLU(slope.shape[0])
+    _load(prelu, spec, node)
+    return prelu
+
+
+def op_instancenorm(spec, node, **_options):
+    """nn.InstanceNorm2d with affine scale and bias and no running statistics: each image's own mean and biased
+    variance, as ONNX's."""
+    import torch.nn as nn
+    norm = nn.InstanceNorm2d(spec.input_shapes(node)[0][0], eps=node.attrs["epsilon"], affine=True,
+                             track_running_stats=False)
+    _load(norm, spec, node)
+    return norm
+
+
+def op_depthtospace(spec, node, **_options):
+    """CRD is nn.PixelShuffle; DCR's channel (i*b + j)*C' + c is CRD's c*b*b + i*b + j after nn.ChannelShuffle
+    with b*b groups (channel k*C' + c moves to c*b*b + k)."""
+    import torch.nn as nn
+    block, mode = node.attrs["blocksize"], node.attrs["mode"]
+    if mode == "CRD":
+        return nn.PixelShuffle(block)
+    if mode == "DCR":
+        return nn.Sequential(nn.ChannelShuffle(block * block), nn.PixelShuffle(block))
+    raise Unsupported(f"{node.name}: depth-to-space mode {mode!r} is not DCR or CRD")
+
+
+def op_unsqueeze(spec, node, **_options):
+    import torch.nn as nn
+    return nn.Unflatten(1, (spec.input_shapes(node)[0][0], 1, 1))
 
 
 # --- the graph ------------------------------------------------------------------------------------------

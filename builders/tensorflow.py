@@ -28,6 +28,17 @@ def depthwise_kernel(w: np.ndarray, channels: int) -> np.ndarray:
     return layouts.oihw_to_hwcm(w, channels)
 
 
+def transposed_kernel(w: np.ndarray) -> np.ndarray:
+    """Canonical transposed-conv (in, out, kh, kw) -> tf.nn.conv2d_transpose's (kh, kw, out, in): the kernel of the
+    conv2d it is the input gradient of; neither flips it."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def transposed_kernel_to_canonical(w: np.ndarray) -> np.ndarray:
+    """Inverse of transposed_kernel."""
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+
+
 def dense_kernel(w: np.ndarray, flatten_from) -> np.ndarray:
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
     return layouts.chw_rows_to_hwc(w, flatten_from)
@@ -38,7 +49,7 @@ def constant_value(value: np.ndarray, flatten_from) -> np.ndarray:
     return layouts.chw_constant_to_hwc(value, flatten_from)
 
 
-CONSTANT_KINDS = ("scale", "shift")  # op kinds whose one parameter is a constant broadcasting over the input
+CONSTANT_KINDS = ("scale", "shift", "prelu")  # op kinds whose one parameter is a constant broadcasting over the input
 
 
 def versions(**_options) -> dict:
@@ -63,6 +74,8 @@ def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout its tf.Variable holds it in."""
     if param == "weight" and layouts.is_depthwise(spec, node):
         return depthwise_kernel(value, spec.shape_of(node.inputs[0])[0])
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return transposed_kernel(value)
     if node.kind in CONSTANT_KINDS:
         return constant_value(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
@@ -72,6 +85,8 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
     if param == "weight" and layouts.is_depthwise(spec, node):
         return layouts.hwcm_to_oihw(value)
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return transposed_kernel_to_canonical(value)
     if node.kind in CONSTANT_KINDS:
         return layouts.hwc_constant_to_chw(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.canonical_parameter(spec, node, param, value)
@@ -188,6 +203,11 @@ def op_dropout(tf, spec, node, params):
 
 
 def op_flatten(tf, spec, node, params):
+    """NHWC's plain reshape flattens in (H, W, C) order: order HWC as it is; the canonical CHW order is kept as
+    that (H, W, C) vector, which the next dense layer's rows are permuted to read (layouts.flatten_sources)."""
+    order = node.attrs.get("order", "CHW")
+    if order not in ("CHW", "HWC"):
+        raise Unsupported(f"{node.name}: flatten in {order!r} order")
     return lambda xs, training, masks: tf.reshape(xs[0], [tf.shape(xs[0])[0], -1])
 
 
@@ -196,12 +216,27 @@ def op_dense(tf, spec, node, params):
     return lambda xs, training, masks: tf.matmul(xs[0], weight) + bias
 
 
+NHWC_AXIS = {1: 3, 2: 1, 3: 2}  # canonical NCHW axis -> NHWC axis
+
+
+def _native_axis(spec, node) -> int:
+    """The node's canonical axis (attr axis, default 1) on the NHWC (or flat) tensor TensorFlow holds."""
+    axis, rank = node.attrs.get("axis", 1), len(spec.shape_of(node.inputs[0])) + 1
+    if rank == 2 and axis == 1:
+        return 1
+    if rank == 4 and axis in NHWC_AXIS:
+        return NHWC_AXIS[axis]
+    raise Unsupported(f"{node.name}: {node.kind} over axis {axis} of a rank-{rank} tensor")
+
+
 def op_softmax(tf, spec, node, params):
-    return lambda xs, training, masks: tf.nn.softmax(xs[0], axis=-1)
+    axis = _native_axis(spec, node)
+    return lambda xs, training, masks: tf.nn.softmax(xs[0], axis=axis)
 
 
 def op_logsoftmax(tf, spec, node, params):
-    return lambda xs, training, masks: tf.nn.log_softmax(xs[0], axis=-1)
+    axis = _native_axis(spec, node)
+    return lambda xs, training, masks: tf.nn.log_softmax(xs[0], axis=axis)
 
 
 def op_sigmoid(tf, spec, node, params):
@@ -262,6 +297,11 @@ def _same_flat_order(spec, node) -> None:
 def op_add(tf, spec, node, params):
     _same_flat_order(spec, node)
     return lambda xs, training, masks: tf.math.add_n(xs)
+
+
+def op_mul(tf, spec, node, params):
+    _same_flat_order(spec, node)
+    return lambda xs, training, masks: tf.math.multiply(xs[0], xs[1])  # (1, 1, C) per image broadcasts over H, W
 
 
 def op_concat(tf, spec, node, params):
@@ -342,6 +382,96 @@ def op_channelshuffle(tf, spec, node, params):
         grouped = tf.reshape(xs[0], [-1, height, width, groups, channels // groups])
         return tf.reshape(tf.transpose(grouped, [0, 1, 2, 4, 3]), [-1, height, width, channels])
     return shuffle
+
+
+def _edge_indices(size: int, before: int, after: int) -> np.ndarray:
+    """For each position of an axis padded by repeating its border, the input index it copies."""
+    return np.clip(np.arange(-before, size + after), 0, size - 1).astype(np.int32)
+
+
+def op_pad(tf, spec, node, params):
+    """constant and reflect: tf.pad (its REFLECT is ONNX's reflect, no border repeat); edge, which tf.pad lacks:
+    tf.gather with clipped indices on H, then W (its gradient sums every copy back onto the border)."""
+    _, height, width = _feature_map(spec, node, "padding")
+    a = node.attrs
+    top, left, bottom, right = a["pads"]
+    if a["mode"] == "constant":
+        value = float(a.get("value", 0.0))
+        return lambda xs, training, masks: tf.pad(xs[0], _nhwc_pads(*a["pads"]), constant_values=value)
+    if a["mode"] == "reflect":
+        if max(top, bottom) >= height or max(left, right) >= width:
+            raise Unsupported(f"{node.name}: reflect padding {a['pads']} reaches beyond the {height}x{width} input")
+        return lambda xs, training, masks: tf.pad(xs[0], _nhwc_pads(*a["pads"]), mode="REFLECT")
+    if a["mode"] != "edge":
+        raise Unsupported(f"{node.name}: padding mode {a['mode']!r}")
+    rows, cols = _edge_indices(height, top, bottom), _edge_indices(width, left, right)
+    return lambda xs, training, masks: tf.gather(tf.gather(xs[0], rows, axis=1), cols, axis=2)
+
+
+def op_convtranspose(tf, spec, node, params):
+    """tf.nn.conv2d_transpose with padding VALID (its dilations work on CPU, forward and gradients, measured) to the
+    full output plus output_padding (those rows and columns get no contribution, as in ONNX), then the pads cropped
+    (ONNX's may be asymmetric, which SAME cannot say)."""
+    _feature_map(spec, node, "transposed convolution")
+    a, weight, bias = node.attrs, params["weight"], params["bias"]
+    if a.get("group", 1) != 1:
+        raise Unsupported(f"{node.name}: grouped transposed convolution")
+    _, height, width = spec.shape_of(node.inputs[0])
+    (kh, kw), (sh, sw) = ops.effective_kernel(a), a["strides"]
+    oph, opw = a.get("output_padding", (0, 0))
+    full = [sh * (height - 1) + kh + oph, sw * (width - 1) + kw + opw]
+    top, left, bottom, right = a["pads"]
+    strides, dilations = list(a["strides"]), list(ops.dilations(a))
+
+    def convtranspose(xs, training, masks):
+        y = tf.nn.conv2d_transpose(xs[0], weight, [tf.shape(xs[0])[0], *full, a["filters"]], strides, "VALID",
+                                   dilations=dilations)
+        return y[:, top:full[0] - bottom, left:full[1] - right, :] + bias
+    return convtranspose
+
+
+def op_prelu(tf, spec, node, params):
+    """x if x > 0 else slope * x; the slope is held broadcasting over NHWC (constant_value)."""
+    slope = params["slope"]
+    return lambda xs, training, masks: tf.where(xs[0] > 0, xs[0], slope * xs[0])
+
+
+def op_instancenorm(tf, spec, node, params):
+    """tf.nn.moments over H and W of each image (biased variance), then tf.nn.batch_normalization with them."""
+    _feature_map(spec, node, "instance normalisation")
+    epsilon, scale, bias = node.attrs["epsilon"], params["scale"], params["bias"]
+
+    def instancenorm(xs, training, masks):
+        mean, var = tf.nn.moments(xs[0], axes=[1, 2], keepdims=True)
+        return tf.nn.batch_normalization(xs[0], mean, var, bias, scale, epsilon)
+    return instancenorm
+
+
+def op_depthtospace(tf, spec, node, params):
+    """tf.nn.depth_to_space on NHWC reads channel (i*b + j)*C' + c: ONNX's DCR. CRD (PixelShuffle's c*b*b + i*b + j)
+    first permutes the channels into that order: (C', b*b) viewed, transposed to (b*b, C')."""
+    channels, height, width = _feature_map(spec, node, "depth to space")
+    block, mode = node.attrs["blocksize"], node.attrs["mode"]
+    if mode == "DCR":
+        return lambda xs, training, masks: tf.nn.depth_to_space(xs[0], block)
+    if mode != "CRD":
+        raise Unsupported(f"{node.name}: depth to space in mode {mode!r}")
+    crd = [-1, height, width, channels // block**2, block**2]
+
+    def depthtospace(xs, training, masks):
+        dcr = tf.reshape(tf.transpose(tf.reshape(xs[0], crd), [0, 1, 2, 4, 3]), [-1, height, width, channels])
+        return tf.nn.depth_to_space(dcr, block)
+    return depthtospace
+
+
+def op_unsqueeze(tf, spec, node, params):
+    """[N, F] -> NHWC [N, 1, 1, F]."""
+    source = layouts.flatten_source_of(spec, node.inputs[0])
+    if source is not None:
+        raise Unsupported(f"{node.name}: unsqueeze of a vector in an NHWC flatten's (H, W, C) order (from {source}), "
+                          f"not the canonical one")
+    features = spec.shape_of(node.inputs[0])[0]
+    return lambda xs, training, masks: tf.reshape(xs[0], [-1, 1, 1, features])
 
 
 def _graph_class():

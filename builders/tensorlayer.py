@@ -8,6 +8,8 @@ tensorlayer has no activation layer and no -inf padding, so those are Lambda lay
 activation functions (tl.act.leaky_relu, tl.act.ramp) where it has one, else of tf.nn's.
 Its Conv2d and MaxPool2d default to padding 'SAME' (MaxPool2d also to a 3x3 window), GroupConv2d to strides 2,
 Dropout takes the KEEP probability and BatchNorm's gamma starts random, so every argument is passed explicitly.
+Where a tensorlayer layer's forward cannot express an op faithfully (DeConv2dLayer, PRelu, InstanceNorm2d) it is
+subclassed, its weights kept and its forward replaced by TensorFlow ops; each subclass says why.
 
 Build options (`trainers.tensorlayer.build_options`): dropout_masks="harness", the identical-dropout variant
 (see `harness_dropout`).
@@ -34,6 +36,12 @@ def conv_kernel(w):
 def dense_kernel(w, flatten_from):
     """Canonical (in, out), rows in (C, H, W) order -> rows in the (H, W, C) order an NHWC flatten produces."""
     return layouts.chw_rows_to_hwc(w, flatten_from)
+
+
+def deconv_kernel(w):
+    """Canonical transposed-conv (in, out, kh, kw) -> DeConv2dLayer's (kh, kw, out, in): the (O, I, kh, kw) kernel of the
+    convolution it transposes, as that convolution's (kh, kw, I, O); tf.nn.conv2d_transpose flips nothing."""
+    return layouts.oihw_to_hwio(w)
 
 
 def depthwise_kernel(w, channels: int):
@@ -71,12 +79,35 @@ def constant_value_to_canonical(spec, node, param: str, value):
     return layouts.hwc_rows_to_chw(value.reshape(-1, 1), layouts.flatten_source_of(spec, node.inputs[0])).reshape(-1)
 
 
+def prelu_slope(spec, node, value):
+    """Canonical slope -> PRelu's alpha (C,) over NHWC's last axis: (C, 1, 1) -> (C,), one shared -> (1,), a
+    per-feature (F,) over a flat input still in an NHWC flatten's (H, W, C) order -> that order."""
+    flat = value.reshape(-1)
+    if value.ndim != 1 or flat.size == 1:
+        return np.ascontiguousarray(flat)
+    return layouts.chw_rows_to_hwc(flat.reshape(-1, 1), layouts.flatten_source_of(spec, node.inputs[0])).reshape(-1)
+
+
+def prelu_slope_to_canonical(spec, node, value):
+    """Inverse of prelu_slope."""
+    shape = spec.weights[f"{node.name}.slope"].shape
+    if len(shape) != 1 or value.size == 1:
+        return np.ascontiguousarray(value.reshape(shape))
+    return layouts.hwc_rows_to_chw(value.reshape(-1, 1), layouts.flatten_source_of(spec, node.inputs[0])).reshape(-1)
+
+
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout tensorlayer's weight holds it in."""
     if (node.kind, param) == ("conv", "weight") and conv_layer(spec, node) == "depthwise":
         return depthwise_kernel(value, spec.input_shapes(node)[0][0])
     if node.kind in CONSTANT_KINDS:
         return constant_value(spec, node, value)
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return deconv_kernel(value)
+    if node.kind == "prelu":
+        return prelu_slope(spec, node, value)
+    if node.kind == "instancenorm":  # InstanceNorm2d's gamma and beta: (1, 1, 1, C)
+        return np.ascontiguousarray(value.reshape(1, 1, 1, -1))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
@@ -86,6 +117,12 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
         return depthwise_kernel_to_canonical(value)
     if node.kind in CONSTANT_KINDS:
         return constant_value_to_canonical(spec, node, param, value)
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return layouts.hwio_to_oihw(value)
+    if node.kind == "prelu":
+        return prelu_slope_to_canonical(spec, node, value)
+    if node.kind == "instancenorm":
+        return np.ascontiguousarray(value.reshape(-1))
     return layouts.canonical_parameter(spec, node, param, value)
 
 
@@ -245,9 +282,18 @@ def op_tanh(net, node, x):
     return _act(net, node, net.tf.nn.tanh)(x)
 
 
+def _nhwc_axis(net, node) -> int:
+    """The NHWC axis of the canonical `axis` attr (default 1: the features of [N, F], the channels of a map)."""
+    rank = len(net.spec.input_shapes(node)[0]) + 1
+    axis = node.attrs.get("axis", 1) % rank
+    if axis == 0:
+        raise Unsupported(f"{node.name}: {node.kind} over the batch axis")
+    return {1: 3, 2: 1, 3: 2}[axis] if rank == 4 else axis  # [N, F]: the features whatever their order
+
+
 def op_softmax(net, node, x):
-    _flat_input(net, node, "softmax (over the last axis)")
-    return _act(net, node, net.tf.nn.softmax)(x)
+    axis = _nhwc_axis(net, node)
+    return _act(net, node, lambda t: net.tf.nn.softmax(t, axis=axis))(x)
 
 
 def op_sigmoid(net, node, x):
@@ -301,8 +347,8 @@ def op_clip(net, node, x):
 
 
 def op_logsoftmax(net, node, x):
-    _flat_input(net, node, "log softmax (over the last axis)")
-    return _act(net, node, net.tf.nn.log_softmax)(x)
+    axis = _nhwc_axis(net, node)
+    return _act(net, node, lambda t: net.tf.nn.log_softmax(t, axis=axis))(x)
 
 
 def _flat_inputs_in_one_order(net, node) -> None:
@@ -412,7 +458,146 @@ def op_channelshuffle(net, node, x):
     return net.L.Shuffle(group=channels // groups, name=layouts.safe_name(node.name))(x)
 
 
+def op_pad(net, node, x):
+    """Constant: ZeroPad2d, or for another value a Lambda of tf.pad (PadLayer passes no constant_values). Reflect:
+    PadLayer's REFLECT, ONNX's reflect (no border repeat). Edge: `_edge_pad`."""
+    a, name = node.attrs, layouts.safe_name(node.name)
+    if a["mode"] == "constant":
+        return _pad(net, x, a["pads"], name, a.get("value", 0.0))
+    if a["mode"] == "edge":
+        return _edge_pad(net, x, a["pads"], name)
+    _image_input(net, node, "padding")
+    top, left, bottom, right = a["pads"]
+    h, w = net.spec.input_shapes(node)[0][1:]
+    if max(top, bottom) >= h or max(left, right) >= w:
+        raise Unsupported(f"{node.name}: reflect padding {a['pads']} reaches beyond the {h}x{w} input")
+    return net.L.PadLayer([[0, 0], [top, bottom], [left, right], [0, 0]], "REFLECT", name=name)(x)
+
+
+def _edge_pad(net, x, pads, name):
+    """Edge padding (the border repeated), which tensorlayer and TensorFlow lack: PadLayer's SYMMETRIC (a mirror
+    that repeats the border) by at most one row or column a side repeats the border once, so max(pads) of them
+    in a row repeat it as often as each side asks."""
+    steps = max(1, *pads)
+    for k in range(steps):
+        top, left, bottom, right = (min(1, max(p - k, 0)) for p in pads)
+        x = net.L.PadLayer([[0, 0], [top, bottom], [left, right], [0, 0]], "SYMMETRIC",
+                           name=name if k == steps - 1 else f"{name}_{k}")(x)
+    return x
+
+
+def _placement(k: int, rate: int) -> np.ndarray:
+    """(rate*(k-1)+1, k) zeros with a 1 at (i*rate, i): a kernel axis times it is that axis dilated with zeros."""
+    p = np.zeros((rate * (k - 1) + 1, k), np.float32)
+    p[np.arange(k) * rate, np.arange(k)] = 1.0
+    return p
+
+
+@functools.cache
+def _deconv_class(tf, tl):
+    class DeConv2dOpenBatch(tl.layers.DeConv2dLayer):
+        """tensorlayer's DeConv2dLayer (tf.nn.conv2d_transpose, kernel (kh, kw, out, in), then the bias) with two
+        things its forward cannot express: outputs_shape is fixed batch size included, here the batch is read from
+        the input; and TensorFlow's CPU kernel refuses dilations > 1, so the kernel is dilated with zeros here (a
+        product with 0/1 placement matrices, the weight keeping its (kh, kw) shape and gradient). Explicit
+        [[0, 0], [top, bottom], [left, right], [0, 0]] padding crops those rows and columns off the full output,
+        asymmetric pads included; an output one to stride-1 rows taller adds ONNX's output_padding at the bottom."""
+
+        def forward(self, inputs):
+            (kh, kw), (dh, dw) = self.shape[:2], self.dilation_rate[1:3]
+            kernel = tf.einsum("ai,bj,ijoc->aboc", _placement(kh, dh), _placement(kw, dw), self.W)
+            shape = tf.stack([tf.shape(inputs)[0], *self.outputs_shape[1:]])
+            y = tf.nn.conv2d_transpose(inputs, kernel, shape, strides=self.strides, padding=self.padding,
+                                       data_format="NHWC")
+            return tf.nn.bias_add(y, self.b)
+
+    return DeConv2dOpenBatch
+
+
+def op_convtranspose(net, node, x):
+    a = node.attrs
+    channels = _image_input(net, node, "transposed convolution")
+    if a.get("group", 1) != 1:
+        raise Unsupported(f"{node.name}: transposed convolution in {a['group']} groups")
+    if not all(0 <= p < s for p, s in zip(a.get("output_padding", (0, 0)), a["strides"])):
+        raise Unsupported(f"{node.name}: output_padding {a['output_padding']} not below the strides {a['strides']}")
+    top, left, bottom, right = a["pads"]
+    deconv = _deconv_class(net.tf, net.tl)(
+        shape=(*a["kernel"], a["filters"], channels), outputs_shape=(None, *layouts.native_shape(node.output_shape)),
+        strides=(1, *a["strides"], 1), padding=[[0, 0], [top, bottom], [left, right], [0, 0]],
+        dilation_rate=(1, *ops.dilations(a), 1), name=layouts.safe_name(node.name))
+    net.hold(node, weight=deconv.W, bias=deconv.b)
+    return deconv(x)
+
+
+@functools.cache
+def _prelu_class(tf, tl):
+    class LinearPRelu(tl.layers.PRelu):
+        """tensorlayer's PRelu with its alpha as the slope itself: tensorlayer's forward takes sigmoid(alpha), a
+        slope confined to (0, 1) that no other slope can be loaded into and that trains a different parameter.
+        tf.where, not relu(x) - a * relu(-x): at x = 0 the gradient is the slope's, as ONNX's."""
+
+        def forward(self, inputs):
+            return tf.where(inputs > 0, inputs, self.alpha_var * inputs)
+
+    return LinearPRelu
+
+
+def op_prelu(net, node, x):
+    shape, slope = net.spec.input_shapes(node)[0], net.spec.weights[f"{node.name}.slope"]
+    shared = slope.size == 1
+    prelu = _prelu_class(net.tf, net.tl)(channel_shared=shared, in_channels=None if shared else shape[0],
+                                         name=layouts.safe_name(node.name))
+    net.hold(node, slope=prelu.alpha_var)
+    return prelu(x)
+
+
+@functools.cache
+def _instancenorm_class(tf, tl):
+    class InstanceNorm2dPerImage(tl.layers.InstanceNorm2d):
+        """tensorlayer's InstanceNorm2d with its moments kept per image: its forward takes tf.nn.moments over H and W
+        (the biased variance) per image and channel, as ONNX does, but then its batch_normalization helper
+        reshapes that [N, 1, 1, C] mean and variance to [1, 1, 1, N*C], which fails for any batch but 1.
+        tf.nn.batch_normalization broadcasts them as they are: (x - mean) * rsqrt(var + epsilon) * gamma + beta."""
+
+        def forward(self, inputs):
+            mean, var = tf.nn.moments(inputs, self.axes, keepdims=True)
+            return tf.nn.batch_normalization(inputs, mean, var, self.beta, self.gamma, self.epsilon)
+
+    return InstanceNorm2dPerImage
+
+
+def op_instancenorm(net, node, x):
+    channels = _image_input(net, node, "instance normalisation")
+    norm = _instancenorm_class(net.tf, net.tl)(act=None, epsilon=node.attrs["epsilon"], num_features=channels,
+                                               data_format="channels_last", name=layouts.safe_name(node.name))
+    net.hold(node, scale=norm.gamma, bias=norm.beta)
+    return norm(x)
+
+
+def op_depthtospace(net, node, x):
+    """SubpixelConv2d: tf.depth_to_space, which in NHWC reads channel (i*b + j)*C' + c (DCR). CRD's channel
+    c*b*b + i*b + j is first moved there by tensorlayer's Shuffle(group=b*b), which views the channels as
+    (C', b*b) and transposes them."""
+    block, name = node.attrs["blocksize"], layouts.safe_name(node.name)
+    channels = _image_input(net, node, "depth to space")
+    if node.attrs["mode"] == "CRD":
+        x = net.L.Shuffle(group=block * block, name=name + "_dcr")(x)
+    return net.L.SubpixelConv2d(scale=block, act=None, in_channels=channels, name=name)(x)
+
+
+def op_unsqueeze(net, node, x):
+    """[N, F] -> NHWC [N, 1, 1, F]."""
+    source = layouts.flatten_source_of(net.spec, node.inputs[0])
+    if source is not None:
+        raise Unsupported(f"{node.name}: unsqueeze of features still in an NHWC flatten's (H, W, C) order (of {source})")
+    features = _flat_input(net, node, "unsqueeze")
+    return net.L.Reshape([-1, 1, 1, features], name=layouts.safe_name(node.name))(x)
+
+
 def op_flatten(net, node, x):
+    """Flatten of NHWC is in (H, W, C) order: order "HWC" as it is, the canonical (C, H, W) order by the reordering
+    of whatever reads it (layouts.flatten_sources)."""
     return net.L.Flatten(name=layouts.safe_name(node.name))(x)
 
 

@@ -2,7 +2,9 @@
 
 tflearn layers are functions on TF1 tensors, so the graph is walked node by node (`interface.walk`), each node's
 `op_<kind>` applied to the tensors it reads. tflearn has no zero-padding layer, so explicit pads are tf.pad on the
-layer tensors. Its pooling defaults to padding 'same' and its dropout takes the KEEP probability.
+layer tensors. Its pooling defaults to padding 'same' and its dropout takes the KEEP probability. Where tflearn has
+no layer at all (Pad's modes, instance normalisation, depth to space, dilated transposed convolution) the op
+function uses TensorFlow ops on the layer tensors and variables made by tflearn, and its docstring says which.
 
 Build options (`trainers.tflearn.build_options`): seed, the graph's random seed (tflearn's own dropout masks);
 dropout_masks="harness" with batch_size: the identical-dropout variant (see `harness_dropout`).
@@ -40,6 +42,18 @@ def constant_value(value, flatten_from):
     return layouts.chw_constant_to_hwc(value, flatten_from)
 
 
+def transposed_kernel(w):
+    """Canonical transposed-conv weight (in, out, kh, kw) -> conv_2d_transpose's (kh, kw, out, in), the filter of
+    tf.nn.conv2d_transpose (the input gradient of TF's cross-correlation, as ONNX's: no kernel flip)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def prelu_slope(value, flatten_from):
+    """A PRelu slope (C, 1, 1) or (1, 1, 1) -> tflearn prelu's alphas (C,) or (1,), on NHWC's last axis; a flat
+    (F,) one read against an NHWC flatten's (H, W, C)-ordered vector -> that order."""
+    return layouts.chw_constant_to_hwc(value, flatten_from).reshape(-1)
+
+
 CONSTANT_KINDS = ("scale", "shift")  # op kinds whose one parameter is a constant broadcasting over the input
 
 
@@ -49,6 +63,10 @@ def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
         return depthwise_kernel(value, spec.shape_of(node.inputs[0])[0])
     if node.kind in CONSTANT_KINDS:
         return constant_value(value, layouts.flatten_source_of(spec, node.inputs[0]))
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return transposed_kernel(value)
+    if node.kind == "prelu":
+        return prelu_slope(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
 
@@ -57,6 +75,12 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     if param == "weight" and layouts.is_depthwise(spec, node):
         return layouts.hwcm_to_oihw(value)
     if node.kind in CONSTANT_KINDS:
+        return layouts.hwc_constant_to_chw(value, layouts.flatten_source_of(spec, node.inputs[0]))
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    if node.kind == "prelu":
+        if len(spec.shape_of(node.inputs[0])) == 3:
+            return np.ascontiguousarray(value.reshape(-1, 1, 1))
         return layouts.hwc_constant_to_chw(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.canonical_parameter(spec, node, param, value)
 
@@ -221,15 +245,31 @@ def op_tanh(net, node, x):
     return net.tflearn.activation(x, "tanh", name=layouts.safe_name(node.name))
 
 
+NHWC_AXES = {1: 3, 2: 1, 3: 2}  # a canonical NCHW axis -> its NHWC axis
+
+
+def _native_axis(net, node) -> int:
+    """The NHWC axis of a softmax's canonical axis (attr axis, default 1): a flat input's features are its last
+    axis, whatever order an NHWC flatten left them in (the softmax sees every one of them)."""
+    axis, rank = node.attrs.get("axis", 1), len(net.spec.shape_of(node.inputs[0]))
+    if rank == 1 and axis == 1:
+        return -1
+    if rank == 3 and axis in NHWC_AXES:
+        return NHWC_AXES[axis]
+    raise Unsupported(f"{node.name}: {node.kind} over axis {axis} of a {net.spec.shape_of(node.inputs[0])} input")
+
+
 def op_softmax(net, node, x):
-    _flat_input(net, node, "softmax (over the last axis)")
-    return net.tflearn.activation(x, "softmax", name=layouts.safe_name(node.name))
+    axis = _native_axis(net, node)
+    if axis in (-1, 3):  # tflearn's softmax activation is tf.nn.softmax over the last axis
+        return net.tflearn.activation(x, "softmax", name=layouts.safe_name(node.name))
+    return net.tflearn.activation(x, lambda v: net.tf.nn.softmax(v, axis=axis), name=layouts.safe_name(node.name))
 
 
 def op_logsoftmax(net, node, x):
-    _flat_input(net, node, "log-softmax (over the last axis)")
+    axis = _native_axis(net, node)
     # tflearn has no log-softmax activation
-    return net.tflearn.activation(x, lambda v: net.tf.nn.log_softmax(v, axis=-1), name=layouts.safe_name(node.name))
+    return net.tflearn.activation(x, lambda v: net.tf.nn.log_softmax(v, axis=axis), name=layouts.safe_name(node.name))
 
 
 def op_sigmoid(net, node, x):
@@ -292,8 +332,9 @@ def op_clip(net, node, x):
 
 def _same_flat_order(net, node) -> None:
     """Flat inputs of a node reading several tensors must share one element order (an NHWC flatten's (H, W, C)
-    order, or the canonical one), or the node would mix them."""
+    order, or the canonical one), or the node would mix them. A flattened 1x1 map is in both orders."""
     sources = {layouts.flatten_source_of(net.spec, t) for t in node.inputs}
+    sources = {None if source is not None and source[1:] == (1, 1) else source for source in sources}
     if len(sources) > 1 or (node.kind == "concat" and sources != {None}):
         raise Unsupported(f"{node.name}: {node.kind} of flat inputs in NHWC flatten order {sorted(map(str, sources))}")
 
@@ -303,6 +344,14 @@ def op_add(net, node, *xs):
     if len(xs) == 1:  # tflearn's merge wants two tensors or more
         return net.tf.identity(xs[0], name=layouts.safe_name(node.name))
     return net.tflearn.merge(list(xs), "elemwise_sum", name=layouts.safe_name(node.name))
+
+
+def op_mul(net, node, a, b):
+    _same_flat_order(net, node)
+    # tflearn's merge multiplies equal shapes only; a (1, 1, C) gate per image broadcasts with TensorFlow's multiply
+    if a.shape[1:] == b.shape[1:]:
+        return net.tflearn.merge([a, b], "elemwise_mul", name=layouts.safe_name(node.name))
+    return net.tf.multiply(a, b, name=layouts.safe_name(node.name))
 
 
 def op_concat(net, node, *xs):
@@ -390,7 +439,120 @@ def op_channelshuffle(net, node, x):
 
 
 def op_flatten(net, node, x):
+    """tflearn's flatten of an NHWC map is in (H, W, C) order: order "HWC" is that order itself, "CHW" is it too,
+    with layer_outputs and the next dense layer's rows reordered (layouts.flatten_sources)."""
+    if node.attrs.get("order", "CHW") not in ("CHW", "HWC"):
+        raise Unsupported(f"{node.name}: flatten in {node.attrs['order']} order")
     return net.tflearn.flatten(x, name=layouts.safe_name(node.name))
+
+
+def op_pad(net, node, x):
+    """tflearn has no padding layer: tf.pad for constant and reflect (TensorFlow's REFLECT is ONNX's, the border
+    not repeated); TensorFlow has no edge mode, so edge gathers rows and then columns at indices clipped into the
+    map, which repeats the border."""
+    a, tf, name = node.attrs, net.tf, layouts.safe_name(node.name)
+    top, left, bottom, right = a["pads"]
+    _, height, width = _feature_map(net, node, "padding")
+    if a["mode"] == "constant":
+        return tf.identity(_pad(tf, x, a["pads"], a.get("value", 0.0)), name=name)
+    if a["mode"] == "reflect":
+        if max(top, bottom) >= height or max(left, right) >= width:
+            raise Unsupported(f"{node.name}: reflect pads {a['pads']} reach past the {height}x{width} map (TensorFlow's "
+                              f"REFLECT mirrors at most size - 1)")
+        return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="REFLECT", name=name)
+    if a["mode"] == "edge":
+        rows = np.clip(np.arange(-top, height + bottom), 0, height - 1)
+        cols = np.clip(np.arange(-left, width + right), 0, width - 1)
+        return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2, name=name)
+    raise Unsupported(f"{node.name}: padding mode {a['mode']!r}")
+
+
+def op_convtranspose(net, node, x):
+    """tflearn's conv_2d_transpose (tf.nn.conv2d_transpose) with padding 'valid' and the full output shape, output
+    padding included (the transposed conv leaves those bottom/right rows and columns at zero before the bias, as
+    ONNX does); ONNX's pads, which may be asymmetric, are then cropped from it. conv_2d_transpose has no dilation:
+    a dilated one is tf.nn.conv2d_transpose with its dilations on variables made by tflearn."""
+    a, name = node.attrs, layouts.safe_name(node.name)
+    _, height, width = _feature_map(net, node, "transposed convolution")
+    (kh, kw), (sh, sw), (oph, opw) = ops.effective_kernel(a), a["strides"], a.get("output_padding", (0, 0))
+    full = [sh * (height - 1) + kh + oph, sw * (width - 1) + kw + opw]
+    if ops.dilations(a) == (1, 1):
+        y = net.tflearn.layers.conv.conv_2d_transpose(x, a["filters"], list(a["kernel"]), full, list(a["strides"]),
+                                                      padding="valid", activation="linear", name=name)
+        weight, bias = y.W, y.b
+    else:
+        y, weight, bias = _dilated_convtranspose(net, node, x, full)
+    net.hold(node, weight=weight, bias=bias)
+    top, left, bottom, right = a["pads"]
+    return y[:, top:full[0] - bottom, left:full[1] - right, :]
+
+
+def _dilated_convtranspose(net, node, x, full):
+    tf, a = net.tf, node.attrs
+    channels = net.spec.shape_of(node.inputs[0])[0]
+    with tf.variable_scope(None, default_name=layouts.safe_name(node.name)):
+        w = net.tflearn.variables.variable("W", shape=[*a["kernel"], a["filters"], channels],
+                                           initializer=tf.zeros_initializer())
+        b = net.tflearn.variables.variable("b", shape=[a["filters"]], initializer=tf.zeros_initializer())
+        shape = tf.stack([tf.shape(x)[0], *full, a["filters"]])
+        y = tf.nn.conv2d_transpose(x, w, shape, [1, *a["strides"], 1], "VALID", dilations=[1, *ops.dilations(a), 1])
+        y = tf.nn.bias_add(tf.reshape(y, [-1, *full, a["filters"]]), b)
+    return y, w, b
+
+
+def op_prelu(net, node, x):
+    """tflearn's prelu activation: relu(x) + alphas * (x - |x|) / 2, alphas on the last axis (NHWC's channels, or a
+    flat input's features) or one shared."""
+    slope = net.spec.weights[f"{node.name}.slope"]
+    y = net.tflearn.activations.prelu(x, channel_shared=slope.size == 1, name=layouts.safe_name(node.name))
+    net.hold(node, slope=y.alphas)
+    return y
+
+
+def op_instancenorm(net, node, x):
+    """tflearn has no instance normalisation (its normalization module: batch_normalization, LRN, l2_normalize): the
+    TF ops its batch_normalization is made of, tf.nn.moments (biased variance), here per image over H and W, and
+    tf.nn.batch_normalization, on variables made by tflearn."""
+    channels = _feature_map(net, node, "instance normalisation")[0]
+    tf = net.tf
+    with tf.variable_scope(None, default_name=layouts.safe_name(node.name)):
+        scale = net.tflearn.variables.variable("gamma", shape=[channels], initializer=tf.ones_initializer())
+        bias = net.tflearn.variables.variable("beta", shape=[channels], initializer=tf.zeros_initializer())
+        mean, variance = tf.nn.moments(x, [1, 2], keepdims=True)
+        y = tf.nn.batch_normalization(x, mean, variance, bias, scale, node.attrs["epsilon"])
+    net.hold(node, scale=scale, bias=bias)
+    return y
+
+
+def dcr_channels(channels: int, block: int, mode: str) -> np.ndarray:
+    """For each channel of DCR order (input channel (i*b + j)*C' + c), the input channel holding it in `mode`:
+    itself for DCR, c*b*b + i*b + j for CRD (PyTorch's pixel shuffle)."""
+    index = np.arange(channels)
+    if mode == "DCR":
+        return index
+    return index.reshape(channels // block**2, block, block).transpose(1, 2, 0).reshape(-1)
+
+
+def op_depthtospace(net, node, x):
+    """tflearn has no depth-to-space layer: tf.nn.depth_to_space, whose NHWC order is DCR; CRD gathers the channels
+    into DCR order first."""
+    a, tf = node.attrs, net.tf
+    channels = _feature_map(net, node, "depth to space")[0]
+    if a["mode"] not in ("DCR", "CRD"):
+        raise Unsupported(f"{node.name}: depth to space in mode {a['mode']!r}")
+    order = dcr_channels(channels, a["blocksize"], a["mode"])
+    if (order != np.arange(channels)).any():
+        x = tf.gather(x, order, axis=3)
+    return tf.nn.depth_to_space(x, a["blocksize"], name=layouts.safe_name(node.name))
+
+
+def op_unsqueeze(net, node, x):
+    """[N, F] -> NHWC [N, 1, 1, F] with tflearn's reshape layer."""
+    _flat_input(net, node, "unsqueeze")
+    if layouts.flatten_source_of(net.spec, node.inputs[0]) is not None:
+        raise Unsupported(f"{node.name}: unsqueeze of a flat vector in an NHWC flatten's (H, W, C) order, not the "
+                          f"canonical (C, H, W) one")
+    return net.tflearn.reshape(x, [-1, 1, 1, node.output_shape[0]], name=layouts.safe_name(node.name))
 
 
 def op_dropout(net, node, x):

@@ -51,6 +51,9 @@ class ModelSpec:
     source: str = ""
     batch_size: int | None = None  # set when the ONNX input has a fixed batch dimension
     notes: tuple = ()  # what the importer did to read the file (opset converted, constants folded), for the user
+    # "NHWC": the ONNX graph takes its images channels-last and transposes them to NCHW first (tf2onnx's form); the
+    # spec itself, every builder and every input array handed to one are NCHW
+    input_layout: str = "NCHW"
 
     def __post_init__(self):
         previous = self.input_name
@@ -135,6 +138,7 @@ class ModelSpec:
             "source": self.source,
             "batch_size": self.batch_size,
             "notes": list(self.notes),
+            "input_layout": self.input_layout,
             "layers": [
                 {"name": n.name, "kind": n.kind, "attrs": n.attrs, "inputs": list(n.inputs),
                  "output_shape": list(n.output_shape), "onnx_output": n.onnx_output}
@@ -156,7 +160,7 @@ class ModelSpec:
         with np.load(folder / "weights.npz") as npz:
             weights = {k: npz[k] for k in npz.files}
         return cls(tuple(doc["input_shape"]), layers, weights, doc["input_name"], doc["source"],
-                   doc.get("batch_size"), tuple(doc.get("notes", ())))
+                   doc.get("batch_size"), tuple(doc.get("notes", ())), doc.get("input_layout", "NCHW"))
 
 
 def _tuples(attrs: dict) -> dict:

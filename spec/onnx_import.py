@@ -20,7 +20,8 @@ from spec.onnx_normalize import READ_RANGE, NormalizeError, default_opset, norma
 OPSET_RANGE = READ_RANGE  # read as they are; other opsets are converted first (spec.onnx_normalize)
 _TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
                "Gemm", "MatMul+Add", "Softmax (one axis)", "LogSoftmax (one axis)", "Clip", "ReduceMean (H, W)",
-               "LRN", "Add/Sub/Mul/Div by a constant", "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
+               "LRN", "Add/Sub/Mul/Div by a constant", "Mul of two tensors",
+               "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
                "Identity", "Constant", "Pad (H, W)", "ConvTranspose", "PRelu", "InstanceNormalization", "DepthToSpace",
                "Squeeze/Unsqueeze ([N, C, 1, 1] <-> [N, C])")
 
@@ -186,6 +187,7 @@ class _Importer:
         self.names: set[str] = set()
         self.tensors: dict[str, tuple] = {}  # ONNX tensor -> (IR tensor name, shape without the batch axis)
         self.consumed: set[str] = set()  # ONNX nodes already imported as part of another (MatMul's Add)
+        self.nhwc_views: dict[str, tuple] = {}  # ONNX tensor -> (IR tensor, shape) it is an NHWC transpose of
 
     def fail(self, node, message: str):
         raise ModelError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
@@ -203,9 +205,10 @@ class _Importer:
             raise ModelError(f"{self.path}: expected one graph output, found {len(self.graph.output)}")
         self.input_name = inputs[0].name
         dims = self._input_dims(inputs[0])
-        self.tensors[self.input_name] = (self.input_name, tuple(dims[1:]))
-        self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         nodes = list(self.graph.node)
+        self.layout = self._channels_last_input(nodes)
+        self.tensors[self.input_name] = (self.input_name, self.shape_in)
+        self.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         for node in nodes:  # constants read no input: known before any node that reads them, wherever they stand
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 self.constants[node.output[0]] = self._constant_node_tensor(node)
@@ -223,7 +226,23 @@ class _Importer:
         _within_budget(self.path, f"its activations ({per_image / 2**20:,.1f} MiB per image, {ACTIVATION_COPIES} "
                                   f"copies of one image)", ACTIVATION_COPIES * per_image)
         return ModelSpec(self.shape_in, self.layers, self.weights, self.input_name, str(self.path), self.batch,
-                         self.notes)
+                         self.notes, self.layout)
+
+    def _channels_last_input(self, nodes: list) -> str:
+        """"NHWC" when every reader of a 4-D graph input is a Transpose to NCHW (as tf2onnx writes a Keras model's
+        input): the spec then takes NCHW images and those Transposes read as the input itself; else "NCHW"."""
+        readers = [(j, n) for j, n in enumerate(nodes) if self.input_name in n.input]
+        if len(self.shape_in) != 3 or not readers or any(
+                n.op_type != "Transpose" or list(self._attrs(n).get("perm", [])) != [0, 3, 1, 2] for _, n in readers):
+            return "NCHW"
+        h, w, c = self.shape_in
+        self.shape_in = (c, h, w)
+        for j, n in readers:
+            self.consumed.add(j)
+            self.tensors[n.output[0]] = (self.input_name, self.shape_in)
+        self.notes += (f"input {self.input_name!r} is NHWC {['N', h, w, c]}; its Transpose to NCHW is read as the "
+                       f"input, and onnxruntime is given the images channels-last",)
+        return "NHWC"
 
     def _keep_what_the_output_needs(self, output: str) -> None:
         """Drop nodes the output does not depend on, and make the output node the last one."""
@@ -258,6 +277,8 @@ class _Importer:
         if node.op_type in ("Add", "Mul") and len(node.input) == 2 and node.input[0] not in self.tensors and \
                 node.input[1] in self.tensors:
             node = onnx.helper.make_node(node.op_type, node.input[::-1], node.output, name=node.name)  # c + x
+        if node.input[0] in self.nhwc_views:
+            return self._read_nhwc_view(node, i)
         if node.input[0] not in self.tensors:
             where = "a weight, not a tensor the model computes" if node.input[0] in self.constants else \
                 "not computed by any earlier node (graph not in topological order, or a cycle)"
@@ -488,16 +509,25 @@ class _Importer:
         return i + 1
 
     def _op_Transpose(self, node, nodes, i):
-        """NCHW -> NHWC right before a flatten: a flatten in (H, W, C) order (how tf2onnx writes a Keras Flatten)."""
+        """NCHW -> NHWC: a view that a flatten (in (H, W, C) order) or a mean over H and W may read, as tf2onnx
+        writes a Keras model's Flatten and GlobalAveragePooling2D."""
         perm = list(self._attrs(node).get("perm", []))
-        readers = [n for n in nodes if node.output[0] in n.input]
-        nxt = readers[0] if len(readers) == 1 else None
-        if perm == [0, 2, 3, 1] and len(self.shape) == 3 and nxt is not None and nxt.input[0] == node.output[0] and \
-                self._flattens(nxt):
-            self.consumed.add(nodes.index(nxt))
-            return self._flatten(nxt, i, order="HWC", output=nxt.output[0])
-        self.fail(node, f"Transpose {perm} of {('N',) + self.shape} is supported only as NCHW -> NHWC right before "
-                        f"a flatten, or as part of a channel shuffle or depth to space")
+        if perm != [0, 2, 3, 1] or len(self.shape) != 3:
+            self.fail(node, f"Transpose {perm} of {('N',) + self.shape} is supported only as NCHW -> NHWC before a "
+                            f"flatten or a mean over H and W, or as part of a channel shuffle or depth to space")
+        self.nhwc_views[node.output[0]] = (self.source, self.shape)
+
+    def _read_nhwc_view(self, node, i):
+        self.source, self.shape = self.nhwc_views[node.input[0]]
+        if self._flattens(node):
+            return self._flatten(node, i, order="HWC")
+        if node.op_type == "ReduceMean":
+            axes = self._axes(node)
+            keep = self._attrs(node).get("keepdims", 1)
+            if axes is not None and sorted(a % 4 for a in axes) == [1, 2] and not keep:
+                return self._add(node, "globalavgpool", {"keepdims": False}, (self.shape[0],), node.output[0])
+        self.fail(node, "reads an NHWC view (a Transpose (0, 2, 3, 1)) of a map; only a flatten or a mean over H and W "
+                        "without kept axes may read one")
 
     def _flattens(self, node) -> bool:
         """Whether `node` (reading an NHWC view of this tensor) flattens it to [N, F]."""
@@ -599,6 +629,9 @@ class _Importer:
         return self._constant_operand(node, "shift", lambda v: -v)
 
     def _op_Mul(self, node, nodes, i):
+        if len(node.input) == 2 and all(n in self.tensors for n in node.input):
+            sources = sorted(self._computed_inputs(node), key=lambda s: -int(np.prod(s[1])))  # the full map first
+            return self._add(node, "mul", {}, None, node.output[0], sources=sources)
         return self._constant_operand(node, "scale", lambda v: v)
 
     def _op_Div(self, node, nodes, i):

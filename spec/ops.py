@@ -361,6 +361,28 @@ register(Op("add", ("Add", "Sum"), lambda a, p, xs: (sum(xs[1:], xs[0]), None),
             doc="elementwise sum of tensors of one shape (a residual connection)"))
 
 
+def _mul_shape(attrs, in_shapes):
+    first, second = (tuple(s) for s in in_shapes)
+    if second != first and second != (first[0],) + (1,) * (len(first) - 1):
+        raise ValueError(f"inputs of shapes {first} and {second}: only equal shapes, or a second input of one value "
+                         f"per channel (C, 1, 1), are supported")
+    return first
+
+
+def _mul_backward(attrs, params, xs, y, cache, g):
+    a, b = xs
+    db = g * a
+    if b.shape != a.shape:  # one value per channel and image: sum over the positions it was broadcast to
+        db = db.sum(axis=tuple(range(2, a.ndim)), keepdims=True)
+    return [g * b, db], {}
+
+
+register(Op("mul", (), lambda a, p, xs: (xs[0] * xs[1], None), _mul_backward, _per_element(1), shape=_mul_shape,
+            arity=2,
+            doc="elementwise product of two computed tensors (swish: x * sigmoid(x)); the second may hold one value "
+                "per channel of each image, (C, 1, 1), broadcast over H and W (a squeeze-and-excitation gate)"))
+
+
 def _concat_shape(attrs, in_shapes):
     rest = {tuple(s[1:]) for s in in_shapes}
     if len(rest) != 1:

@@ -194,6 +194,56 @@ def blocks_export(path: Path, opset: int = 17) -> Path:
     return Path(path)
 
 
+def blocks_at_opset(path: Path, opset: int, dynamo: bool) -> Path:
+    """The blocks net written by either torch.onnx exporter at `opset` (the TorchScript one keeps BatchNorm nodes)."""
+    import torch
+
+    if not dynamo:
+        return blocks_export(path, opset)
+    torch.onnx.export(_blocks_cnn(), (torch.zeros(2, 3, 32, 32),), str(path), input_names=["x"], dynamo=True,
+                      opset_version=opset, dynamic_shapes=({0: torch.export.Dim("N")},))
+    return Path(path)
+
+
+def _keras_cnn():
+    """A Keras functional model of the layers tf2onnx users bring: BatchNorm, ReLU6, a residual depthwise block with
+    LeakyReLU, two concatenated branches (ELU; dilated + sigmoid), max and 'same' average pooling, swish, then
+    Flatten and GlobalAveragePooling2D side by side (both read the NHWC map), Dense layers and softmax."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    x = keras.Input((32, 32, 3), name="x")
+    y = layers.ReLU(max_value=6.0)(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(x)))
+    y = layers.Add()([y, layers.LeakyReLU(0.1)(layers.DepthwiseConv2D(3, padding="same")(y))])
+    y = layers.Concatenate()([layers.Conv2D(4, 1, activation="elu")(y),
+                              layers.Conv2D(4, 3, padding="same", dilation_rate=2, activation="sigmoid")(y)])
+    y = layers.AveragePooling2D(2, strides=1, padding="same")(layers.MaxPooling2D()(y))
+    y = layers.Conv2D(8, 3, strides=2, padding="same", activation="swish")(y)
+    y = layers.Concatenate()([layers.Dense(6, activation="tanh")(layers.Flatten()(y)),
+                              layers.GlobalAveragePooling2D()(y)])
+    model = keras.Model(x, layers.Dense(10, activation="softmax")(y))
+    for layer in model.layers:  # running statistics that are not the identity
+        if isinstance(layer, layers.BatchNormalization):
+            rng = np.random.default_rng(3)
+            layer.moving_mean.assign(rng.uniform(-0.5, 0.5, 8).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, 8).astype(np.float32))
+    return model
+
+
+def keras_export(path: Path, opset: int = 13) -> Path:
+    """The Keras model written by tf2onnx (channels-last input, Transposes to NCHW inserted by the converter)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = _keras_cnn()
+    signature = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="x"),)
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda t: model(t, training=False)),
+                                             input_signature=signature, opset=opset)
+    onnx.save(proto, str(path))
+    return Path(path)
+
+
 def activations_cnn(path: Path) -> Path:
     """Selu, Softplus, HardSigmoid, HardSwish, Clip (min and max as inputs), Elu after a Gemm; ends in logits
     through LogSoftmax."""
@@ -334,6 +384,7 @@ def write_all(folder: Path) -> dict:
         "opset9": opset9_cnn(folder / "opset9.onnx"),
         "graph": graph_cnn(folder / "graph.onnx"),
         "layers": layers_cnn(folder / "layers.onnx"),
+        "keras": keras_export(folder / "keras.onnx"),
     }
 
 

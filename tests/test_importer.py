@@ -238,3 +238,17 @@ def test_ceil_mode_becomes_extra_padding_that_onnxruntime_agrees_with(tmp_path, 
     spec = import_model(path)
     got = Reference(spec, spec.weights).outputs(x)[spec.layers[0].name]
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
+
+
+def test_an_opset_6_prelu_slope_is_one_per_channel():
+    """Before opset 7 a 1-D PRelu slope meant one per channel; onnx.version_converter leaves it to broadcast onto W,
+    which onnxruntime refuses. The onnx package's PyTorch-converted model reads as PyTorch meant it."""
+    from pathlib import Path
+
+    import onnx.backend.test
+
+    path = Path(onnx.backend.test.__file__).parent / "data/pytorch-converted/test_PReLU_2d_multiparam/model.onnx"
+    spec = import_model(path)
+    (node,) = spec.layers
+    assert node.kind == "prelu" and spec.weights[f"{node.name}.slope"].shape == (3, 1, 1)
+    assert any("PRelu slope" in note for note in spec.notes)

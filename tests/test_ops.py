@@ -43,7 +43,8 @@ CASES = {
     "unsqueeze": ({}, (5,)),
 }
 # ops of several inputs: (attrs, input shapes)
-MULTI = {"add": ({}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)]), "concat": ({}, [(2, 3, 3), (1, 3, 3), (3, 3, 3)])}
+MULTI = {"add": ({}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)]), "concat": ({}, [(2, 3, 3), (1, 3, 3), (3, 3, 3)]),
+         "mul": ({}, [(3, 4, 4), (3, 1, 1)])}
 # grouped and dilated convolution, dilated max pooling
 VARIANTS = {
     "depthwise conv, multiplier 2": ("conv", {"filters": 6, "kernel": (3, 3), "strides": (1, 1), "pads": (1, 1, 1, 1),

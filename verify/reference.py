@@ -23,6 +23,8 @@ def layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray) -> dic
     options.log_severity_level = 3
     names = [layer.onnx_output for layer in spec.layers]
     chunk = spec.batch_size or len(x)
+    if spec.input_layout == "NHWC":  # x is NCHW, as every library receives it
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         parts = [session.run(names, {spec.input_name: x[i:i + chunk]}) for i in range(0, len(x), chunk)]

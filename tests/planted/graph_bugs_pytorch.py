@@ -23,4 +23,14 @@ def _lrn_alpha():
     module.op_lrn = op_lrn
 
 
-BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha}
+def _depthtospace_mode():
+    # nn.PixelShuffle for every DepthToSpace: PyTorch's CRD order also for ONNX's default DCR
+    module = importlib.import_module("builders.pytorch")
+
+    def op_depthtospace(spec, node, **_options):
+        import torch.nn as nn
+        return nn.PixelShuffle(node.attrs["blocksize"])
+    module.op_depthtospace = op_depthtospace
+
+
+BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha, "pytorch-depthtospace-mode": _depthtospace_mode}

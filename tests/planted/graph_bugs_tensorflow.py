@@ -25,4 +25,15 @@ def _lrn_alpha_not_divided():
     module.op_lrn = op_lrn
 
 
-BUGS = {"concat-order": _concat_order, "lrn-alpha-not-divided": _lrn_alpha_not_divided}
+def _pixel_shuffle_as_dcr():
+    # PyTorch's PixelShuffle ported as tf.nn.depth_to_space as it is: TensorFlow's reads the channels in DCR order
+    # ((i*b + j)*C' + c), PixelShuffle's are CRD (c*b*b + i*b + j); same shape, pixels from the wrong channels
+    module = importlib.import_module("builders.tensorflow")
+
+    def op_depthtospace(tf, spec, node, params):
+        return lambda xs, training, masks: tf.nn.depth_to_space(xs[0], node.attrs["blocksize"])
+    module.op_depthtospace = op_depthtospace
+
+
+BUGS = {"concat-order": _concat_order, "lrn-alpha-not-divided": _lrn_alpha_not_divided,
+        "tensorflow-pixel-shuffle-as-dcr": _pixel_shuffle_as_dcr}

@@ -22,4 +22,13 @@ def _shift_sign():
     module.op_shift = lambda net, node, x: module._with_constant(net, node, x, net.tf.subtract)
 
 
-BUGS = {"bn-scale-bias-swapped": _bn_scale_bias_swapped, "shift-sign": _shift_sign}
+def _deconv_kernel_flipped():
+    # the transposed convolution's kernel flipped in H and W on loading, in the belief that a "deconvolution" is a
+    # true convolution (Theano's filter_flip); tf.nn.conv2d_transpose flips nothing itself: same shape, wrong values
+    module = importlib.import_module("builders.tensorlayer")
+    original = module.deconv_kernel
+    module.deconv_kernel = lambda w: original(w[:, :, ::-1, ::-1])
+
+
+BUGS = {"bn-scale-bias-swapped": _bn_scale_bias_swapped, "shift-sign": _shift_sign,
+        "deconv-kernel-flipped": _deconv_kernel_flipped}

@@ -29,4 +29,12 @@ def _scale_not_per_channel():
     module.to_native = planted
 
 
-BUGS = {"depthwise-mapping": _depthwise_mapping, "scale-not-per-channel": _scale_not_per_channel}
+def _pixel_shuffle_as_dcr():
+    # PyTorch's PixelShuffle (DepthToSpace CRD: channel c*b*b + i*b + j) ported as tf.nn.depth_to_space as it is,
+    # whose NHWC order is DCR ((i*b + j)*C' + c): the channel permutation into DCR order left out; same shape
+    module = importlib.import_module("builders.tflearn")
+    module.dcr_channels = lambda channels, block, mode: np.arange(channels)
+
+
+BUGS = {"depthwise-mapping": _depthwise_mapping, "scale-not-per-channel": _scale_not_per_channel,
+        "pixel-shuffle-as-dcr": _pixel_shuffle_as_dcr}
