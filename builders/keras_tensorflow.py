@@ -597,6 +597,14 @@ def op_add(graph: Graph, node, xs):
     return graph.keras.layers.Add(name=node.name)(xs)
 
 
+def op_mul(graph: Graph, node, xs):
+    """Multiply; a second input of one value per channel, (1, 1, C) in NHWC, broadcasts over H and W."""
+    if len(_flatten_orders(graph, node)) > 1:
+        raise Unsupported(f"{node.name}: multiplies flat vectors in different element orders (Keras flattens in "
+                          f"(H, W, C) order, not in ONNX's (C, H, W))")
+    return graph.keras.layers.Multiply(name=node.name)(xs)
+
+
 def op_concat(graph: Graph, node, xs):
     if _flatten_orders(graph, node) != {None}:
         raise Unsupported(f"{node.name}: concatenates flattened tensors: Keras flattens in (H, W, C) order and the next dense "
