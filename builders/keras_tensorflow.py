@@ -42,6 +42,17 @@ def depthwise_to_canonical(w: np.ndarray) -> np.ndarray:
     return layouts.hwcm_to_oihw(w)
 
 
+def convtranspose_kernel(w: np.ndarray) -> np.ndarray:
+    """(in, out, kh, kw), the weight of the convolution it transposes -> Conv2DTranspose's (kh, kw, out, in), that
+    convolution's Keras kernel: TensorFlow's transposed conv is its input gradient, no kernel flip."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def convtranspose_to_canonical(w: np.ndarray) -> np.ndarray:
+    """Inverse of convtranspose_kernel."""
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+
+
 # TensorFlow's C++ start-up INFO lines; the oneDNN one is written before absl logging is initialised,
 # so TF_CPP_MIN_LOG_LEVEL does not hold it back.
 _NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
@@ -123,11 +134,13 @@ def constant_to_canonical(value: np.ndarray, flatten_from) -> np.ndarray:
 def to_native(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """A canonical parameter (or gradient) -> the layout the Keras layer holds it in. A grouped Conv2D's kernel is
     (kh, kw, in/group, out), which is oihw_to_hwio of the canonical (out, in/group, kh, kw); BatchNormalization's
-    gamma, beta, moving mean and variance are (C,) as in the registry; a scale's or shift's value as
-    constant_value says."""
+    gamma, beta, moving mean and variance (and GroupNormalization's, for instance norm) are (C,) as in the
+    registry; a scale's or shift's value and a PReLU slope as constant_value says."""
     if (node.kind, param) == ("conv", "weight") and depthwise(spec, node):
         return depthwise_kernel(value, node.attrs["group"])
-    if node.kind in ("scale", "shift"):
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return convtranspose_kernel(value)
+    if node.kind in ("scale", "shift", "prelu"):
         return constant_value(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.nhwc_parameter(spec, node, param, value, conv_kernel, dense_kernel)
 
@@ -136,7 +149,9 @@ def to_canonical(spec, node, param: str, value: np.ndarray) -> np.ndarray:
     """Inverse of to_native."""
     if (node.kind, param) == ("conv", "weight") and depthwise(spec, node):
         return depthwise_to_canonical(value)
-    if node.kind in ("scale", "shift"):
+    if (node.kind, param) == ("convtranspose", "weight"):
+        return convtranspose_to_canonical(value)
+    if node.kind in ("scale", "shift", "prelu"):
         return constant_to_canonical(value, layouts.flatten_source_of(spec, node.inputs[0]))
     return layouts.canonical_parameter(spec, node, param, value)
 
@@ -234,14 +249,26 @@ def _pool(graph: Graph, node, x, pool):
         x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
     elif mode == "same":
         padding = "same"  # TF SAME: max ignores the pad, average excludes it
-    elif mode == "explicit" and node.kind == "maxpool" and _nonnegative_input(graph.spec, node):
-        x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
-    elif mode == "explicit" and node.kind == "avgpool":
-        return _avgpool_excluding_pads(graph, node, x)
+    elif mode == "explicit" and node.kind == "maxpool":
+        x = _maxpool_padding(graph, node, x)
     elif mode == "explicit":
-        raise Unsupported(f"{node.name}: Keras cannot express max pooling of possibly negative input with explicit "
-                          f"pads {a['pads']}")
+        return _avgpool_excluding_pads(graph, node, x)
     return pool(a["kernel"], strides=a["strides"], padding=padding, name=node.name)(x)
+
+
+def _constant_padding(graph: Graph, pads, value: float, name=None):
+    """A layer padding H and W with `value` (keras.ops.pad; Keras's padding layers pad with zeros only)."""
+    kops, width = graph.keras.ops, [[0, 0], *_pairs(pads), [0, 0]]
+    return graph.keras.layers.Lambda(lambda t: kops.pad(t, width, constant_values=value), name=name)
+
+
+def _maxpool_padding(graph: Graph, node, x):
+    """ONNX max pooling pads with -inf (a padded cell never wins): ZeroPadding2D where the input is >= 0 (the same
+    maxima), else padding with -inf."""
+    pads = node.attrs["pads"]
+    if _nonnegative_input(graph.spec, node):
+        return graph.keras.layers.ZeroPadding2D(_pairs(pads))(x)
+    return _constant_padding(graph, pads, -np.inf)(x)
 
 
 def _avgpool_excluding_pads(graph: Graph, node, x):
@@ -265,25 +292,33 @@ def op_maxpool(graph: Graph, node, xs):
 
 
 def _dilated_maxpool(graph: Graph, node, x):
-    """MaxPooling2D has no dilation: the maximum (Maximum) over the window's kh*kw taps, each tap the input
-    cropped (Cropping2D) to where that tap reads and subsampled by the strides (MaxPooling2D of size 1)."""
-    L, a = graph.keras.layers, node.attrs
+    """MaxPooling2D has no dilation. A window's maximum is the maximum over its rows of each row's maximum, so the
+    pool runs along H, then along W: per axis, the maximum (Maximum) of its k taps, each tap the input cropped
+    (Cropping2D) to where that tap reads and subsampled by the stride (MaxPooling2D of size 1); kh + kw taps, not
+    kh * kw."""
+    a = node.attrs
     if _padding_mode(graph, node) != "valid":
-        if not _nonnegative_input(graph.spec, node):
-            raise Unsupported(f"{node.name}: Keras cannot express dilated max pooling of possibly negative input "
-                              f"with pads {a['pads']} (its padding layers pad with zeros, not -inf)")
-        x = L.ZeroPadding2D(_pairs(a["pads"]))(x)
-    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], ops.dilations(a)
-    _, oh, ow = node.output_shape
+        x = _maxpool_padding(graph, node, x)
     _, h, w = graph.spec.shape_of(node.inputs[0])
-    h, w = h + a["pads"][0] + a["pads"][2], w + a["pads"][1] + a["pads"][3]
+    top, left, bottom, right = a["pads"]
+    _, oh, ow = node.output_shape
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], ops.dilations(a)
+    x = _dilated_max_along(graph, x, 0, h + top + bottom, kh, sh, dh, oh)
+    return _dilated_max_along(graph, x, 1, w + left + right, kw, sw, dw, ow, name=node.name)
+
+
+def _dilated_max_along(graph: Graph, x, axis: int, size: int, k: int, s: int, d: int, out: int, name=None):
+    """Axis 0 (H) or 1 (W) of x (`size` long) -> out positions, position o the maximum of x at o*s + t*d, t < k."""
+    L = graph.keras.layers
     taps = []
-    for i in range(kh):
-        for j in range(kw):
-            top, left = i * dh, j * dw
-            tap = L.Cropping2D(((top, h - top - sh * (oh - 1) - 1), (left, w - left - sw * (ow - 1) - 1)))(x)
-            taps.append(L.MaxPooling2D(1, strides=(sh, sw))(tap) if (sh, sw) != (1, 1) else tap)
-    return L.Maximum(name=node.name)(taps)
+    for t in range(k):
+        crop = (t * d, size - t * d - s * (out - 1) - 1)
+        tap = L.Cropping2D((crop, (0, 0)) if axis == 0 else ((0, 0), crop))(x)
+        strides = (s, 1) if axis == 0 else (1, s)
+        taps.append(L.MaxPooling2D(1, strides=strides)(tap) if s != 1 else tap)
+    if len(taps) == 1:
+        return L.Identity(name=name)(taps[0]) if name else taps[0]
+    return L.Maximum(name=name)(taps)
 
 
 def op_avgpool(graph: Graph, node, xs):
@@ -352,8 +387,17 @@ def op_clip(graph: Graph, node, xs):
     return L.Lambda(lambda t: clip(t, low, high), name=node.name)(xs[0])
 
 
+def _native_axis(graph: Graph, node) -> int:
+    """The node's canonical axis (attr axis, default 1) on the Keras tensor: NCHW's 1, 2, 3 are NHWC's 3, 1, 2; an
+    [N, F] tensor keeps axis 1 (a softmax over all features does not depend on their order)."""
+    axis = node.attrs.get("axis", 1)
+    return {1: 3, 2: 1, 3: 2}[axis] if len(graph.spec.shape_of(node.inputs[0])) == 3 else axis
+
+
 def op_logsoftmax(graph: Graph, node, xs):
-    return graph.keras.layers.Activation("log_softmax", name=node.name)(xs[0])
+    keras = graph.keras
+    log_softmax = functools.partial(keras.activations.log_softmax, axis=_native_axis(graph, node))
+    return keras.layers.Activation(log_softmax, name=node.name)(xs[0])
 
 
 def op_batchnorm(graph: Graph, node, xs):
@@ -437,6 +481,110 @@ def op_channelshuffle(graph: Graph, node, xs):
     x = L.Permute((1, 2, 4, 3))(x)
     return L.Reshape((h, w, c), name=node.name)(x)
 
+def op_pad(graph: Graph, node, xs):
+    """ZeroPadding2D for zeros; keras.ops.pad for another constant and for reflect (ONNX's reflect is TensorFlow's
+    REFLECT: no border repeat); edge, which TensorFlow's pad lacks, as keras.ops.take of row and column indices
+    clipped into the input (each padded cell a copy of the nearest border cell)."""
+    L, kops, a = graph.keras.layers, graph.keras.ops, node.attrs
+    mode, pads, value = a["mode"], a["pads"], a.get("value", 0.0)
+    if mode == "constant" and value == 0.0:
+        return L.ZeroPadding2D(_pairs(pads), name=node.name)(xs[0])
+    if mode == "constant":
+        return _constant_padding(graph, pads, value, name=node.name)(xs[0])
+    if mode == "reflect":
+        width = [[0, 0], *_pairs(pads), [0, 0]]
+        return L.Lambda(lambda t: kops.pad(t, width, mode="reflect"), name=node.name)(xs[0])
+    if mode == "edge":
+        (top, bottom), (left, right) = _pairs(pads)
+        _, h, w = graph.spec.shape_of(node.inputs[0])
+        rows, cols = np.clip(np.arange(-top, h + bottom), 0, h - 1), np.clip(np.arange(-left, w + right), 0, w - 1)
+        return L.Lambda(lambda t: kops.take(kops.take(t, rows, axis=1), cols, axis=2), name=node.name)(xs[0])
+    raise Unsupported(f"{node.name}: pad mode {mode!r}")
+
+
+@functools.cache
+def _transposed_class(keras):
+    """Conv2DTranspose (padding "valid": the full output) followed by cropping `crop` (top, left, bottom, right),
+    ONNX's pads, which may be asymmetric. upsample (sh, sw) > 1: Keras refuses strides > 1 with dilation_rate > 1,
+    so the layer runs at stride 1 on the input with sh - 1 zero rows (sw - 1 columns) inserted between its rows
+    (columns) and `output_padding` zero rows and columns appended: the same sums a strided transposed conv forms."""
+    kops = keras.ops
+
+    class CroppedConv2DTranspose(keras.layers.Conv2DTranspose):
+        def __init__(self, *args, crop=(0, 0, 0, 0), upsample=(1, 1), extra=(0, 0), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.crop, self.upsample, self.extra = tuple(crop), tuple(upsample), tuple(extra)
+
+        def _spread(self, x):
+            for axis, (s, extra) in enumerate(zip(self.upsample, self.extra), start=1):
+                if s > 1:  # (..., n, ...) -> (..., n, s, ...) with zeros at 1..s-1 -> (..., n*s, ...), then cut
+                    size, rest = x.shape[axis], x.shape[axis + 1:]
+                    x = kops.stack([x] + [kops.zeros_like(x)] * (s - 1), axis=axis + 1)
+                    x = kops.reshape(x, (-1, *x.shape[1:axis], size * s, *rest))
+                    x = x[(slice(None),) * axis + (slice(0, (size - 1) * s + 1 + extra),)]
+            return x
+
+        def call(self, inputs):
+            top, left, bottom, right = self.crop
+            y = super().call(self._spread(inputs))
+            return y[:, top:y.shape[1] - bottom, left:y.shape[2] - right, :]
+
+        def _spread_shape(self, input_shape):
+            n, h, w, c = input_shape
+            (sh, sw), (eh, ew) = self.upsample, self.extra
+            return n, (h - 1) * sh + 1 + eh, (w - 1) * sw + 1 + ew, c
+
+        def compute_output_shape(self, input_shape):
+            n, h, w, c = super().compute_output_shape(self._spread_shape(input_shape))
+            top, left, bottom, right = self.crop
+            return n, h - top - bottom, w - left - right, c
+
+        def get_config(self):
+            return {**super().get_config(), "crop": self.crop, "upsample": self.upsample, "extra": self.extra}
+
+    return CroppedConv2DTranspose
+
+
+def op_convtranspose(graph: Graph, node, xs):
+    a = node.attrs
+    strides, dilations, output_padding = tuple(a["strides"]), ops.dilations(a), tuple(a.get("output_padding", (0, 0)))
+    window = {"strides": strides, "output_padding": output_padding, "upsample": (1, 1), "extra": (0, 0)}
+    if strides != (1, 1) and dilations != (1, 1):
+        window = {"strides": (1, 1), "output_padding": (0, 0), "upsample": strides, "extra": output_padding}
+    layer = _transposed_class(graph.keras)(a["filters"], a["kernel"], padding="valid", dilation_rate=dilations,
+                                           crop=a["pads"], name=node.name, **window)
+    return _loaded(graph, layer, node, xs[0])
+
+
+def op_prelu(graph: Graph, node, xs):
+    """PReLU with its slope shared along the axes where the slope (in Keras's layout) has size 1."""
+    shape = to_native(graph.spec, node, "slope", graph.spec.params(node)["slope"]).shape
+    shared = [axis for axis, n in enumerate(shape, start=1) if n == 1] or None
+    return _loaded(graph, graph.keras.layers.PReLU(shared_axes=shared, name=node.name), node, xs[0])
+
+
+def op_instancenorm(graph: Graph, node, xs):
+    """GroupNormalization with one group per channel: each image's channel normalised by its mean and biased
+    variance over H and W, then gamma and beta per channel."""
+    channels = node.output_shape[0]
+    norm = graph.keras.layers.GroupNormalization(groups=channels, axis=-1, epsilon=node.attrs["epsilon"],
+                                                 name=node.name)
+    return _loaded(graph, norm, node, xs[0])
+
+
+def op_depthtospace(graph: Graph, node, xs):
+    """In NHWC: channels viewed as (b, b, C') (DCR: channel (i*b + j)*C' + c) or (C', b, b) (CRD: c*b*b + i*b + j),
+    the block axes moved beside H and W (Permute), then merged into them."""
+    L, b = graph.keras.layers, node.attrs["blocksize"]
+    c, h, w = node.output_shape
+    h, w = h // b, w // b
+    if node.attrs["mode"] == "DCR":
+        x, order = L.Reshape((h, w, b, b, c))(xs[0]), (1, 3, 2, 4, 5)
+    else:
+        x, order = L.Reshape((h, w, c, b, b))(xs[0]), (1, 4, 2, 5, 3)
+    return L.Reshape((h * b, w * b, c), name=node.name)(L.Permute(order)(x))
+
+
 def _flatten_orders(graph: Graph, node) -> set:
     """The flatten sources (layouts.flatten_sources) of the node's inputs."""
     return {layouts.flatten_source_of(graph.spec, t) for t in node.inputs}
@@ -447,6 +595,14 @@ def op_add(graph: Graph, node, xs):
         raise Unsupported(f"{node.name}: adds flat vectors in different element orders (Keras flattens in "
                           f"(H, W, C) order, not in ONNX's (C, H, W))")
     return graph.keras.layers.Add(name=node.name)(xs)
+
+
+def op_mul(graph: Graph, node, xs):
+    """Multiply; a second input of one value per channel, (1, 1, C) in NHWC, broadcasts over H and W."""
+    if len(_flatten_orders(graph, node)) > 1:
+        raise Unsupported(f"{node.name}: multiplies flat vectors in different element orders (Keras flattens in "
+                          f"(H, W, C) order, not in ONNX's (C, H, W))")
+    return graph.keras.layers.Multiply(name=node.name)(xs)
 
 
 def op_concat(graph: Graph, node, xs):
@@ -463,7 +619,16 @@ def op_dropout(graph: Graph, node, xs):
 
 
 def op_flatten(graph: Graph, node, xs):
+    """Flatten gives (H, W, C) order: canonical for order "HWC", reordered for "CHW" where layouts.flatten_sources
+    says so."""
     return graph.keras.layers.Flatten(name=node.name)(xs[0])
+
+
+def op_unsqueeze(graph: Graph, node, xs):
+    if layouts.flatten_source_of(graph.spec, node.inputs[0]) is not None:
+        raise Unsupported(f"{node.name}: makes a 1x1 map of a flat vector in Keras's (H, W, C) flatten order, not "
+                          f"the canonical (C, H, W) order its channels must have")
+    return graph.keras.layers.Reshape((1, 1, node.output_shape[0]), name=node.name)(xs[0])
 
 
 def op_dense(graph: Graph, node, xs):
@@ -471,7 +636,7 @@ def op_dense(graph: Graph, node, xs):
 
 
 def op_softmax(graph: Graph, node, xs):
-    return graph.keras.layers.Softmax(axis=-1, name=node.name)(xs[0])
+    return graph.keras.layers.Softmax(axis=_native_axis(graph, node), name=node.name)(xs[0])
 
 
 def _harness_dropout_class(keras):

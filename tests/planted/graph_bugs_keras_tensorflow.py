@@ -1,4 +1,5 @@
 """Graph-op bugs planted into the Keras 3 builder (collected by tests/planted/bugs.py)."""
+import dataclasses
 import importlib
 
 
@@ -26,4 +27,17 @@ def _channel_shuffle_transposed_wrong():
     module.op_channelshuffle = op_channelshuffle
 
 
-BUGS = {"bn-epsilon": _bn_epsilon, "channel-shuffle-transposed-wrong": _channel_shuffle_transposed_wrong}
+def _depth_to_space_modes_swapped():
+    # DCR (ONNX's default, TensorFlow's depth_to_space) and CRD (PyTorch's PixelShuffle) confused: the channels
+    # viewed as (C', b, b) where the node says (b, b, C'), and the other way round; same shape, moved pixels
+    module = importlib.import_module("builders.keras_tensorflow")
+    original = module.op_depthtospace
+
+    def op_depthtospace(graph, node, xs):
+        swapped = {"DCR": "CRD", "CRD": "DCR"}[node.attrs["mode"]]
+        return original(graph, dataclasses.replace(node, attrs={**node.attrs, "mode": swapped}), xs)
+    module.op_depthtospace = op_depthtospace
+
+
+BUGS = {"bn-epsilon": _bn_epsilon, "channel-shuffle-transposed-wrong": _channel_shuffle_transposed_wrong,
+        "depth-to-space-modes-swapped": _depth_to_space_modes_swapped}
