@@ -414,12 +414,21 @@ def _pool(spec, node, inputs, pool_class):
         padding = "same"  # Theano's pooling pad: max ignores it, average excludes it
     elif node.kind == "maxpool" and layouts.nonnegative_input(spec, spec.index_of(node.name)):
         x = _zero_pad(x, pads)
-    else:
-        what = "max pooling of possibly negative input" if node.kind == "maxpool" \
-            else "average pooling with count_include_pad=False"
-        raise Unsupported(f"{node.name}: Keras 2 on Theano cannot express {what} with pads {pads} "
-                          f"(its padding='same' pads symmetrically)")
+    elif node.kind == "maxpool":  # -inf pads: the dilated pooling's composition, at dilation 1
+        return _dilated_max_pooling_2d(library())(a["kernel"], a["strides"], (1, 1), a["pads"],
+                                                  pool_class is not library().layers.MaxPooling2D, name=node.name)(x)
+    else:  # Theano's average excludes symmetric pads only: zero pads, then divide by each window's share of cells
+        return _excluding_pad_average(spec, node, _zero_pad(x, pads))
     return pool_class(a["kernel"], strides=a["strides"], padding=padding, data_format=CF, name=node.name)(x)
+
+
+def _excluding_pad_average(spec, node, padded):
+    keras, a = library(), node.attrs
+    ones = np.ones((1, 1, *spec.input_shapes(node)[0][1:]))
+    share = ops.get("avgpool").forward(dict(a, count_include_pad=True), {}, [ones])[0][0, 0]  # real cells / k*k
+    pooled = keras.layers.AveragePooling2D(a["kernel"], strides=a["strides"], data_format=CF)(padded)
+    inverse = (1.0 / share).astype(np.float32)
+    return keras.layers.Lambda(lambda t: t * keras.backend.constant(inverse), name=node.name)(pooled)
 
 
 def op_maxpool(spec, node, inputs, pool_gradient="theano", **_options):
@@ -553,8 +562,14 @@ def op_add(spec, node, inputs, **_options):
 
 
 def op_mul(spec, node, inputs, **_options):
-    # Keras's Multiply broadcasts a (C, 1, 1) gate per image over H and W
-    return library().layers.Multiply(name=node.name)(list(inputs))
+    keras = library()
+    first, second = spec.input_shapes(node)
+    if first == second:
+        return keras.layers.Multiply(name=node.name)(list(inputs))
+    import theano.tensor as T
+
+    # a (C, 1, 1) gate per image: Theano broadcasts only axes it is told are broadcastable
+    return keras.layers.Lambda(lambda ts: ts[0] * T.addbroadcast(ts[1], 2, 3), name=node.name)(list(inputs))
 
 
 def op_concat(spec, node, inputs, **_options):

@@ -32,6 +32,12 @@ CASES = [
     ("shuffle-groups-swapped", "keras-theano", "graph", "reshape6"),  # channels viewed as (C/g, g)
     ("lrn-alpha-not-divided", "tensorflow", "graph", "lrn11"),  # tf.nn.lrn does not divide alpha by size
     ("scale-not-per-channel", "tflearn", "graph", "mul9"),  # reshaped where a transpose was due
+    ("pytorch-depthtospace-mode", "pytorch", "layers", "depthtospace12"),  # nn.PixelShuffle (CRD) for ONNX's DCR
+    ("depth-to-space-modes-swapped", "keras-tensorflow", "layers", "depthtospace12"),
+    ("tensorflow-pixel-shuffle-as-dcr", "tensorflow", "layers", "reshape18"),  # tf.nn.depth_to_space is DCR
+    ("pixel-shuffle-as-dcr", "tflearn", "layers", "reshape18"),
+    ("deconv-kernel-flipped", "tensorlayer", "layers", "convtranspose5"),  # flipped as if a true convolution
+    ("transposed-kernel-unflipped", "keras-theano", "layers", "convtranspose5"),  # Theano convolves: flip is due
 ]
 
 
