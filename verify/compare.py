@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from builders import NAMES, resolve
 from workers import Status
 
 TOLERANCES = Path(__file__).with_name("tolerances.json")
@@ -22,9 +23,13 @@ CHUNK_ELEMENTS = 2**22  # layer_error's float64 difference: at most this many el
 
 
 def load_policy(library: str | None = None, path: Path = TOLERANCES) -> dict:
+    """The policy, with the library's own entry (`per_library`) over it; a fast path gets its base library's
+    entry, then its own."""
     doc = json.loads(Path(path).read_text())
-    policy = dict(doc["policy"])
-    policy.update(doc.get("per_library", {}).get(library or "", {}))
+    policy, own = dict(doc["policy"]), doc.get("per_library", {})
+    if library in NAMES:
+        policy.update(own.get(resolve(library)[0], {}))
+    policy.update(own.get(library or "", {}))
     return policy
 
 

@@ -27,11 +27,15 @@ from verify.runner import run_worker
 from workers import Status, first_line, lifeline, number, results
 
 CIFAR_SHAPE = (3, 32, 32)
-# what verifying holds per image, in copies of one image's activations (every node's output): each worker holds
-# its library's outputs for every image and writes them (measured: README, 'Memory and time'); the orchestrator
-# reads one node at a time, a library's and onnxruntime's, for each worker it judges
+# what verifying holds (measured: README, 'Memory and time'). Per image, in copies of one image's activations
+# (every node's output): each worker holds its library's outputs for every image while it writes them; the
+# orchestrator reads one node at a time, a library's and onnxruntime's, for each worker it judges. Besides, the
+# weights: the orchestrator's (the spec's, onnxruntime's, the float64 reference's node at a time) and each
+# worker's (the spec's and the library's).
 WORKER_COPIES = 2
 JUDGED_NODE_COPIES = 2
+ORCHESTRATOR_WEIGHT_COPIES = 3
+WORKER_WEIGHT_COPIES = 2
 
 
 class InputsError(ValueError):
@@ -41,19 +45,22 @@ class InputsError(ValueError):
 def image_count(spec: ModelSpec, wanted: int, workers: int = 2) -> tuple:
     """(images to verify with, why fewer than `wanted` or ""): as many as the memory budget holds with `workers`
     libraries verified at once, at most `wanted`; ModelError when not even one image fits."""
-    budget = memory_budget_gib()
-    per_image = spec.activation_bytes()
+    budget = memory_budget_gib() * 2**30
+    per_image, weights = spec.activation_bytes(), 4 * spec.parameter_count()
     largest = 4 * max((math.prod(n.output_shape) for n in spec.layers), default=0)
     held = workers * (WORKER_COPIES * per_image + JUDGED_NODE_COPIES * largest)
-    fit = int(budget * 2**30 // held) if held else wanted
+    fixed = weights * (ORCHESTRATOR_WEIGHT_COPIES + workers * WORKER_WEIGHT_COPIES)
+    fit = int((budget - fixed) // held) if held else wanted
     what = (f"{workers} worker(s) at once, each holding {WORKER_COPIES} copies of {per_image / 2**20:,.0f} MiB of "
-            f"activations per image")
+            f"activations per image, beside {fixed / 2**30:,.1f} GiB of weights")
     if fit < 1:
-        raise ModelError(f"{spec.source}: verifying one image needs about {held / 2**30:,.1f} GiB ({what}), over "
-                         f"the memory budget of {budget:g} GiB (raise it with {BUDGET_VARIABLE}=...)")
+        more = " or verify one library at a time (--jobs 1)" if workers > 1 else ""
+        raise ModelError(f"{spec.source}: verifying one image needs about {(fixed + held) / 2**30:,.1f} GiB ({what}), "
+                         f"over the memory budget of {budget / 2**30:g} GiB (raise it with {BUDGET_VARIABLE}=...{more})")
     if fit >= wanted:
         return wanted, ""
-    return fit, f"{fit} images instead of {wanted}: {what}, and the memory budget is {budget:g} GiB ({BUDGET_VARIABLE})"
+    return fit, (f"{fit} images instead of {wanted}: {what}, and the memory budget is {budget / 2**30:g} GiB "
+                 f"({BUDGET_VARIABLE})")
 
 
 def _whole_batches(spec: ModelSpec, count: int) -> int:
@@ -321,6 +328,12 @@ def envelope_line(report: dict) -> str:
         return ""
     if not account["images"]:
         return f"node bounds: {account['note']}"
-    line = (f"node bounds: {account['k']:g} × each node's float32 error envelope (float64 reference on "
+    own = {}
+    for name, row in report["libraries"].items():
+        k = (row.get("policy") or {}).get("envelope_k", account["k"])
+        if k != account["k"]:
+            own.setdefault(k, []).append(name)
+    ks = "".join(f"; {k:g} for {', '.join(names)}" for k, names in own.items())
+    line = (f"node bounds: K × each node's float32 error envelope, K = {account['k']:g}{ks} (float64 reference on "
             f"{account['images']} of {account['of_images']} inputs; floor {account['floor']:.1e})")
     return line + (f"; {account['note']}" if account["note"] else "")
