@@ -377,6 +377,36 @@ def opset9_cnn(path: Path) -> Path:
     return Path(path)
 
 
+def cancellation_cnn(path: Path, blocks: int = 6, offset: float = 4096.0) -> Path:
+    """Legitimate float32 drift past a fixed bound: every conv adds a large bias (`offset`) that the
+    BatchNormalization after it subtracts again (its running mean, measured in float64 on a calibration batch),
+    so each block keeps only the last few bits of its float32 sum (an ulp of 4096 is 4.9e-4). Two float32
+    libraries then differ at the BatchNorm nodes by more than 1e-4 of their range, as onnxruntime differs from
+    the float64 reference: a bound must scale with the graph."""
+    from spec import ops
+
+    g = _Graph(seed=31)
+    x, channels = g.rng.uniform(-1.0, 1.0, (32, 3, 32, 32)), 3
+    conv = {"kernel": (3, 3), "strides": (1, 1), "pads": (1, 1, 1, 1), "filters": 16}
+    for _ in range(blocks):
+        g.conv(channels, 16, 3, pads=[1, 1, 1, 1])
+        weight = numpy_helper.to_array(g.inits[-2]).astype(np.float64)
+        g.inits[-1] = numpy_helper.from_array(np.full(16, offset, np.float32), g.inits[-1].name)
+        y = ops.get("conv").forward(conv, {"weight": weight, "bias": np.zeros(16)}, [x])[0]
+        mean, var = y.mean(axis=(0, 2, 3)), y.var(axis=(0, 2, 3))
+        stats = {"s": np.ones(16), "b": np.zeros(16), "m": mean + offset, "v": var}
+        names = [f"bn{g.n}.{k}" for k in stats]
+        g.inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in zip(names, stats.values())]
+        g.add("BatchNormalization", names, epsilon=1e-5)
+        g.add("Relu")
+        x, channels = np.maximum((y - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5), 0.0), 16
+    g.add("GlobalAveragePool")
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc.w", (16, 10)), g.param("fc.b", (10,), scale=0.1)))
+    g.add("Softmax", axis=-1)
+    return g.save(path, (3, 32, 32))
+
+
 def write_all(folder: Path) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -392,6 +422,7 @@ def write_all(folder: Path) -> dict:
         "graph": graph_cnn(folder / "graph.onnx"),
         "layers": layers_cnn(folder / "layers.onnx"),
         "keras": keras_export(folder / "keras.onnx"),
+        "cancellation": cancellation_cnn(folder / "cancellation.onnx"),
     }
 
 

@@ -38,7 +38,9 @@ CASES = [
     ("pixel-shuffle-as-dcr", "tflearn", "layers", "reshape18"),
     ("deconv-kernel-flipped", "tensorlayer", "layers", "convtranspose5"),  # flipped as if a true convolution
     ("transposed-kernel-unflipped", "keras-theano", "layers", "convtranspose5"),  # Theano convolves: flip is due
+    ("selu-constants-rounded", "pytorch", "activations", "selu2"),  # tiny: below the old fixed bound of 1e-4
 ]
+TINY = {"selu-constants-rounded"}  # bugs whose error only a bound that scales with the graph can see
 
 
 @pytest.mark.parametrize("bug,library,model,layer", CASES)
@@ -50,8 +52,12 @@ def test_planted_bug_is_caught_and_located(zoo, tmp_path, bug, library, model, l
     assert proc.returncode == 1, proc.stdout + proc.stderr
     row = json.loads(out.read_text())["libraries"][library]
     assert row["status"] == "mismatch"
-    assert row["first_divergent_layer"]["name"] == layer, row["first_divergent_layer"]
+    where = row["first_divergent_layer"]
+    assert where["name"] == layer, where
     assert f"| {library} | MISMATCH |" in proc.stdout and f"{layer} (" in proc.stdout
+    assert where["envelopes"] > 2 * row["policy"]["envelope_k"], where  # well beyond numerics, not a near miss
+    if bug in TINY:
+        assert where["scaled"] < row["policy"]["layer_scaled_tol"], where
 
 
 def test_without_the_bug_the_same_run_passes(tmp_path):

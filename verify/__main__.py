@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     eq.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     eq.add_argument("--data", default=None, metavar="PATH",
                     help="CIFAR-10 archive, extracted folder or npz (default: $CIFAR10_PATH, then the usual places)")
+    eq.add_argument("--inputs", default=None, metavar="FILE.npz",
+                    help="your own inputs instead of the fixed batch: an npz whose array named after the model's "
+                         "input (`verify describe` prints it) holds float [N, C, H, W]; as many as the memory "
+                         "budget holds are used")
     eq.add_argument("--jobs", type=_count, default=2,
                     help="libraries verified at once, each in its own process (default 2)")
     eq.add_argument("--timeout", type=_seconds, default=900, help="seconds one library may take (default 900)")
@@ -129,6 +133,8 @@ def parse(argv=None) -> argparse.Namespace:
         raise UsageError(str(exc)) from None
     if args.json:
         _output_file("--json", args.json)
+    if args.command == "equivalence" and args.inputs and args.data:
+        raise UsageError("--inputs and --data both name the inputs to verify with; give one")
     if args.command == "survey":
         args.model_list = _survey_models(args)
     if args.command == "steps" and args.steps > _steps_limit():
@@ -202,8 +208,8 @@ def main(argv=None) -> int:
         if args.command == "survey":
             return _survey(args)
         model = args.model or experiments.model_path(experiments.load("verification"))
-        report = equivalence.run(model, args.libraries, args.data, args.timeout, args.jobs)
-    except (ModelError, cifar10.DataError) as exc:
+        report = equivalence.run(model, args.libraries, args.data, args.timeout, args.jobs, inputs_path=args.inputs)
+    except (ModelError, cifar10.DataError, equivalence.InputsError) as exc:
         print(_error_line(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # the workers were stopped on the way out (verify.equivalence)
@@ -212,6 +218,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return ExitCode.INTERRUPTED
     print(equivalence.table(report))
+    if equivalence.envelope_line(report):
+        print(equivalence.envelope_line(report))
     passed = sum(r["status"] == "pass" for r in report["libraries"].values())
     print(f"\n{passed}/{len(report['libraries'])} libraries match onnxruntime; {report['wall_s']:.1f} s")
     if args.json:

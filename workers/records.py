@@ -257,6 +257,8 @@ class OutputStats(Typed):
     argmax_agree: int
     samples: int
     argmax_disagree_decided: int
+    atol: float | None = field(default=None, metadata=OMIT_NONE)  # the allclose atol applied (envelope-aware)
+    argmax_margin: float | None = field(default=None, metadata=OMIT_NONE)  # a top-2 margin beyond this is decided
 
 
 @dataclass
@@ -267,6 +269,10 @@ class LayerError(Typed):
     scaled: float
     shape: list[int] | None = field(default=None, metadata=OMIT_NONE)
     ref_shape: list[int] | None = field(default=None, metadata=OMIT_NONE)
+    bound: float | None = field(default=None, metadata=OMIT_NONE)  # scaled must not exceed it
+    envelope: float | None = field(default=None, metadata=OMIT_NONE)  # None: judged by the fixed bound
+    envelopes: float | None = field(default=None, metadata=OMIT_NONE)  # scaled / envelope
+    numerics: str | None = field(default=None, metadata=OMIT_NONE)  # "within numerics", "3.2e+04 envelopes off"
 
 
 @dataclass
@@ -276,6 +282,9 @@ class Divergence(Typed):
     scaled: float
     shape: list[int] | None = field(default=None, metadata=OMIT_NONE)
     ref_shape: list[int] | None = field(default=None, metadata=OMIT_NONE)
+    bound: float | None = field(default=None, metadata=OMIT_NONE)
+    envelopes: float | None = field(default=None, metadata=OMIT_NONE)
+    numerics: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass
@@ -312,6 +321,7 @@ class VerifyReport(Typed):
     wall_s: float
     passed: bool
     build_options: dict = field(default_factory=dict)
+    envelope: dict | None = field(default=None, metadata=OMIT_NONE)  # how each node's bound was set
 
 
 SCHEMA = (TrainingResults, TrainingRow, Record, Optimizer, Step, Epoch, Executor, Summary, PlainRow, Interruption,

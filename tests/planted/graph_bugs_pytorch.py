@@ -33,4 +33,21 @@ def _depthtospace_mode():
     module.op_depthtospace = op_depthtospace
 
 
-BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha, "pytorch-depthtospace-mode": _depthtospace_mode}
+
+def _selu_constants_rounded():
+    # SELU written out with the paper's four decimals (alpha 1.6733, lambda 1.0507) instead of the node's values:
+    # off by 2e-5 of the negative side, 1.2e-5 of the node's range, below the fixed bound of 1e-4
+    module = importlib.import_module("builders.pytorch")
+
+    def op_selu(spec, node, **_options):
+        import torch.nn as nn
+
+        class PaperSelu(nn.Module):
+            def forward(self, x):
+                return 1.0507 * nn.functional.elu(x, 1.6733)
+        return PaperSelu()
+    module.op_selu = op_selu
+
+
+BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha, "pytorch-depthtospace-mode": _depthtospace_mode,
+        "selu-constants-rounded": _selu_constants_rounded}
