@@ -106,3 +106,18 @@ def test_inputs_verify_with_the_first_that_the_budget_holds_and_say_so(tmp_path,
     assert f"{fit} images instead of 24" in report["inputs"] and f"{fit} images instead of 24" in proc.stderr
     assert report["libraries"]["pytorch"]["output"]["samples"] == fit
     assert report["envelope"]["of_images"] == fit
+
+
+def test_inputs_of_an_nhwc_graph_are_taken_as_the_graph_takes_them(tmp_path, zoo, capsys):
+    """tf2onnx's Keras model takes [N, 32, 32, 3]: the user's file holds that, onnxruntime gets it as it is and the
+    libraries get it channels-first; the NCHW shape every other model takes is refused, naming [N, 32, 32, 3]."""
+    images = _images(3, shape=(32, 32, 3))
+    line = _refusal(capsys, "--model", zoo["keras"], "--inputs", _inputs(tmp_path / "nchw.npz", x=_images(3)))
+    assert "[N, 32, 32, 3]" in line
+    out = tmp_path / "r.json"
+    proc = run_cli("verify", "equivalence", "--model", zoo["keras"], "--libraries", "pytorch", "--inputs",
+                   _inputs(tmp_path / "nhwc.npz", x=images), "--json", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert "NHWC, handed to the libraries as NCHW" in report["inputs"]
+    assert report["libraries"]["pytorch"]["output"]["samples"] == 3

@@ -110,6 +110,8 @@ def load_inputs(path, spec: ModelSpec, workers: int = 2) -> tuple:
     if not np.isfinite(x).all():
         raise InputsError(f"--inputs {path}: array {spec.input_name!r} holds NaN or infinite values")
     note = f" ({dtype} read as float32)" if dtype != np.float32 else ""
+    if spec.input_layout == "NHWC":  # the file holds what the ONNX graph takes; every library gets NCHW
+        x, note = np.ascontiguousarray(x.transpose(0, 3, 1, 2)), note + " (NHWC, handed to the libraries as NCHW)"
     return x.astype(np.float32), f"{count} inputs {spec.input_name!r} from {path}{note}" + (f" ({fewer})" if fewer else "")
 
 
@@ -126,11 +128,13 @@ def _input_header(stream, path: Path, spec: ModelSpec) -> tuple:
     version = np.lib.format.read_magic(stream)
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
     shape, fortran, dtype = read(stream)
-    want = f"[N, {', '.join(map(str, spec.input_shape))}]"
+    c, h, w = spec.input_shape if spec.input_layout == "NHWC" else (0, 0, 0)
+    model_shape = (h, w, c) if spec.input_layout == "NHWC" else tuple(spec.input_shape)  # as the graph takes it
+    want = f"[N, {', '.join(map(str, model_shape))}]"
     name = spec.input_name
     if dtype.kind != "f":
         raise InputsError(f"--inputs {path}: array {name!r} is {dtype}; the model takes floating-point {want}")
-    if len(shape) != 1 + len(spec.input_shape) or tuple(shape[1:]) != tuple(spec.input_shape):
+    if len(shape) != 1 + len(model_shape) or tuple(shape[1:]) != model_shape:
         raise InputsError(f"--inputs {path}: array {name!r} has shape {list(shape)}; the model takes {want}")
     if shape[0] < 1:
         raise InputsError(f"--inputs {path}: array {name!r} holds no inputs (shape {list(shape)})")
