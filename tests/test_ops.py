@@ -131,8 +131,7 @@ def test_grouped_and_dilated_windows_match_finite_differences(variant):
 @pytest.mark.parametrize("variant", ["depthwise conv, multiplier 2", "grouped dilated conv", "dilated max pool"])
 def test_grouped_and_dilated_forward_matches_onnxruntime(variant):
     """The forward the gradients are checked against is ONNX's: onnxruntime on a one-node model."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     kind, attrs, in_shape = VARIANTS[variant]
     op = ops.get(kind)
@@ -145,14 +144,21 @@ def test_grouped_and_dilated_forward_matches_onnxruntime(variant):
     if kind == "conv":
         onnx_attrs["group"] = attrs["group"]
         inits = [numpy_helper.from_array(params["weight"], "w"), numpy_helper.from_array(params["bias"], "b")]
-    node = helper.make_node("Conv" if kind == "conv" else "MaxPool", ["x"] + [t.name for t in inits], ["y"],
-                            **onnx_attrs)
+    expected = _onnxruntime_one_node("Conv" if kind == "conv" else "MaxPool", onnx_attrs, inits, x)
+    got, _ = op.forward(attrs, {k: v.astype(np.float64) for k, v in params.items()}, [x.astype(np.float64)])
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+
+
+def _onnxruntime_one_node(op_type, onnx_attrs, inits, x):
+    """onnxruntime's output of a one-node model reading x and the initializers `inits`."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op_type, ["x"] + [t.name for t in inits], ["y"], **onnx_attrs)
     graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got, _ = op.forward(attrs, {k: v.astype(np.float64) for k, v in params.items()}, [x.astype(np.float64)])
-    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def test_a_wrong_tanh_derivative_is_caught(monkeypatch):
@@ -203,8 +209,7 @@ ONNX_FORWARD = {  # (ONNX op, its attributes, the registry's attrs, input shape)
 @pytest.mark.parametrize("case", sorted(ONNX_FORWARD))
 def test_new_op_forward_matches_onnxruntime(case):
     """Padding modes, transposed convolution, depth to space and instance norm are ONNX's as onnxruntime runs them."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     op_type, onnx_attrs, attrs, in_shape = ONNX_FORWARD[case]
     op = ops.get({"Pad": "pad", "ConvTranspose": "convtranspose", "DepthToSpace": "depthtospace",
@@ -221,10 +226,6 @@ def test_new_op_forward_matches_onnxruntime(case):
         onnx_attrs = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
                       "pads": list(attrs["pads"]), "dilations": list(attrs.get("dilations", (1, 1))),
                       "output_padding": list(attrs.get("output_padding", (0, 0)))}
-    node = helper.make_node(op_type, ["x"] + [t.name for t in inits], ["y"], **onnx_attrs)
-    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = _onnxruntime_one_node(op_type, onnx_attrs, inits, x)
     got, _ = op.forward(attrs, {k: v.astype(np.float64) for k, v in params.items()}, [x.astype(np.float64)])
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
