@@ -575,7 +575,7 @@ def op_mul(spec, node, inputs, **_options):
 def op_concat(spec, node, inputs, **_options):
     L = library().layers
     sources = [layouts.flatten_source_of(spec, t) for t in node.inputs]
-    if any(s is not None and s[1] * s[2] > 1 for s in sources):
+    if any(s is not None for s in sources):
         raise Unsupported(f"{node.name}: concatenating flattened vectors: Keras's Flatten gives each in (H, W, C) "
                           f"order and the dense layer after the concatenation is permuted for one source only")
     if len(inputs) == 1:

@@ -332,9 +332,8 @@ def op_clip(net, node, x):
 
 def _same_flat_order(net, node) -> None:
     """Flat inputs of a node reading several tensors must share one element order (an NHWC flatten's (H, W, C)
-    order, or the canonical one), or the node would mix them. A flattened 1x1 map is in both orders."""
+    order, or the canonical one), or the node would mix them."""
     sources = {layouts.flatten_source_of(net.spec, t) for t in node.inputs}
-    sources = {None if source is not None and source[1:] == (1, 1) else source for source in sources}
     if len(sources) > 1 or (node.kind == "concat" and sources != {None}):
         raise Unsupported(f"{node.name}: {node.kind} of flat inputs in NHWC flatten order {sorted(map(str, sources))}")
 
