@@ -700,3 +700,18 @@ def layer_outputs(model, spec, x, backend: str = "tensorflow", **_options):
         ys = [ys]
     return {node.name: layouts.to_canonical(keras.ops.convert_to_numpy(y), source)
             for node, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}
+
+
+def op_reduce(graph: Graph, node, xs):
+    """Keras pools over H and W only: a Lambda of keras.ops.sum or keras.ops.mean over the node's axes on NHWC,
+    kept as 1, then Reshape to the node's shape."""
+    L, kops, a = graph.keras.layers, graph.keras.ops, node.attrs
+    reduce, axes = kops.sum if a["mode"] == "sum" else kops.mean, tuple(layouts.nhwc_axes(a["axes"]))
+    y = L.Lambda(lambda t: reduce(t, axis=axes, keepdims=True), name=f"{node.name}_reduce")(xs[0])
+    return L.Reshape(layouts.native_shape(node.output_shape), name=node.name)(y)
+
+
+def op_tile(graph: Graph, node, xs):
+    """Keras has no tiling layer: a Lambda of keras.ops.tile on NHWC."""
+    kops, multiples = graph.keras.ops, layouts.nhwc_repeats(node.attrs["repeats"])
+    return graph.keras.layers.Lambda(lambda t: kops.tile(t, multiples), name=node.name)(xs[0])

@@ -882,3 +882,22 @@ def layer_outputs(model, spec, x, **_options):
     # channels_first: only the flattened vectors are in (H, W, C) order
     return {layer.name: layouts.to_canonical(y, source) if y.ndim == 2 else y
             for layer, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}
+
+
+def op_reduce(spec, node, inputs, **_options):
+    """Keras 2.3.1 pools over H and W only: a Lambda of keras.backend's sum or mean over the node's axes (NCHW, as
+    ONNX), kept as 1, then Reshape to the node's shape."""
+    keras, a = library(), node.attrs
+    K, axes = keras.backend, list(a["axes"])
+    reduce = K.sum if a["mode"] == "sum" else K.mean
+    kept = ops.reduced_map(a, spec.input_shapes(node)[0])
+    y = keras.layers.Lambda(lambda t: reduce(t, axis=axes, keepdims=True), output_shape=kept,
+                            name=f"{node.name}_reduce")(*inputs)
+    return keras.layers.Reshape(tuple(node.output_shape), name=node.name)(y)
+
+
+def op_tile(spec, node, inputs, **_options):
+    """Keras 2.3.1 has no tiling layer: a Lambda of keras.backend.tile (Theano's tile)."""
+    keras, repeats = library(), [1, *node.attrs["repeats"]]
+    return keras.layers.Lambda(lambda t: keras.backend.tile(t, repeats), output_shape=tuple(node.output_shape),
+                               name=node.name)(*inputs)

@@ -112,6 +112,19 @@ def native_shape(shape: tuple) -> tuple:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
+NHWC_AXIS = {1: 3, 2: 1, 3: 2}  # an ONNX (NCHW) axis of a map -> the axis an NHWC library holds it on
+
+
+def nhwc_axes(axes) -> list:
+    return sorted(NHWC_AXIS[a] for a in axes)
+
+
+def nhwc_repeats(repeats) -> list:
+    """A tile's (C, H, W) repeats -> NHWC's multiples, the batch's 1 first."""
+    c, h, w = repeats
+    return [1, h, w, c]
+
+
 def to_canonical(y: np.ndarray, flatten_from) -> np.ndarray:
     """An NHWC library's layer output -> canonical layout: NHWC -> NCHW, and an (H, W, C)-ordered
     flat vector (flatten_from = its (C, H, W) source) -> (C, H, W) order."""

@@ -649,3 +649,41 @@ def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray, **options) -> dict:
     with torch.no_grad():
         ys = forward(inputs(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), **options))
     return {node.name: ys[node.name].contiguous().numpy().copy() for node in spec.layers}
+
+
+@functools.cache
+def _reduce_tile_classes():
+    import torch.nn as nn
+
+    class Reduce(nn.Module):
+        """torch.sum or torch.mean over some of C, H, W, kept as 1; reshaped to the node's shape (a vector when one
+        axis or none is left). torch has no module for either."""
+
+        def __init__(self, mode: str, axes: tuple, shape: tuple):
+            super().__init__()
+            self.mode, self.axes, self.shape = mode, axes, shape
+
+        def forward(self, x):
+            y = x.sum(dim=self.axes, keepdim=True) if self.mode == "sum" else x.mean(dim=self.axes, keepdim=True)
+            return y.reshape(-1, *self.shape)
+
+    class Tile(nn.Module):
+        """Tensor.repeat (numpy's tile) along C, H, W."""
+
+        def __init__(self, repeats: tuple):
+            super().__init__()
+            self.repeats = repeats
+
+        def forward(self, x):
+            return x.repeat(1, *self.repeats)
+
+    return Reduce, Tile
+
+
+def op_reduce(spec, node, **_options):
+    a = node.attrs
+    return _reduce_tile_classes()[0](a["mode"], tuple(a["axes"]), tuple(node.output_shape))
+
+
+def op_tile(spec, node, **_options):
+    return _reduce_tile_classes()[1](tuple(node.attrs["repeats"]))

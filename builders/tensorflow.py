@@ -521,3 +521,17 @@ def layer_outputs(model, spec: ir.ModelSpec, x: np.ndarray, jit_compile: bool = 
     ys = forward(tf.constant(layouts.nchw_to_nhwc(np.asarray(x, dtype=np.float32))))
     return {node.name: layouts.to_canonical(y.numpy(), source)
             for node, y, source in zip(spec.layers, ys, layouts.flatten_sources(spec))}
+
+
+def op_reduce(tf, spec, node, params):
+    """tf.reduce_sum or tf.reduce_mean over the node's axes on NHWC, kept as 1, then the node's shape."""
+    _feature_map(spec, node, "reduction")
+    a, axes, shape = node.attrs, layouts.nhwc_axes(node.attrs["axes"]), [-1, *layouts.native_shape(node.output_shape)]
+    reduce = tf.reduce_sum if a["mode"] == "sum" else tf.reduce_mean
+    return lambda xs, training, masks: tf.reshape(reduce(xs[0], axis=axes, keepdims=True), shape)
+
+
+def op_tile(tf, spec, node, params):
+    _feature_map(spec, node, "tiling")
+    multiples = layouts.nhwc_repeats(node.attrs["repeats"])
+    return lambda xs, training, masks: tf.tile(xs[0], multiples)

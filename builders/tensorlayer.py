@@ -686,3 +686,18 @@ def layer_outputs(model, spec, x, **_options) -> dict:
     values = model(layouts.nchw_to_nhwc(x))
     return {node.name: layouts.to_canonical(v.numpy(), source)
             for node, v, source in zip(spec.layers, values, layouts.flatten_sources(spec))}
+
+
+def op_reduce(net, node, x):
+    """tensorlayer reduces over H and W only (GlobalMeanPool2d): a Lambda of tf.reduce_sum or tf.reduce_mean over
+    the node's axes on NHWC, kept as 1, then Reshape to the node's shape."""
+    _image_input(net, node, "reduction")
+    a, tf, name = node.attrs, net.tf, layouts.safe_name(node.name)
+    reduce, axes = tf.reduce_sum if a["mode"] == "sum" else tf.reduce_mean, layouts.nhwc_axes(a["axes"])
+    y = net.L.Lambda(lambda t: reduce(t, axis=axes, keepdims=True), name=name + "_reduce")(x)
+    return net.L.Reshape([-1, *layouts.native_shape(node.output_shape)], name=name)(y)
+
+
+def op_tile(net, node, x):
+    _image_input(net, node, "tiling")
+    return net.L.Tile(multiples=layouts.nhwc_repeats(node.attrs["repeats"]), name=layouts.safe_name(node.name))(x)

@@ -620,3 +620,19 @@ def layer_outputs(model, spec, x, **_options) -> dict:
                                    feed_dict={model.inputs[0]: layouts.nchw_to_nhwc(x)})
     return {node.name: layouts.to_canonical(v, source)
             for node, v, source in zip(spec.layers, values, layouts.flatten_sources(spec))}
+
+
+def op_reduce(net, node, x):
+    """tflearn has no reduction over chosen axes (global_avg_pool takes H and W only): tf.reduce_sum or
+    tf.reduce_mean over the node's axes on NHWC, kept as 1, then reshaped to the node's shape."""
+    _feature_map(net, node, "reduction")
+    a, tf = node.attrs, net.tf
+    reduce = tf.reduce_sum if a["mode"] == "sum" else tf.reduce_mean
+    y = reduce(x, axis=layouts.nhwc_axes(a["axes"]), keepdims=True)
+    return tf.reshape(y, [-1, *layouts.native_shape(node.output_shape)], name=layouts.safe_name(node.name))
+
+
+def op_tile(net, node, x):
+    """tflearn has no tiling layer: tf.tile on NHWC."""
+    _feature_map(net, node, "tiling")
+    return net.tf.tile(x, layouts.nhwc_repeats(node.attrs["repeats"]), name=layouts.safe_name(node.name))

@@ -19,8 +19,8 @@ from spec.onnx_normalize import READ_RANGE, NormalizeError, default_opset, norma
 
 OPSET_RANGE = READ_RANGE  # read as they are; other opsets are converted first (spec.onnx_normalize)
 _TRANSLATED = ("Conv (groups, dilations)", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape (as flatten)",
-               "Gemm", "MatMul+Add", "Softmax (one axis)", "LogSoftmax (one axis)", "Clip", "ReduceMean (H, W)",
-               "LRN", "Add/Sub/Mul/Div by a constant", "Mul of two tensors",
+               "Gemm", "MatMul+Add", "Softmax (one axis)", "LogSoftmax (one axis)", "Clip",
+               "ReduceMean/ReduceSum (C, H, W)", "Tile (C, H, W)", "LRN", "Add/Sub/Mul/Div by a constant", "Mul of two tensors",
                "Reshape-Transpose-Reshape (channel shuffle, depth to space)",
                "Identity", "Constant", "Pad (H, W)", "ConvTranspose", "PRelu", "InstanceNormalization", "DepthToSpace",
                "Squeeze/Unsqueeze ([N, C, 1, 1] <-> [N, C])", "Transpose (an NHWC input; NCHW -> NHWC before a flatten "
@@ -732,16 +732,35 @@ class _Importer:
         self._add(node, "globalavgpool", {}, (self.shape[0], 1, 1), node.output[0])
 
     def _op_ReduceMean(self, node, nodes, i):
+        self._reduce(node, "mean")
+
+    def _op_ReduceSum(self, node, nodes, i):
+        self._reduce(node, "sum")
+
+    def _reduce(self, node, mode: str):
+        """A mean over H and W is a global average pool; any other set of C, H, W a reduce node."""
         self._require_spatial(node)
-        attrs = self._attrs(node)
-        axes = attrs.get("axes")
-        if len(node.input) > 1 and node.input[1]:
-            axes = [int(a) for a in self._const(node, node.input[1], "axes").reshape(-1)]
-        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
-            self.fail(node, f"only the mean over H and W (axes 2, 3) is supported, not axes {axes}")
+        attrs, axes = self._attrs(node), self._axes(node)
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                self.tensors[node.output[0]] = (self.source, self.shape)
+                return None
+            axes = [0, 1, 2, 3]
+        axes = sorted({a % 4 for a in axes})
+        if 0 in axes:
+            self.fail(node, f"reduces over the batch axis (axes {axes}); only C, H and W (axes 1 to 3) may be reduced")
         keep = bool(attrs.get("keepdims", 1))
-        self._add(node, "globalavgpool", {} if keep else {"keepdims": False},
-                  (self.shape[0], 1, 1) if keep else (self.shape[0],), node.output[0])
+        if mode == "mean" and axes == [2, 3]:
+            return self._add(node, "globalavgpool", {} if keep else {"keepdims": False},
+                             (self.shape[0], 1, 1) if keep else (self.shape[0],), node.output[0])
+        self._add(node, "reduce", {"mode": mode, "axes": axes, "keepdims": keep}, None, node.output[0])
+
+    def _op_Tile(self, node, nodes, i):
+        self._require_spatial(node)
+        repeats = [int(r) for r in self._const(node, node.input[1], "repeats").reshape(-1)]
+        if len(repeats) != 4 or repeats[0] != 1 or min(repeats) < 1:
+            self.fail(node, f"repeats {repeats}: only C, H and W may be repeated (4 entries, the batch's 1)")
+        self._add(node, "tile", {"repeats": repeats[1:]}, None, node.output[0])
 
     def _op_Clip(self, node, nodes, i):
         attrs = self._attrs(node)

@@ -653,3 +653,51 @@ register(Op("unsqueeze", (), lambda a, p, xs: (xs[0].reshape(*xs[0].shape, 1, 1)
             lambda a, p, xs, y, cache, g: ([g.reshape(xs[0].shape)], {}), _per_element(0),
             shape=lambda a, ins: (ins[0][0], 1, 1),
             doc="[N, F] -> [N, F, 1, 1] (ONNX Reshape or Unsqueeze to a 1x1 map; Flatten is the way back)"))
+
+
+# --- reductions over any of C, H, W; tiling -----------------------------------------------------------------
+
+def reduced_map(attrs, in_shape) -> tuple:
+    """The (C, H, W) shape a reduction leaves with its reduced axes (ONNX axes 1..3) kept as 1."""
+    return tuple(1 if k + 1 in attrs["axes"] else d for k, d in enumerate(in_shape))
+
+
+def _reduce_shape(attrs, in_shapes):
+    """keepdims, or more than one axis left: the (C, H, W) map with 1 on the reduced axes (the dropped axes of
+    keepdims=0 are of size 1 there, so the order of the values is ONNX's); one axis or none left: a vector."""
+    kept = reduced_map(attrs, in_shapes[0])
+    left = [d for k, d in enumerate(in_shapes[0]) if k + 1 not in attrs["axes"]]
+    return kept if attrs.get("keepdims", True) or len(left) > 1 else (math.prod(left),)
+
+
+def _reduce_forward(attrs, params, xs):
+    axes, x = tuple(attrs["axes"]), xs[0]
+    y = x.sum(axis=axes) if attrs["mode"] == "sum" else x.mean(axis=axes)
+    return y.reshape(len(x), *_reduce_shape(attrs, [x.shape[1:]])), None
+
+
+def _reduce_backward(attrs, params, xs, y, cache, g):
+    x = xs[0]
+    g = g.reshape(len(x), *reduced_map(attrs, x.shape[1:]))
+    count = 1 if attrs["mode"] == "sum" else math.prod(x.shape[a] for a in attrs["axes"])
+    return [np.broadcast_to(g / count, x.shape).copy()], {}
+
+
+register(Op("reduce", (), _reduce_forward, _reduce_backward,
+            lambda a, ins, out, input_grad: (math.prod(ins[0]), math.prod(ins[0])),
+            shape=_reduce_shape,
+            doc="sum or mean over some of C, H and W (ONNX ReduceSum, ReduceMean); attrs mode sum | mean, axes (ONNX "
+                "axes of NCHW, from 1 to 3), keepdims"))
+
+
+def _tile_backward(attrs, params, xs, y, cache, g):
+    n, c, h, w = xs[0].shape
+    rc, rh, rw = attrs["repeats"]
+    return [g.reshape(n, rc, c, rh, h, rw, w).sum(axis=(1, 3, 5))], {}
+
+
+register(Op("tile", (), lambda a, p, xs: (np.tile(xs[0], (1, *a["repeats"])), None), _tile_backward,
+            _per_element(0),
+            shape=lambda a, ins: tuple(d * r for d, r in zip(ins[0], a["repeats"])),
+            doc="copies of the map side by side along C, H and W (ONNX Tile with the batch repeated once); attrs "
+                "repeats (C, H, W)"))

@@ -32,7 +32,7 @@ OPS = ["Conv", "Relu", "MaxPool", "AveragePool", "Dropout", "Flatten", "Reshape"
        "Identity", "Constant", "Sigmoid", "BatchNormalization", "Concat", "Sum", "Mul", "Sub", "Div", "LRN", "Clip",
        "GlobalAveragePool", "ReduceMean", "LeakyRelu", "HardSwish", "LogSoftmax", "Transpose", "ConstantOfShape",
        "Pad", "ConvTranspose", "PRelu", "InstanceNormalization", "DepthToSpace", "Squeeze", "Unsqueeze",
-       "Conv2D", "LSTM", "If", "Loop", "", "\u00e9\u0000x"]
+       "ReduceSum", "Tile", "Conv2D", "LSTM", "If", "Loop", "", "\u00e9\u0000x"]
 EXTERNAL_LOCATIONS = ["data.bin", "../outside.bin", "/etc/passwd", "missing.bin", "", "sub/../data.bin", "data.bin\0x"]
 DIMS = st.one_of(st.integers(-3, 5), st.integers(6, 70), st.sampled_from([2**31 - 1, 2**40, 10**12]))
 DATA_BIN = bytes(range(256)) * 64  # a 16 KiB external-data file beside every mutated model
@@ -44,7 +44,7 @@ def seed_models(folder: Path) -> list:
     paths = [ROOT / "spec" / "seed_cnn.onnx", model_zoo.strided_cnn(folder / "strided.onnx"),
              model_zoo.same_pool_cnn(folder / "same_pool.onnx"), model_zoo.activations_cnn(folder / "activations.onnx"),
              model_zoo.opset9_cnn(folder / "opset9.onnx"), model_zoo.graph_cnn(folder / "graph.onnx"),
-             model_zoo.layers_cnn(folder / "layers.onnx")]
+             model_zoo.layers_cnn(folder / "layers.onnx"), model_zoo.reductions_cnn(folder / "reductions.onnx")]
     return [Path(p).read_bytes() for p in paths]
 
 

@@ -6,7 +6,8 @@ padding, max and average pooling (with and without counted padding), Flatten and
 Gemm with transB 0/1, MatMul followed by Add, Dropout and Tanh; and graphs: residual Add, channel Concat,
 BatchNormalization, depthwise and dilated convolution, global average pooling, the common activations, a model
 ending in LogSoftmax, the layers of image-to-image models (padding modes, PRelu,
-transposed and dilated convolution, instance norm, depth to space), and an old-opset file whose weights are
+transposed and dilated convolution, instance norm, depth to space), sums and means over chosen axes and Tile,
+and an old-opset file whose weights are
 computed by ConstantOfShape nodes.
 """
 from __future__ import annotations
@@ -407,6 +408,25 @@ def cancellation_cnn(path: Path, blocks: int = 6, offset: float = 4096.0) -> Pat
     return g.save(path, (3, 32, 32))
 
 
+def reductions_cnn(path: Path) -> Path:
+    """Sums, means and tiles over chosen axes: a residual Add of the map and its sum over H tiled back to the map's
+    height (ReduceSum keeping H as 1, Tile), the map tiled twice along W, a mean over the channels without kept axes
+    ([N, H, W]), a Flatten of that 3-D tensor, and Gemm."""
+    g = _Graph(seed=37)
+    i64 = np.int64
+    g.conv(3, 6, 3, pads=[1, 1, 1, 1])  # 6 x 8 x 8
+    body = g.add("Relu") and g.current
+    g.add("ReduceSum", (g.constant("h", np.array([2], i64)),), keepdims=1)  # 6 x 1 x 8
+    g.add("Tile", (g.constant("down", np.array([1, 1, 8, 1], i64)),))  # 6 x 8 x 8
+    g.nodes.append(helper.make_node("Add", [body, g.current], ["residual"], name="residual"))
+    g.current = "residual"
+    g.add("Tile", (g.constant("across", np.array([1, 1, 1, 2], i64)),))  # 6 x 8 x 16
+    g.add("ReduceMean", axes=[1], keepdims=0)  # [N, 8, 16]
+    g.add("Flatten")
+    g.add("Gemm", (g.param("fc.w", (128, 10)), g.param("fc.b", (10,), scale=0.1)))
+    return g.save(path, (3, 8, 8))
+
+
 def write_all(folder: Path) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -423,6 +443,7 @@ def write_all(folder: Path) -> dict:
         "layers": layers_cnn(folder / "layers.onnx"),
         "keras": keras_export(folder / "keras.onnx"),
         "cancellation": cancellation_cnn(folder / "cancellation.onnx"),
+        "reductions": reductions_cnn(folder / "reductions.onnx"),
     }
 
 

@@ -10,7 +10,7 @@ from tests.conftest import SEED_MODEL, run_cli
 pytestmark = pytest.mark.slow  # starts library workers
 
 MODELS = ["seed", "strided", "same_pool", "tanh", "torch_script", "torch_dynamo", "blocks", "activations", "opset9", "graph",
-          "layers", "keras", "cancellation"]
+          "layers", "keras", "cancellation", "reductions"]
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ CASES = [
     ("deconv-kernel-flipped", "tensorlayer", "layers", "convtranspose5"),  # flipped as if a true convolution
     ("transposed-kernel-unflipped", "keras-theano", "layers", "convtranspose5"),  # Theano convolves: flip is due
     ("selu-constants-rounded", "pytorch", "activations", "selu2"),  # tiny: below the old fixed bound of 1e-4
+    ("tile-as-repeat-interleave", "pytorch", "reductions", "tile5"),  # torch's other repeat: each element k times
+    ("reduce-axes-not-moved", "tflearn", "reductions", "reducesum3"),  # ONNX's NCHW axes used on NHWC
 ]
 TINY = {"selu-constants-rounded"}  # bugs whose error only a bound that scales with the graph can see
 

@@ -41,6 +41,8 @@ CASES = {
     "instancenorm": ({"epsilon": 1e-3}, (3, 4, 5)),
     "depthtospace": ({"blocksize": 2, "mode": "CRD"}, (8, 2, 3)),
     "unsqueeze": ({}, (5,)),
+    "reduce": ({"mode": "mean", "axes": [1, 3], "keepdims": True}, (3, 4, 5)),
+    "tile": ({"repeats": [2, 1, 3]}, (2, 3, 2)),
 }
 # ops of several inputs: (attrs, input shapes)
 MULTI = {"add": ({}, [(2, 3, 3), (2, 3, 3), (2, 3, 3)]), "concat": ({}, [(2, 3, 3), (1, 3, 3), (3, 3, 3)]),
@@ -62,6 +64,8 @@ VARIANTS = {
     "softmax over W": ("softmax", {"axis": 3}, (2, 3, 4)),
     "log softmax over channels": ("logsoftmax", {}, (3, 2, 2)),
     "flatten in HWC order": ("flatten", {"order": "HWC"}, (3, 2, 4)),
+    "sum over H, no kept axes": ("reduce", {"mode": "sum", "axes": [2], "keepdims": False}, (3, 4, 5)),
+    "mean over C and H to a vector": ("reduce", {"mode": "mean", "axes": [1, 2], "keepdims": False}, (3, 4, 5)),
 }
 
 
@@ -203,6 +207,11 @@ ONNX_FORWARD = {  # (ONNX op, its attributes, the registry's attrs, input shape)
                             (8, 2, 3)),
     "depth to space, CRD": ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, CASES["depthtospace"][0], (8, 2, 3)),
     "instance norm": ("InstanceNormalization", {"epsilon": 1e-3}, CASES["instancenorm"][0], (3, 4, 5)),
+    "mean over C and W": ("ReduceMean", {"axes": [1, 3], "keepdims": 1}, CASES["reduce"][0], (3, 4, 5)),
+    "sum over H, no kept axes": ("ReduceSum", {"keepdims": 0}, VARIANTS["sum over H, no kept axes"][1], (3, 4, 5)),
+    "mean over C and H to a vector": ("ReduceMean", {"axes": [1, 2], "keepdims": 0},
+                                      VARIANTS["mean over C and H to a vector"][1], (3, 4, 5)),
+    "tile": ("Tile", {}, CASES["tile"][0], (2, 3, 2)),
 }
 
 
@@ -213,7 +222,8 @@ def test_new_op_forward_matches_onnxruntime(case):
 
     op_type, onnx_attrs, attrs, in_shape = ONNX_FORWARD[case]
     op = ops.get({"Pad": "pad", "ConvTranspose": "convtranspose", "DepthToSpace": "depthtospace",
-                  "InstanceNormalization": "instancenorm"}[op_type])
+                  "InstanceNormalization": "instancenorm", "ReduceMean": "reduce", "ReduceSum": "reduce",
+                  "Tile": "tile"}[op_type])
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, *in_shape)).astype(np.float32)
     params = {k: v.astype(np.float32) for k, v in _params(op, attrs, in_shape, rng).items()}
@@ -226,6 +236,12 @@ def test_new_op_forward_matches_onnxruntime(case):
         onnx_attrs = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
                       "pads": list(attrs["pads"]), "dilations": list(attrs.get("dilations", (1, 1))),
                       "output_padding": list(attrs.get("output_padding", (0, 0)))}
+    if op_type == "ReduceSum":  # opset 13 on: its axes are an input
+        inits = [numpy_helper.from_array(np.array(attrs["axes"], np.int64), "axes")]
+    if op_type == "Tile":
+        inits = [numpy_helper.from_array(np.array([1, *attrs["repeats"]], np.int64), "repeats")]
     expected = _onnxruntime_one_node(op_type, onnx_attrs, inits, x)
     got, _ = op.forward(attrs, {k: v.astype(np.float64) for k, v in params.items()}, [x.astype(np.float64)])
+    if op.kind == "reduce":  # recorded with the dropped axes as 1 (or as a vector); the values in ONNX's order
+        expected = expected.reshape(got.shape)
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4

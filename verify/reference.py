@@ -66,7 +66,13 @@ def layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray) -> dic
     """{layer name: onnxruntime's value of that layer's output tensor} for input x (NCHW), all held at once."""
     session, names = _session(model, spec), [layer.onnx_output for layer in spec.layers]
     parts = [_guarded(spec, session.run, names, _feed(spec, x[a:b])) for a, b in _chunks(spec, len(x))]
-    return {layer.name: np.concatenate([p[k] for p in parts]) for k, layer in enumerate(spec.layers)}
+    return {layer.name: np.concatenate([_as_node(layer, p[k]) for p in parts]) for k, layer in enumerate(spec.layers)}
+
+
+def _as_node(layer, out: np.ndarray) -> np.ndarray:
+    """onnxruntime's tensor in the node's shape: a reduction without kept axes (ONNX [N, C, W]) is recorded with
+    its dropped axes as 1 ((C, 1, W)), the values in the same order."""
+    return out.reshape(len(out), *layer.output_shape)
 
 
 class NodeStore(Mapping):
@@ -98,8 +104,8 @@ def write_layer_outputs(model: onnx.ModelProto, spec: ModelSpec, x: np.ndarray, 
     session = _session(model, spec)
     for a, b in _chunks(spec, len(x)):
         outputs = _guarded(spec, session.run, names, _feed(spec, x[a:b]))
-        for path, out in zip(store.files.values(), outputs):
-            mode = "w+" if a == 0 else "r+"
+        for layer, path, out in zip(spec.layers, store.files.values(), outputs):
+            mode, out = "w+" if a == 0 else "r+", _as_node(layer, out)
             held = np.lib.format.open_memmap(path, mode, out.dtype, (len(x), *out.shape[1:]))
             held[a:b] = out
             held.flush()

@@ -49,5 +49,22 @@ def _selu_constants_rounded():
     module.op_selu = op_selu
 
 
+def _tile_as_repeat_interleave():
+    # ONNX Tile (numpy's tile, torch's Tensor.repeat) ported as torch.repeat_interleave, which repeats each element in
+    # place: [a, b] -> [a, a, b, b] instead of [a, b, a, b]; same shape
+    module = importlib.import_module("builders.pytorch")
+
+    def op_tile(spec, node, **_options):
+        import torch.nn as nn
+
+        class Interleave(nn.Module):
+            def forward(self, x):
+                for axis, r in enumerate(node.attrs["repeats"], start=1):
+                    x = x.repeat_interleave(r, dim=axis)
+                return x
+        return Interleave()
+    module.op_tile = op_tile
+
+
 BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha, "pytorch-depthtospace-mode": _depthtospace_mode,
-        "selu-constants-rounded": _selu_constants_rounded}
+        "selu-constants-rounded": _selu_constants_rounded, "tile-as-repeat-interleave": _tile_as_repeat_interleave}

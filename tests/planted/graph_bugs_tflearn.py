@@ -36,5 +36,24 @@ def _pixel_shuffle_as_dcr():
     module.dcr_channels = lambda channels, block, mode: np.arange(channels)
 
 
+def _reduce_axes_not_moved():
+    # ONNX's NCHW axes handed to tf.reduce_* on NHWC as they are: ReduceSum over H (axis 2) sums over W there; the
+    # reshape to the node's shape still fits, the values are another axis's sums
+    module = importlib.import_module("builders.tflearn")
+    module.layouts = _Layouts(module.layouts)
+
+
+class _Layouts:
+    def __init__(self, layouts):
+        self._layouts = layouts
+
+    def __getattr__(self, name):
+        return getattr(self._layouts, name)
+
+    @staticmethod
+    def nhwc_axes(axes):
+        return list(axes)
+
+
 BUGS = {"depthwise-mapping": _depthwise_mapping, "scale-not-per-channel": _scale_not_per_channel,
-        "pixel-shuffle-as-dcr": _pixel_shuffle_as_dcr}
+        "pixel-shuffle-as-dcr": _pixel_shuffle_as_dcr, "reduce-axes-not-moved": _reduce_axes_not_moved}
