@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -232,15 +233,22 @@ def _keras_cnn():
     return model
 
 
+TF2ONNX_MAX_OPSET = 18  # the highest opset tf2onnx 1.17, its latest release, writes
+
+
 def keras_export(path: Path, opset: int = 13) -> Path:
-    """The Keras model written by tf2onnx (channels-last input, Transposes to NCHW inserted by the converter)."""
+    """The Keras model written by tf2onnx (channels-last input, Transposes to NCHW inserted by the converter). Above
+    the opsets tf2onnx writes, tf2onnx's file at its highest opset converted by onnx.version_converter: the closest
+    to a Keras model at that opset that a released converter makes."""
     import tensorflow as tf
     import tf2onnx
 
     model = _keras_cnn()
     signature = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="x"),)
     proto, _ = tf2onnx.convert.from_function(tf.function(lambda t: model(t, training=False)),
-                                             input_signature=signature, opset=opset)
+                                             input_signature=signature, opset=min(opset, TF2ONNX_MAX_OPSET))
+    if opset > TF2ONNX_MAX_OPSET:
+        proto = onnx.version_converter.convert_version(proto, opset)
     onnx.save(proto, str(path))
     return Path(path)
 
