@@ -5,12 +5,14 @@ import json
 import pytest
 
 from builders import LIBRARIES
+from spec import resnet20
 from tests.conftest import SEED_MODEL, run_cli
 
 pytestmark = pytest.mark.slow  # starts library workers
 
 MODELS = ["seed", "strided", "same_pool", "tanh", "torch_script", "torch_dynamo", "blocks", "activations", "opset9", "graph",
-          "layers", "keras", "cancellation", "reductions"]
+          "layers", "keras", "cancellation", "reductions",
+          "resnet20"]
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +21,7 @@ def reports(zoo, tmp_path_factory):
 
     def get(model):
         if model not in cache:
-            path = SEED_MODEL if model == "seed" else zoo[model]
+            path = {"seed": SEED_MODEL, "resnet20": resnet20.DEFAULT_PATH}.get(model) or zoo[model]
             out = tmp_path_factory.mktemp("reports") / f"{model}.json"
             args = ["verify", "equivalence", "--json", out] + ([] if model == "seed" else ["--model", path])
             proc = run_cli(*args)
