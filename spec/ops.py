@@ -59,6 +59,9 @@ class Op:
     arity: int | None = 1  # None: any number of inputs (Add, Concat)
     doc: str = ""
     attrs: dict = field(default_factory=dict)  # ONNX attribute -> default, read one-to-one by the importer
+    # state(attrs, params, xs, cache) -> {param: new value}: the non-trainable parameters after a forward in training
+    # mode (attrs["training"] True), e.g. BatchNorm's running statistics; None for ops without such state
+    state: Callable | None = None
 
     def __post_init__(self):
         if self.shape is None:
@@ -422,29 +425,49 @@ def _channel(v):
 
 
 def _batchnorm_forward(attrs, params, xs):
-    inv = 1.0 / np.sqrt(params["var"] + attrs["epsilon"])
-    xhat = (xs[0] - _channel(params["mean"])) * _channel(inv)
-    return xhat * _channel(params["scale"]) + _channel(params["bias"]), (xhat, inv)
+    """Inference form: the running statistics. Training form (attrs["training"]): the batch's mean and biased
+    variance over N, H, W, as ONNX's BatchNormalization with training_mode=1."""
+    x = xs[0]
+    if attrs.get("training"):
+        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    else:
+        mean, var = params["mean"], params["var"]
+    inv = 1.0 / np.sqrt(var + attrs["epsilon"])
+    xhat = (x - _channel(mean)) * _channel(inv)
+    return xhat * _channel(params["scale"]) + _channel(params["bias"]), (xhat, inv, mean, var)
 
 
 def _batchnorm_backward(attrs, params, xs, y, cache, g):
-    """The inference form's gradients (statistics held fixed); training semantics are the trainers'."""
-    xhat, inv = cache
+    """Inference form: the statistics are constants (the running ones get their gradient, which no optimizer
+    applies). Training form: the gradient also flows through the batch's mean and variance."""
+    xhat, inv = cache[:2]
     axes = (0, 2, 3)
     dxhat = g * _channel(params["scale"])
-    return [dxhat * _channel(inv)], {
-        "scale": (g * xhat).sum(axis=axes), "bias": g.sum(axis=axes),
-        "mean": -(dxhat.sum(axis=axes)) * inv,
-        "var": -0.5 * (dxhat * xhat).sum(axis=axes) * inv * inv}
+    grads = {"scale": (g * xhat).sum(axis=axes), "bias": g.sum(axis=axes)}
+    if attrs.get("training"):
+        dx = _channel(inv) * (dxhat - dxhat.mean(axis=axes, keepdims=True)
+                              - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
+        return [dx], {**grads, "mean": np.zeros_like(params["mean"]), "var": np.zeros_like(params["var"])}
+    return [dxhat * _channel(inv)], {**grads, "mean": -(dxhat.sum(axis=axes)) * inv,
+                                     "var": -0.5 * (dxhat * xhat).sum(axis=axes) * inv * inv}
+
+
+def _batchnorm_state(attrs, params, xs, cache):
+    """ONNX's running statistics after a training step: momentum * running + (1 - momentum) * the batch's (its
+    biased variance)."""
+    m, (mean, var) = attrs["momentum"], cache[2:]
+    return {"mean": m * params["mean"] + (1 - m) * mean, "var": m * params["var"] + (1 - m) * var}
 
 
 register(Op("batchnorm", ("BatchNormalization",), _batchnorm_forward, _batchnorm_backward,
             lambda a, ins, out, input_grad: (2 * math.prod(out), 4 * math.prod(out)),
             params=(Param("scale", "(C,)", "ones"), Param("bias", "(C,)"), Param("mean", "(C,) running mean", trainable=False),
                     Param("var", "(C,) running variance", "ones", trainable=False)),
-            doc="batch normalisation, inference form: (x - mean) / sqrt(var + epsilon) * scale + bias over the "
-                "channel axis of NCHW; attrs epsilon, momentum (ONNX's: running = momentum * running + "
-                "(1 - momentum) * batch)"))
+            state=_batchnorm_state,
+            doc="batch normalisation over the channel axis of NCHW: (x - mean) / sqrt(var + epsilon) * scale + bias, "
+                "with the running mean and variance (inference) or the batch's mean and biased variance (attrs "
+                "training, then the running ones move: running = momentum * running + (1 - momentum) * batch, "
+                "ONNX's momentum); attrs epsilon, momentum"))
 
 
 # --- channel ops: LRN, constant scale and shift, channel shuffle -----------------------------------------

@@ -14,6 +14,14 @@ from spec.ir import ModelSpec
 
 # the canonical loss is -mean(log(clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP))) on the softmax output, as Keras clips
 LOSS_CLIP = 1e-7
+PROBABILITY_KINDS = ("softmax",)  # a model ending in one of these outputs probabilities; any other ends in logits
+
+
+def ends_in_logits(spec: ModelSpec) -> bool:
+    """Whether the loss must apply the softmax itself: the same softmax over the classes in every library."""
+    return spec.output().kind not in PROBABILITY_KINDS
+
+
 # canonical RMSprop beyond lr/rho/eps: the mean square starts at 0, eps inside the root, no gradient clipping
 CANONICAL_RMSPROP = {"ms_init": 0.0, "eps_placement": "inside sqrt", "grad_clip_norm": 0.0}
 

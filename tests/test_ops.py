@@ -66,6 +66,7 @@ VARIANTS = {
     "flatten in HWC order": ("flatten", {"order": "HWC"}, (3, 2, 4)),
     "sum over H, no kept axes": ("reduce", {"mode": "sum", "axes": [2], "keepdims": False}, (3, 4, 5)),
     "mean over C and H to a vector": ("reduce", {"mode": "mean", "axes": [1, 2], "keepdims": False}, (3, 4, 5)),
+    "batchnorm in training": ("batchnorm", {"epsilon": 1e-3, "momentum": 0.9, "training": True}, (3, 4, 4)),
 }
 
 
@@ -245,3 +246,37 @@ def test_new_op_forward_matches_onnxruntime(case):
     if op.kind == "reduce":  # recorded with the dropped axes as 1 (or as a vector); the values in ONNX's order
         expected = expected.reshape(got.shape)
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+
+
+def _batchnorm_training_in_onnxruntime(x, params, epsilon, momentum):
+    """onnxruntime's BatchNormalization with training_mode=1: (y, running mean, running variance)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "mean_out", "var_out"],
+                            epsilon=epsilon, momentum=momentum, training_mode=1)
+    graph = helper.make_graph([node], "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in node.output],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in params.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_batchnorm_training_form_and_running_statistics_are_onnx_s():
+    """The batch's mean and biased variance normalise; the running ones move by ONNX's momentum (the old value's
+    weight). Negative controls: PyTorch's momentum convention and the unbiased batch variance are both visible."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((4, 3, 5, 5)) * 2 + 1).astype(np.float32)
+    params = {k: rng.standard_normal(3).astype(np.float32) for k in ("scale", "bias", "mean")}
+    params["var"] = (np.abs(rng.standard_normal(3)) + 0.5).astype(np.float32)
+    y, mean, var = _batchnorm_training_in_onnxruntime(x, params, 1e-3, 0.8)
+    op, attrs = ops.get("batchnorm"), {"epsilon": 1e-3, "momentum": 0.8, "training": True}
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    got, cache = op.forward(attrs, p64, [x.astype(np.float64)])
+    state = op.state(attrs, p64, [x.astype(np.float64)], cache)
+    assert np.abs(got - y).max() < 1e-5
+    assert np.abs(state["mean"] - mean).max() < 1e-6 and np.abs(state["var"] - var).max() < 1e-6
+    torch_convention = op.state({**attrs, "momentum": 0.2}, p64, [x], cache)  # 0.8 read as the new batch's weight
+    assert np.abs(torch_convention["mean"] - mean).max() > 1e-2
+    unbiased = 0.8 * p64["var"] + 0.2 * x.astype(np.float64).var(axis=(0, 2, 3), ddof=1)
+    assert np.abs(unbiased - var).max() > 1e-3
