@@ -280,13 +280,38 @@ def op_logsoftmax(spec, node, **_options):
 
 
 def op_batchnorm(spec, node, **_options):
-    """nn.BatchNorm2d in eval mode (the graph module is built in eval mode): running statistics, ONNX's epsilon;
-    its momentum weighs the new batch, ONNX's the old running value."""
-    import torch.nn as nn
+    """nn.BatchNorm2d with ONNX's epsilon; its momentum weighs the new batch, ONNX's the old running value. In eval
+    mode (how the graph module is built) the running statistics normalise. In training mode ONNX moves the running
+    variance by the batch's biased variance, nn.BatchNorm2d by the unbiased one: `_onnx_batchnorm_class`."""
     a = node.attrs
-    bn = nn.BatchNorm2d(spec.input_shapes(node)[0][0], eps=a["epsilon"], momentum=1.0 - a["momentum"])
+    bn = _onnx_batchnorm_class()(spec.input_shapes(node)[0][0], eps=a["epsilon"], momentum=1.0 - a["momentum"])
     _load(bn, spec, node)
     return bn
+
+
+@functools.cache
+def _onnx_batchnorm_class():
+    import torch
+    import torch.nn as nn
+
+    class OnnxBatchNorm2d(nn.BatchNorm2d):
+        """nn.BatchNorm2d whose training mode is ONNX's (training_mode=1): normalised by the batch's mean and
+        biased variance, the gradient flowing through both, and the running statistics moved by the biased
+        variance (F.batch_norm's own update uses the unbiased one, and it takes no batch statistics that need a
+        gradient). Eval mode is nn.BatchNorm2d's."""
+
+        def forward(self, x):
+            if not self.training:
+                return super().forward(x)
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var)
+            def channel(v):
+                return v[None, :, None, None]
+            return (x - channel(mean)) * channel(torch.rsqrt(var + self.eps) * self.weight) + channel(self.bias)
+
+    return OnnxBatchNorm2d
 
 
 def op_globalavgpool(spec, node, **_options):

@@ -435,6 +435,42 @@ def reductions_cnn(path: Path) -> Path:
     return g.save(path, (3, 8, 8))
 
 
+def batchnorm_cnn(path: Path) -> Path:
+    """A small CIFAR-shaped net to train with BatchNorm: four BatchNormalizations with moved statistics (one after
+    a 16x16 conv, one in a residual block, one on a stride-2 conv, one on the pooled [N, 16, 1, 1] features, where a
+    batch's variance has the fewest values and an unbiased running update shows most), ONNX's momentum 0.9 and
+    0.8; it ends in logits. Convolutions without bias, as before BatchNorm they usually are."""
+    g = _Graph(seed=41)
+
+    def conv(c_in, c_out, **attrs):
+        name = f"conv{g.n + 1}"
+        return g.add("Conv", (g.param(f"{name}.w", (c_out, c_in, 3, 3)),), kernel_shape=[3, 3], **attrs)
+
+    def batchnorm(channels, momentum):
+        name = f"bn{g.n + 1}"
+        values = (("s", g.rng.uniform(0.5, 1.5, channels)), ("b", g.rng.uniform(-0.2, 0.2, channels)),
+                  ("m", g.rng.uniform(-0.3, 0.3, channels)), ("v", g.rng.uniform(0.5, 2.0, channels)))
+        g.inits += [numpy_helper.from_array(v.astype(np.float32), f"{name}.{k}") for k, v in values]
+        g.add("BatchNormalization", [f"{name}.{k}" for k, _ in values], epsilon=1e-3, momentum=momentum)
+
+    conv(3, 8, pads=[1, 1, 1, 1], strides=[2, 2])  # 16 x 16
+    batchnorm(8, 0.9)
+    stem = g.add("Relu") and g.current
+    conv(8, 8, pads=[1, 1, 1, 1])
+    batchnorm(8, 0.8)
+    g.nodes.append(helper.make_node("Add", [g.current, stem], ["res"], name="residual"))
+    g.current = "res"
+    g.add("Relu")
+    conv(8, 16, pads=[1, 1, 1, 1], strides=[2, 2])  # 8 x 8
+    batchnorm(16, 0.9)
+    g.add("Relu")
+    g.add("GlobalAveragePool")
+    batchnorm(16, 0.9)
+    g.add("Flatten", axis=1)
+    g.add("Gemm", (g.param("fc.w", (16, 10)), g.param("fc.b", (10,), scale=0.1)))
+    return g.save(path, (3, 32, 32))
+
+
 def write_all(folder: Path) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -452,6 +488,7 @@ def write_all(folder: Path) -> dict:
         "keras": keras_export(folder / "keras.onnx"),
         "cancellation": cancellation_cnn(folder / "cancellation.onnx"),
         "reductions": reductions_cnn(folder / "reductions.onnx"),
+        "batchnorm": batchnorm_cnn(folder / "batchnorm.onnx"),
     }
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 import builders.pytorch as builder
 from spec import ops
-from spec.training import LOSS_CLIP
+from spec.training import LOSS_CLIP, ends_in_logits
 from trainers import masks
 
 NAME = "pytorch"
@@ -74,6 +74,21 @@ def _parameters(spec, model) -> dict:
     return found
 
 
+def _state(spec, model) -> dict:
+    """{"<node>.<param>": (node, param, buffer)} of every parameter no optimizer moves (BatchNorm's running
+    statistics, moved by the forward pass in training mode)."""
+    state = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if not p.trainable}
+    return {f"{node.name}.{param}": (node, param, tensor) for node in spec.parametric()
+            for param, tensor in builder.native_parameters(model, node).items() if (node.kind, param) in state}
+
+
+def _head(spec):
+    """What turns the model's output into the loss's probabilities: the softmax over the classes for a model
+    that ends in logits (spec.training.ends_in_logits), else nothing."""
+    import torch
+    return (lambda out: torch.softmax(out, dim=1)) if ends_in_logits(spec) else (lambda out: out)
+
+
 def _dump(spec, found: dict, what) -> dict:
     """what(tensor) of every parameter (its .grad or itself), in the canonical layout."""
     return {key: builder.to_canonical(spec, node, param, what(tensor).detach().numpy().copy())
@@ -115,6 +130,8 @@ def train(spec, data, config, report) -> None:
     batch_size = config["batch_size"]
     dump_steps, global_step = config.get("dump_steps", 0), 0
     found = _parameters(spec, model) if dump_steps > 0 else None
+    state = _state(spec, model) if dump_steps > 0 else None
+    head = _head(spec)
 
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
@@ -126,7 +143,7 @@ def train(spec, data, config, report) -> None:
             for name, mask in (masks.step_masks(spec, config["seed"], global_step, len(y)) if holders else {}).items():
                 holders[name].mask = torch.from_numpy(mask)
             rmsprop.zero_grad()
-            p = forward(x)
+            p = head(forward(x))
             batch = loss(p, y)
             batch.backward()
             dump = global_step < dump_steps
@@ -134,7 +151,8 @@ def train(spec, data, config, report) -> None:
                 grads = _dump(spec, found, lambda t: t.grad)
             rmsprop.step()
             if dump:
-                report.step_tensors(global_step, grads, _dump(spec, found, lambda t: t))
+                report.step_tensors(global_step, grads, {**_dump(spec, found, lambda t: t),
+                                                         **_dump(spec, state, lambda t: t)})
             global_step += 1
             batch_loss, n = batch.item(), len(y)
             report.step(epoch, step, batch_loss, n)
@@ -149,7 +167,7 @@ def train(spec, data, config, report) -> None:
         with torch.inference_mode():
             for i in range(0, len(y_val), batch_size):
                 x, y = builder.inputs(x_val[i:i + batch_size], **options), y_val[i:i + batch_size]
-                p = forward(x)
+                p = head(forward(x))
                 val_loss += loss(p, y).item() * len(y)
                 val_correct += int((p.argmax(1) == y).sum())
         eval_s = time.perf_counter() - started

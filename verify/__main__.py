@@ -82,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
                          "the version installed): show where it departs")
     st.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     st.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
+    st.add_argument("--model", default=None, metavar="PATH",
+                    help="ONNX model to train in place of the canonical CNN: a 3x32x32 input and 10 classes "
+                         "(probabilities, or logits, which get the softmax inside the loss); BatchNorm trains in "
+                         "ONNX's training mode and its running statistics are judged after every step")
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
     desc.add_argument("model")
     sv = sub.add_parser("survey", help="forward equivalence over many models: one verdict per model and library",
@@ -140,7 +144,22 @@ def parse(argv=None) -> argparse.Namespace:
     if args.command == "steps" and args.steps > _steps_limit():
         raise UsageError(f"--steps {args.steps}: {STEPS_EXPERIMENT} trains {_steps_limit()} steps; check at most "
                          f"that many")
+    if args.command == "steps" and args.model:
+        _cifar_shaped(args.model)
     return args
+
+
+def _cifar_shaped(path: str) -> None:
+    """UsageError unless the model imports and maps a 3x32x32 image to 10 classes."""
+    from spec.onnx_import import ModelError, import_model
+
+    try:
+        spec = import_model(path)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    if tuple(spec.input_shape) != (3, 32, 32) or tuple(spec.output().output_shape) != (10,):
+        raise UsageError(f"{path}: takes {tuple(spec.input_shape)} and gives {tuple(spec.output().output_shape)}; "
+                         f"training on CIFAR-10 needs a (3, 32, 32) input and 10 classes")
 
 
 def _survey_models(args) -> list:
@@ -176,7 +195,7 @@ def _steps(args) -> int:
     from verify import steps
     from workers import results
 
-    report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data)
+    report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data, model=args.model)
     print(steps.table(report))
     if args.json:
         results.write_json(args.json, report)

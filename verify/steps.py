@@ -17,7 +17,7 @@ import numpy as np
 
 import cifar10
 from builders import resolve
-from spec import experiments, training
+from spec import experiments, ops, training
 from spec.onnx_import import import_model
 from spec.reference64 import Reference
 from verify.compare import TOLERANCES
@@ -29,8 +29,11 @@ def load_policy() -> dict:
     return json.loads(Path(TOLERANCES).read_text())["steps"]
 
 
-def _rel_l2(got: np.ndarray, want: np.ndarray) -> float:
-    norm = float(np.linalg.norm(want))
+def _rel_l2(got: np.ndarray, want: np.ndarray, floor: float = 0.0) -> float:
+    """||got - want|| / ||want||, the denominator at least `floor`: a gradient that is zero but for rounding (that
+    of a convolution's bias which BatchNorm's mean subtraction cancels) is judged against the floor, a small share
+    of the whole step's gradient norm, not against its own rounding noise."""
+    norm = max(float(np.linalg.norm(want)), floor)
     diff = float(np.linalg.norm(got.astype(np.float64) - want))
     return diff / norm if norm else (0.0 if diff == 0 else float("inf"))
 
@@ -62,6 +65,7 @@ CHECKS = {  # finding -> (per-tensor figure, policy bound)
     "gradient": ("grad_rel_l2", "grad_rel_l2"),
     "update": ("update_rel_l2", "update_rel_l2"),
     "declared update": ("declared_update_rel_l2", "update_rel_l2"),
+    "running statistics": ("state_rel_l2", "state_rel_l2"),
 }
 
 
@@ -78,42 +82,70 @@ def _first(steps: list, what: str, policy: dict) -> dict | None:
 def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, policy: dict,
           declared: dict | None = None) -> dict:
     """Every step and every parameter tensor of one library against the float64 reference, teacher-forced:
-    the reference starts each step from the library's own parameters. Per tensor, the relative L2 difference
-    of the gradient the library applied, and of its update (parameters after minus before the step) from
-    canonical RMSprop's; with `declared` (native mode: the RMSprop the library reports it runs), the reference
+    the reference starts each step from the library's own parameters. Per trainable tensor, the relative L2
+    difference of the gradient the library applied, and of its update (parameters after minus before the step)
+    from canonical RMSprop's; with `declared` (native mode: the RMSprop the library reports it runs), the reference
     gradient is clipped as declared before it is compared, and the update is also compared with that RMSprop
-    applied to the library's own gradients (the optimizer judged apart from the gradient)."""
+    applied to the library's own gradients (the optimizer judged apart from the gradient). Per state tensor
+    (BatchNorm's running mean and variance, which no optimizer moves), the relative L2 difference of how far the
+    step moved it from how far ONNX's training-mode BatchNorm moves it."""
     x_train, y_train = arrays[0], arrays[1]
-    ref = Reference(spec, spec.weights)
-    names = list(spec.weights)
-    before = {n: spec.weights[n].astype(np.float64) for n in names}
+    ref = Reference(spec, spec.weights, training=True)
+    names, state_names = _parameter_names(spec)
+    before = {n: spec.weights[n].astype(np.float64) for n in names + state_names}
+    missing = [n for n in state_names if f"param/0/{n}" not in tensors]
+    if missing:
+        return {"status": "mismatch", "steps": [], "first_failure": {
+            "step": 1, "tensor": missing[0], "what": "running statistics", "rel_l2": float("inf")},
+            "reason": f"the trainer reported no running statistics ({missing[0]} and {len(missing) - 1} more)"}
     clip = declared.get("grad_clip_norm", 0.0) if declared else 0.0
-    canonical_state, declared_state, steps = {}, {}, []
+    canonical_state, declared_state, own_state, steps = {}, {}, {}, []
+    canonical_rmsprop = {**training.CANONICAL_RMSPROP, **{k: optimizer[k] for k in ("lr", "rho", "eps")}}
     for k, idx in enumerate(batches):
         ref.params = {n: v.copy() for n, v in before.items()}
-        loss, grads = ref.loss_and_grads(x_train[idx], y_train[idx])
+        loss, grads, moved = ref.loss_grads_state(x_train[idx], y_train[idx])
         ref.rmsprop_step(grads, canonical_state, optimizer["lr"], optimizer["rho"], optimizer["eps"])
         got_grads = {n: tensors[f"grad/{k}/{n}"] for n in names}
         declared_params = None
         if declared:
-            declared_params = dict(before)
+            declared_params = {n: before[n] for n in names}
             own = clipped({n: g.astype(np.float64) for n, g in got_grads.items()}, clip)
             declared_rmsprop(declared_params, own, declared_state, declared)
-        after = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names}
-        rows = _rows(names, got_grads, clipped(grads, clip), before, after, ref.params, declared_params)
+        after = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names + state_names}
+        want = clipped(grads, clip)
+        floor = policy["zero_floor"] * _global_norm(want.values())
+        # a tensor whose reference gradient is zero but for rounding: RMSprop scales the library's rounding noise
+        # up to updates of its own, so its update is judged as canonical RMSprop of the library's own gradient
+        own = {n: before[n] for n in names}
+        declared_rmsprop(own, {n: g.astype(np.float64) for n, g in got_grads.items()}, own_state, canonical_rmsprop)
+        canonical = {n: own[n] if np.linalg.norm(want[n]) < floor else ref.params[n] for n in names}
+        rows = _rows(names, got_grads, want, before, after, canonical, declared_params, floor)
+        rows += [{"tensor": n, "state_rel_l2": _rel_l2(after[n] - before[n], moved[n] - before[n])} for n in state_names]
         steps.append({"step": k + 1, "reference_loss": loss, "tensors": rows,
                       "grad_norm": _global_norm(got_grads.values()), "reference_grad_norm": _global_norm(grads.values()),
-                      **{f"max_{key}": max(r[key] for r in rows) for key, _ in CHECKS.values() if key in rows[0]}})
+                      **{f"max_{key}": max(r[key] for r in rows if key in r) for key, _ in CHECKS.values()
+                         if any(key in r for r in rows)}})
         before = after
     return {"steps": steps, **verdict(steps, policy, native=declared is not None)}
 
 
-def _rows(names, got_grads, want_grads, before, after, canonical, declared) -> list:
-    """Per tensor: the gradient's and the update's relative L2 differences (see judge)."""
+def _parameter_names(spec) -> tuple:
+    """(trainable parameters, state tensors) of the spec, each in the spec's order."""
+    trainable = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if p.trainable}
+    names, state = [], []
+    for name in spec.weights:
+        node, param = name.rsplit(".", 1)
+        (names if (spec.node(node).kind, param) in trainable else state).append(name)
+    return names, state
+
+
+def _rows(names, got_grads, want_grads, before, after, canonical, declared, grad_floor=0.0) -> list:
+    """Per tensor: the gradient's and the update's relative L2 differences (see judge); `grad_floor`: the least
+    denominator of the gradient's (_rel_l2)."""
     rows = []
     for n in names:
         update = after[n] - before[n]
-        row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grads[n], want_grads[n]),
+        row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grads[n], want_grads[n], grad_floor),
                "update_rel_l2": _rel_l2(update, canonical[n] - before[n])}
         if declared is not None:
             row["declared_update_rel_l2"] = _rel_l2(update, declared[n] - before[n])
@@ -126,10 +158,12 @@ def verdict(steps: list, policy: dict, native: bool) -> dict:
     from the declared RMSprop -> "mismatch" (the library does not run what its row says), else an update off
     from canonical -> "departs". The first (step, tensor) of each kind is reported on its own."""
     found = {what: _first(steps, what, policy) for what in CHECKS if native or what != "declared update"}
-    decisive = ("gradient", "declared update") if native else ("gradient", "update")
+    decisive = ("gradient", "running statistics", "declared update") if native else ("gradient", "running statistics",
+                                                                                      "update")
     failure = next((found[what] for what in decisive if found[what]), None)
     return {"status": "mismatch" if failure else "departs" if found["update"] else "pass", "first_failure": failure,
             "first_gradient_failure": found["gradient"], "first_update_departure": found["update"],
+            "first_state_failure": found["running statistics"],
             **({"first_declared_mismatch": found["declared update"]} if native else {})}
 
 
@@ -225,7 +259,8 @@ def verdict_lines(name: str, e: dict, mode: str) -> list:
     lines = [text]
     if mode == "native" and e.get("optimizer"):
         lines.append(f"  - runs {declared_text(e['optimizer'])}")
-    others = (("first_gradient_failure", "gradient off"), ("first_update_departure", "update departs from canonical"),
+    others = (("first_gradient_failure", "gradient off"), ("first_state_failure", "running statistics off"),
+              ("first_update_departure", "update departs from canonical"),
               ("first_declared_mismatch", "update off from the declared RMSprop"))
     for key, label in others:
         found = e.get(key)
