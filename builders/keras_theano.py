@@ -8,9 +8,9 @@ Theano's own, "theano", goes to every tied maximum); dropout_masks="harness" wit
 
 Where Keras 2.3.1 has no layer for an op, a subclass or Lambda built from Keras's backend and Theano's own ops
 computes it: grouped convolution (Theano's num_groups), dilated max pooling (pool_2d over strided slices), batch norm
-with an epsilon below Theano's 1e-5 floor, instance norm, reflect / edge / non-zero constant padding, transposed
-convolution with asymmetric pads (cropped), log-softmax, hard swish, and Selu / HardSigmoid / Clip with other
-constants than Keras's."""
+(ONNX's training mode, and epsilons below Theano's 1e-5 floor), instance norm, reflect / edge / non-zero constant
+padding, transposed convolution with asymmetric pads (cropped), log-softmax, hard swish, and Selu / HardSigmoid /
+Clip with other constants than Keras's."""
 from __future__ import annotations
 
 import collections
@@ -286,16 +286,17 @@ def _grouped_conv_2d(keras):
 
 
 @functools.cache
-def _small_epsilon_batch_normalization(keras):
-    """keras.layers.BatchNormalization for an epsilon below 1e-5 in float32 (PyTorch's and ONNX's default,
-    float32(1e-5), is): Theano's batch_normalization_test and _train refuse those (cuDNN's floor, enforced on the
-    CPU too), so the same arithmetic is written in keras.backend. Inference: (x - mean) * (gamma / sqrt(var + eps))
-    + beta with the moving statistics; training: the batch mean and biased variance, the moving averages updated
-    as stock Keras on Theano updates them (it receives var + eps, Theano's 1 / invstd**2, and scales it by
-    n / (n - (1 + eps)))."""
+def _onnx_batch_normalization(keras):
+    """keras.layers.BatchNormalization with ONNX's training mode, written in keras.backend. Stock Keras 2.3.1 on
+    Theano moves the moving variance by Theano's var + epsilon (1 / invstd**2) scaled by n / (n - (1 + epsilon)),
+    an unbiased estimate, where ONNX moves it by the batch's biased variance; and Theano's batch_normalization_test
+    and _train refuse an epsilon below 1e-5 in float32 (cuDNN's floor, enforced on the CPU too), which PyTorch's and
+    ONNX's default float32(1e-5) is. Inference: (x - mean) * (gamma / sqrt(var + eps)) + beta with the moving
+    statistics; training: the batch's mean and biased variance (the gradient flowing through both), the moving
+    averages moved by momentum * moving + (1 - momentum) * batch."""
     from keras import backend as K
 
-    class SmallEpsilonBatchNormalization(keras.layers.BatchNormalization):
+    class OnnxBatchNormalization(keras.layers.BatchNormalization):
         def call(self, inputs, training=None):
             ndim = K.ndim(inputs)
             axes = [a for a in range(ndim) if a != self.axis % ndim]
@@ -312,14 +313,11 @@ def _small_epsilon_batch_normalization(keras):
             if isinstance(training, int) and not training:  # a static test phase (0 or False), as stock Keras
                 return inference()
             mean, var = K.mean(inputs, axis=axes), K.var(inputs, axis=axes)
-            n = K.cast(K.prod([K.shape(inputs)[a] for a in axes]), K.dtype(inputs))
             self.add_update([K.moving_average_update(self.moving_mean, mean, self.momentum),
-                             K.moving_average_update(self.moving_variance,
-                                                     (var + self.epsilon) * n / (n - (1.0 + self.epsilon)),
-                                                     self.momentum)], inputs)
+                             K.moving_average_update(self.moving_variance, var, self.momentum)], inputs)
             return K.in_train_phase(normalize(mean, var), inference, training=training)
 
-    return SmallEpsilonBatchNormalization
+    return OnnxBatchNormalization
 
 
 @functools.cache
@@ -592,23 +590,15 @@ def op_globalavgpool(spec, node, inputs, **_options):
     return L.Reshape(tuple(node.output_shape), name=node.name)(y)
 
 
-def _theano_accepts_epsilon(epsilon: float) -> bool:
-    # theano.tensor.nnet.bn's own check, on the float32 the epsilon becomes
-    return not np.float32(epsilon) < 1e-5
-
-
 def op_batchnorm(spec, node, inputs, **_options):
-    """BatchNormalization on the channel axis, in inference mode at predict, with the node's epsilon (Keras's
-    default is 1e-3). Momentum: Keras's moving = momentum * moving + (1 - momentum) * batch is ONNX's convention,
-    so the node's momentum is Keras's as it is."""
+    """BatchNormalization on the channel axis with the node's epsilon (Keras's default is 1e-3), inference mode at
+    predict. Momentum: Keras's moving = momentum * moving + (1 - momentum) * batch is ONNX's convention, so the node's
+    momentum is Keras's as it is. Training and small epsilons: `_onnx_batch_normalization`."""
     keras, a = library(), node.attrs
-    layer = keras.layers.BatchNormalization if _theano_accepts_epsilon(a["epsilon"]) \
-        else _small_epsilon_batch_normalization(keras)
-    bn = layer(axis=1, momentum=a["momentum"], epsilon=a["epsilon"], name=node.name)
+    bn = _onnx_batch_normalization(keras)(axis=1, momentum=a["momentum"], epsilon=a["epsilon"], name=node.name)
     y = bn(*inputs)
     _load(bn, spec, node)
     return y
-
 
 
 def op_lrn(spec, node, inputs, **_options):

@@ -100,6 +100,13 @@ def parameters(model, spec) -> dict:
             for node in spec.parametric() for p in ops.get(node.kind).params if p.trainable}
 
 
+def state(model, spec) -> dict:
+    """{(node name, param): tf.Variable} of every parameter no optimizer moves (BatchNorm's running statistics,
+    which the training forward assigns)."""
+    return {(node.name, p.name): model.params[node.name][p.name]
+            for node in spec.parametric() for p in ops.get(node.kind).params if not p.trainable}
+
+
 # --- the graph: one function per op kind -----------------------------------------------------------------
 # op_<kind>(tf, spec, node, params) runs once, in build: it checks that TensorFlow can express the node and
 # returns apply(inputs, training, masks) -> the node's output, which the module's __call__ runs per node

@@ -385,17 +385,36 @@ def op_globalavgpool(net, node, x):
 
 
 def op_batchnorm(net, node, x):
-    """tensorlayer's BatchNorm in inference mode (model.eval()): (x - moving_mean) * rsqrt(moving_var + epsilon) *
-    gamma + beta. Its decay weighs the old running value, as ONNX's momentum does: decay = momentum."""
+    """tensorlayer's BatchNorm2d: in inference mode (model.eval()) (x - moving_mean) * rsqrt(moving_var + epsilon) *
+    gamma + beta; its decay weighs the old running value, as ONNX's momentum does: decay = momentum. Its training
+    forward cannot run in TensorFlow 2 (`_batchnorm_class`)."""
     a = node.attrs
     if len(net.spec.input_shapes(node)[0]) != 3:
         raise Unsupported(f"{node.name}: batch norm of a {net.spec.input_shapes(node)[0]} input, not [C, H, W]")
-    bn = net.L.BatchNorm2d(decay=a["momentum"], epsilon=a["epsilon"], act=None, data_format="channels_last",
-                           num_features=net.spec.input_shapes(node)[0][0], name=layouts.safe_name(node.name))
-    # held before the call: tensorlayer's training-mode forward (the static model's construction runs one) replaces
-    # its moving_mean / moving_var attributes by the moving-average update's result
+    bn = _batchnorm_class(net.tf, net.tl)(decay=a["momentum"], epsilon=a["epsilon"], act=None,
+                                          data_format="channels_last", num_features=net.spec.input_shapes(node)[0][0],
+                                          name=layouts.safe_name(node.name))
     net.hold(node, scale=bn.gamma, bias=bn.beta, mean=bn.moving_mean, var=bn.moving_var)
     return bn(x)
+
+
+@functools.cache
+def _batchnorm_class(tf, tl):
+    class AssigningBatchNorm2d(tl.layers.BatchNorm2d):
+        """tensorlayer's BatchNorm2d whose training forward keeps its moving statistics: tensorlayer's own replaces
+        the moving_mean / moving_var variables by what assign_moving_average returns, which inside a tf.function is
+        no tensor ("Can not convert a NoneType"). Here the variables are assigned ONNX's update, momentum * running
+        + (1 - momentum) * the batch's mean and biased variance (tf.nn.moments), as tensorlayer meant to."""
+
+        def forward(self, inputs):
+            if not self.is_train:
+                return super().forward(inputs)
+            mean, var = tf.nn.moments(inputs, [0, 1, 2])
+            self.moving_mean.assign(self.decay * self.moving_mean + (1.0 - self.decay) * mean)
+            self.moving_var.assign(self.decay * self.moving_var + (1.0 - self.decay) * var)
+            return tf.nn.batch_normalization(inputs, mean, var, self.beta, self.gamma, self.epsilon)
+
+    return AssigningBatchNorm2d
 
 
 def _image_input(net, node, what: str) -> int:

@@ -10,21 +10,22 @@ import numpy as np
 from builders import keras_tensorflow as builder
 from builders import layouts
 from spec import ops
-from spec.training import LOSS_CLIP
+from spec.training import LOSS_CLIP, ends_in_logits
 from trainers import masks
 
 NAME = "keras-tensorflow"
 
 
-def loss(keras):
-    """-log(clip(p_y, 1e-7, 1 - 1e-7)) per sample; Keras averages it over the batch.
+def loss(keras, logits: bool = False):
+    """-log(clip(p_y, 1e-7, 1 - 1e-7)) per sample; Keras averages it over the batch. `logits`: the model ends in
+    logits (spec.training.ends_in_logits) and the softmax over the classes is taken here.
 
     Keras 3's own 'categorical_crossentropy' on the TensorFlow backend does not clip here: it sees that
     the probabilities come from a Softmax op and takes the logits path (softmax_cross_entropy_with_logits)."""
     ops = keras.ops
 
     def categorical_crossentropy_clipped(y_true, y_pred):
-        p = ops.sum(y_true * y_pred, axis=-1)
+        p = ops.sum(y_true * (ops.softmax(y_pred, axis=-1) if logits else y_pred), axis=-1)
         return -ops.log(ops.clip(p, LOSS_CLIP, 1.0 - LOSS_CLIP))
 
     return categorical_crossentropy_clipped
@@ -88,9 +89,10 @@ def _step_dumper(keras, spec, model, report, steps: int):
     pairs fit's train step hands the optimizer (run_eagerly, so they are concrete tensors), and reads every
     parameter in on_train_batch_end, after the update. One callback for all epochs: steps count across them."""
     trainable = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if p.trainable}
-    # (node name, param) -> variable; BatchNormalization's moving statistics get no gradient from the optimizer
-    parameters = {key: variable for key, variable in builder.parameters(model, spec).items()
-                  if (spec.node(key[0]).kind, key[1]) in trainable}
+    # (node name, param) -> variable; BatchNormalization's moving statistics get no gradient from the optimizer:
+    # the training forward moves them, and they are read after the step with the parameters
+    everything = builder.parameters(model, spec)
+    parameters = {key: variable for key, variable in everything.items() if (spec.node(key[0]).kind, key[1]) in trainable}
     slot = {id(variable): key for key, variable in parameters.items()}
     keras_optimizer = model.optimizer
     apply_gradients = keras_optimizer.apply_gradients
@@ -115,7 +117,7 @@ def _step_dumper(keras, spec, model, report, steps: int):
             missing = set(parameters) - set(grads)
             if missing:
                 raise RuntimeError(f"no gradient captured for {sorted(missing)}")
-            values = {key: keras.ops.convert_to_numpy(variable) for key, variable in parameters.items()}
+            values = {key: keras.ops.convert_to_numpy(variable) for key, variable in everything.items()}
             report.step_tensors(self.step, _canonical_tensors(spec, grads), _canonical_tensors(spec, values))
             self.step += 1
             if self.step >= steps:
@@ -188,7 +190,8 @@ def train(spec, data, config, report):
         setter = [_mask_setter(keras, spec, model, int(config["seed"]), sizes)]
     dump_steps = int(config.get("dump_steps", 0))
     # dump mode runs the train step eagerly, so that the gradients reaching the optimizer are concrete tensors
-    model.compile(optimizer=optimizer(keras, config["optimizer"], report), loss=loss(keras), metrics=["accuracy"],
+    model.compile(optimizer=optimizer(keras, config["optimizer"], report), loss=loss(keras, ends_in_logits(spec)),
+                  metrics=["accuracy"],
                   **({"run_eagerly": True} if dump_steps > 0 else {}))
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 

@@ -10,6 +10,7 @@ import numpy as np
 from builders import keras_theano as builder
 from builders import layouts
 from spec import ops
+from spec.training import ends_in_logits
 from trainers import masks
 
 NAME = "keras-theano"
@@ -112,8 +113,9 @@ def _step_dumper(keras, spec, model, report, steps: int):
         raise RuntimeError(f"expected the optimizer to take gradients once, it did {len(captured)} times")
     params, grads = captured[0]
 
-    slot = {id(variable): (node.name, param) for node in spec.parametric()
-            for param, variable in builder.native_parameters(model, node).items()}
+    variables = {(node.name, param): variable for node in spec.parametric()
+                 for param, variable in builder.native_parameters(model, node).items()}
+    slot = {id(variable): key for key, variable in variables.items()}
     taken = {id(p) for p in params}
     trainable = {(node.name, p.name) for node in spec.parametric() for p in ops.get(node.kind).params if p.trainable}
     missing = sorted(f"{name}.{param}" for key, (name, param) in slot.items()
@@ -137,7 +139,7 @@ def _step_dumper(keras, spec, model, report, steps: int):
             if len(pending) != 1:
                 raise RuntimeError(f"expected one optimizer update in step {self.step}, saw {len(pending)}")
             applied = {slot[id(p)]: g for p, g in zip(params, pending.pop()) if id(p) in slot}
-            after = {slot[id(p)]: K.get_value(p) for p in params if id(p) in slot}
+            after = {key: K.get_value(variable) for key, variable in variables.items()}  # BatchNorm's statistics too
             report.step_tensors(self.step, _canonical(spec, applied), _canonical(spec, after))
             self.step += 1
             if self.step >= steps:
@@ -176,6 +178,18 @@ def _mask_setter(keras, spec, holders: dict, seed: int, batch_size: int, sizes: 
     return StepMasks()
 
 
+def _loss(keras, logits: bool):
+    if not logits:
+        return "categorical_crossentropy"
+    K = keras.backend
+
+    def softmax_categorical_crossentropy(y_true, y_pred):
+        p = K.softmax(y_pred)
+        p._keras_shape = K.int_shape(y_pred)  # Theano's tensors carry no shape; the loss asks for its rank
+        return K.categorical_crossentropy(y_true, p)
+    return softmax_categorical_crossentropy
+
+
 def build_options(config: dict) -> dict:
     """Canonical mode's max pooling with a single-maximum gradient; harness dropout when the run applies the
     harness's masks (mask variables of the batch size)."""
@@ -210,8 +224,9 @@ def train(spec, data, config, report):
         sizes = [len(b) for epoch in range(int(config["epochs"])) for b in data.batches(epoch, bs)]
         setter = [_mask_setter(keras, spec, holders, int(config["seed"]), bs, sizes)]
     rmsprop = optimizer(keras, config["optimizer"], report)
-    # Keras 2's categorical_crossentropy: renormalise, clip to [1e-7, 1 - 1e-7], -sum(y * log(p)); batch mean.
-    model.compile(optimizer=rmsprop, loss="categorical_crossentropy", metrics=["accuracy"])
+    # Keras 2's categorical_crossentropy: renormalise, clip to [1e-7, 1 - 1e-7], -sum(y * log(p)); batch mean. A model
+    # that ends in logits gets the softmax over the classes first.
+    model.compile(optimizer=rmsprop, loss=_loss(keras, ends_in_logits(spec)), metrics=["accuracy"])
     dump_steps = int(config.get("dump_steps", 0))
     dumper = [_step_dumper(keras, spec, model, report, dump_steps)] if dump_steps > 0 else []
 

@@ -11,6 +11,7 @@ import numpy as np
 
 import builders.tensorflow as builder
 from builders import layouts
+from spec.training import ends_in_logits
 from trainers import masks, tf_shared
 
 NAME = "tensorflow"
@@ -92,6 +93,8 @@ def train(spec, data, config, report) -> None:
     tf, model, function = setup(spec, config)
     parameters = builder.parameters(model, spec)  # (node name, param) -> tf.Variable
     keys, variables = list(parameters), list(parameters.values())
+    state = builder.state(model, spec)  # moved by the training forward, read after each dumped step
+    logits = ends_in_logits(spec)
     rmsprop = optimizer(tf, variables, config["optimizer"], report)
 
     x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
@@ -109,7 +112,7 @@ def train(spec, data, config, report) -> None:
     @function  # tf.function, no input_signature: see tf_shared
     def train_step(x, y, *dropout_masks):
         with tf.GradientTape() as tape:
-            loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
+            loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y, logits)
         rmsprop.apply(tape.gradient(loss, variables))
         return loss, correct
 
@@ -117,7 +120,7 @@ def train(spec, data, config, report) -> None:
     def train_step_with_grads(x, y, *dropout_masks):
         """train_step that also returns the tape's gradients it applied (dump_steps runs only)."""
         with tf.GradientTape() as tape:
-            loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y)
+            loss, correct = tf_shared.loss_and_correct(tf, forward(x, dropout_masks), y, logits)
         grads = tape.gradient(loss, variables)
         rmsprop.apply(grads)
         return loss, correct, grads
@@ -126,7 +129,7 @@ def train(spec, data, config, report) -> None:
 
     @function
     def eval_step(x, y):
-        return tf_shared.loss_and_correct(tf, model(x)[-1], y)
+        return tf_shared.loss_and_correct(tf, model(x)[-1], y, logits)
 
     batch_size = config["batch_size"]
     for epoch in range(config["epochs"]):
@@ -138,7 +141,8 @@ def train(spec, data, config, report) -> None:
             if global_step < dump_steps:
                 loss, n_correct, grads = train_step_with_grads(x, y, *dropout_masks)
                 report.step_tensors(global_step, _canonical_tensors(spec, keys, [g.numpy() for g in grads]),
-                                    _canonical_tensors(spec, keys, [v.numpy() for v in variables]))
+                                    _canonical_tensors(spec, keys + list(state),
+                                                       [v.numpy() for v in variables + list(state.values())]))
             else:
                 loss, n_correct = train_step(x, y, *dropout_masks)
             global_step += 1

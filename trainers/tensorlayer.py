@@ -18,6 +18,7 @@ import numpy as np
 import builders.tensorlayer as builder
 from builders import layouts
 from spec import ops
+from spec.training import ends_in_logits
 from trainers import masks, tf_shared
 
 NAME = "tensorlayer"
@@ -79,6 +80,7 @@ def train(spec, data, config, report) -> None:
     harness_masks, holders = masks.uses_harness_masks(config), model.harness_masks
     rmsprop = optimizer(tf, config["optimizer"], report)
     weights = model.trainable_weights
+    logits = ends_in_logits(spec)
     dump_steps = config.get("dump_steps", 0)
     if dump_steps > 0:
         params, trained = _canonical_params(spec, model, False), _canonical_params(spec, model, True)
@@ -101,7 +103,7 @@ def train(spec, data, config, report) -> None:
         for name, mask in (dropout_masks[0].items() if dropout_masks else ()):
             holders[name].assign(mask)
         with tf.GradientTape() as tape:
-            loss, correct = tf_shared.loss_and_correct(tf, model(x)[-1], y)  # the builder's model outputs every layer
+            loss, correct = tf_shared.loss_and_correct(tf, model(x)[-1], y, logits)  # the builder's model outputs every layer
         grads = tape.gradient(loss, weights)
         rmsprop.apply_gradients(zip(grads, weights))
         if dump_steps > 0:
@@ -110,7 +112,7 @@ def train(spec, data, config, report) -> None:
 
     @tf.function
     def eval_step(x, y):
-        return tf_shared.loss_and_correct(tf, model(x)[-1], y)
+        return tf_shared.loss_and_correct(tf, model(x)[-1], y, logits)
 
     batch_size = config["batch_size"]
     global_step = 0

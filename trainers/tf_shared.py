@@ -9,8 +9,10 @@ from spec.training import LOSS_CLIP
 from trainers import masks
 
 
-def loss_and_correct(tf, p, y):
-    """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
+def loss_and_correct(tf, p, y, logits: bool = False):
+    """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions.
+    `logits`: the model ends in logits (spec.training.ends_in_logits); the softmax over the classes is taken here."""
+    p = tf.nn.softmax(p, axis=1) if logits else p
     p_y = tf.gather(p, y, axis=1, batch_dims=1)
     loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
     return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), y), tf.int32))

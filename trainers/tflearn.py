@@ -35,7 +35,7 @@ import numpy as np
 import builders.tflearn as builder
 from builders import layouts
 from spec import ops
-from spec.training import LOSS_CLIP
+from spec.training import LOSS_CLIP, ends_in_logits
 from trainers import masks
 
 NAME = "tflearn"
@@ -108,19 +108,21 @@ def _capture_applied_gradients(tf, tf_optimizer):
     return captured
 
 
-def _canonical_params(spec, model):
+def _canonical_params(spec, model, trainable: bool = True):
     """[(variable, "<node>.<param>", to canonical layout)] for every trainable parameter of the builder's network
-    (the ones with gradients: not BatchNorm's running statistics)."""
+    (the ones with gradients), or with trainable False for the others (BatchNorm's running statistics)."""
     found = []
     for node in spec.parametric():
-        for param in (p.name for p in ops.get(node.kind).params if p.trainable):
+        for param in (p.name for p in ops.get(node.kind).params if p.trainable == trainable):
             convert = functools.partial(builder.to_canonical, spec, node, param)
             found.append((model.spec_params[f"{node.name}.{param}"], f"{node.name}.{param}", convert))
     return found
 
 
-def loss_and_correct(tf, p, y_onehot):
-    """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions."""
+def loss_and_correct(tf, p, y_onehot, logits: bool = False):
+    """Canonical mean categorical cross-entropy on probabilities, and the number of correct predictions.
+    `logits`: the model ends in logits (spec.training.ends_in_logits); the softmax over the classes is taken here."""
+    p = tf.nn.softmax(p, axis=1) if logits else p
     p_y = tf.reduce_sum(p * y_onehot, axis=1)  # exactly p[label]: one-hot rows hold a single 1
     loss = -tf.reduce_mean(tf.math.log(tf.clip_by_value(p_y, LOSS_CLIP, 1 - LOSS_CLIP)))
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=1), tf.argmax(y_onehot, axis=1)), tf.float32))
@@ -171,6 +173,8 @@ def train(spec, data, config, report) -> None:
     kept, values = carried_weights(tf, built)
     dump_steps = config.get("dump_steps", 0)
     params = _canonical_params(spec, built) if dump_steps > 0 else []
+    state = _canonical_params(spec, built, trainable=False) if dump_steps > 0 else []
+    logits = ends_in_logits(spec)
     if dump_steps > 0 and sorted(var.name for var, _, _ in params) != sorted(var.name for var in weights):
         raise RuntimeError("the graph's trainable variables are not the spec's parameters")
 
@@ -178,7 +182,7 @@ def train(spec, data, config, report) -> None:
         stats = tf.Variable([0.0, 0.0], trainable=False, name="batch_loss_and_correct")
 
         def canonical_loss(y_pred, y_true):
-            loss, correct = loss_and_correct(tf, y_pred, y_true)
+            loss, correct = loss_and_correct(tf, y_pred, y_true, logits)
             with tf.control_dependencies([tf.assign(stats, tf.stack([loss, correct]))]):
                 return tf.identity(loss)
 
@@ -188,7 +192,7 @@ def train(spec, data, config, report) -> None:
                                  batch_size=batch_size, shuffle_batches=False)
         # regression() built the TF1 optimizer; tflearn.DNN calls its apply_gradients
         applied = _capture_applied_gradients(tf, rmsprop.get_tensor()) if dump_steps > 0 else {}
-        eval_loss, eval_correct = loss_and_correct(tf, net, targets)
+        eval_loss, eval_correct = loss_and_correct(tf, net, targets, logits)
         logs = tempfile.TemporaryDirectory(prefix="tflearn_logs_")
         clip = 0.0 if config["optimizer"]["mode"] == "canonical" else NATIVE_CLIP_NORM
         model = tflearn.DNN(net, clip_gradients=clip, tensorboard_verbose=0, tensorboard_dir=logs.name + os.sep)
@@ -198,7 +202,7 @@ def train(spec, data, config, report) -> None:
     if dump_steps > 0:
         if sorted(applied) != sorted(var.name for var in weights):
             raise RuntimeError(f"tflearn applied gradients to {sorted(applied)}, not to every trainable variable")
-        dump_fetches = ([applied[var.name] for var, _, _ in params], [var for var, _, _ in params])
+        dump_fetches = ([applied[var.name] for var, _, _ in params], [var for var, _, _ in params + state])
 
     class StepReporter(tflearn.callbacks.Callback):
         """Each optimizer step's loss and correct count, from that step's own forward pass."""
@@ -216,7 +220,7 @@ def train(spec, data, config, report) -> None:
                 grads, after = session.run(dump_fetches)
                 report.step_tensors(self.global_step,
                                     {key: convert(g) for g, (_, key, convert) in zip(grads, params)},
-                                    {key: convert(w) for w, (_, key, convert) in zip(after, params)})
+                                    {key: convert(w) for w, (_, key, convert) in zip(after, params + state)})
             self.global_step += 1
             report.step(epoch, self.step, loss, n)
             self.loss_sum += float(loss) * n
