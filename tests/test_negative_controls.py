@@ -41,6 +41,7 @@ CASES = [
     ("selu-constants-rounded", "pytorch", "activations", "selu2"),  # tiny: below the old fixed bound of 1e-4
     ("tile-as-repeat-interleave", "pytorch", "reductions", "tile5"),  # torch's other repeat: each element k times
     ("reduce-axes-not-moved", "tflearn", "reductions", "reducesum3"),  # ONNX's NCHW axes used on NHWC
+    ("batch-statistics-at-evaluation", "pytorch", "batchnorm", "batchnormalization2"),  # no running statistics kept
 ]
 TINY = {"selu-constants-rounded"}  # bugs whose error only a bound that scales with the graph can see
 

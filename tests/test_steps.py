@@ -142,3 +142,45 @@ def test_tflearn_s_default_gradient_clip_is_caught_in_canonical_mode(tmp_path, m
     assert entry["steps"][0]["grad_norm"] == pytest.approx(5.0, rel=1e-4)  # what the clip left
     assert "first at step 1, tensor conv1.weight (gradient rel L2" in steps.table(report)
     assert "global gradient norm 5, reference 2" in steps.table(report)
+
+
+# --- BatchNorm in training mode: a model with running statistics, ending in logits ------------------------------
+
+@pytest.fixture(scope="module")
+def batchnorm(zoo, tmp_path_factory):
+    return _steps(tmp_path_factory.mktemp("batchnorm"), "--steps", "2", "--model", zoo["batchnorm"])
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_every_library_trains_batchnorm_as_onnx_defines(batchnorm, library):
+    """Each library's gradients through the batch statistics and the running mean and variance after each step
+    match ONNX's training-mode BatchNorm in the float64 reference; the softmax of the logits is the loss's."""
+    _, report = batchnorm
+    entry = report["libraries"][library]
+    assert entry["status"] == "pass", json.dumps({k: v for k, v in entry.items() if k != "steps"}, indent=1)
+    state = [r for r in entry["steps"][0]["tensors"] if "state_rel_l2" in r]
+    assert len(state) == 8 and {r["tensor"].rsplit(".", 1)[1] for r in state} == {"mean", "var"}
+    assert all(s["max_state_rel_l2"] <= report["policy"]["state_rel_l2"] for s in entry["steps"])
+
+
+@pytest.mark.parametrize("bug,tensor", [
+    ("torch-momentum", "batchnormalization2.mean"),  # the first statistic moved, nine times too far
+    ("unbiased-running-variance", "batchnormalization2.var"),  # n / (n - 1): 2e-5 over 32768 values, 6e-4 over 128
+])
+def test_wrong_running_statistics_fail_at_the_first_step_and_name_the_tensor(zoo, tmp_path, bug, tensor):
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{bug}:pytorch"}
+    proc, report = _steps(tmp_path, "--steps", "2", "--libraries", "pytorch", "--model", zoo["batchnorm"], env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    entry = report["libraries"]["pytorch"]
+    assert entry["first_gradient_failure"] is None  # the gradients are right: only the statistics are off
+    failure = entry["first_failure"]
+    assert (failure["step"], failure["what"], failure["tensor"]) == (1, "running statistics", tensor), failure
+    assert f"first at step 1, tensor {tensor} (running statistics rel L2" in proc.stdout
+    pooled = next(r for r in entry["steps"][0]["tensors"] if r["tensor"] == "batchnormalization11.var")
+    assert pooled["state_rel_l2"] > 10 * report["policy"]["state_rel_l2"]  # further off where the batch is all there is
+
+
+def test_steps_refuses_a_model_that_is_not_cifar_shaped(zoo):
+    proc = run_cli("verify", "steps", "--model", zoo["layers"])  # a 3x12x12 input
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "(3, 32, 32) input and 10 classes" in proc.stderr

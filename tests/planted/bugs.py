@@ -278,3 +278,26 @@ def _misdeclared(library):
 
 
 TRAINING_FAULTS.update({"tflearn-default-clip": _tflearn_default_clip, "misdeclared": _misdeclared})
+
+
+def _torch_momentum(library):
+    # ONNX's momentum handed to nn.BatchNorm2d as it is: PyTorch's momentum weighs the new batch, ONNX's the old
+    # running value (AlgoPerf's opposite-momentum bug), so the running statistics move nine times too far
+    assert library == "pytorch", "this fault is written for the PyTorch builder"
+    module = importlib.import_module("builders.pytorch")
+    original = module._onnx_batchnorm_class()
+
+    def with_onnx_momentum(channels, eps, momentum):
+        return original(channels, eps=eps, momentum=1.0 - momentum)
+    module._onnx_batchnorm_class = lambda: with_onnx_momentum
+
+
+def _unbiased_running_variance(library):
+    # stock nn.BatchNorm2d in training: the running variance moved by the unbiased batch variance, not ONNX's biased
+    assert library == "pytorch", "this fault is written for the PyTorch builder"
+    module = importlib.import_module("builders.pytorch")
+    module._onnx_batchnorm_class = lambda: importlib.import_module("torch.nn").BatchNorm2d
+
+
+TRAINING_FAULTS["torch-momentum"] = _torch_momentum
+TRAINING_FAULTS["unbiased-running-variance"] = _unbiased_running_variance

@@ -68,3 +68,22 @@ def _tile_as_repeat_interleave():
 
 BUGS = {"leakyrelu-slope": _leakyrelu_slope, "lrn-alpha": _lrn_alpha, "pytorch-depthtospace-mode": _depthtospace_mode,
         "selu-constants-rounded": _selu_constants_rounded, "tile-as-repeat-interleave": _tile_as_repeat_interleave}
+
+
+def _batch_statistics_at_evaluation():
+    # BatchNorm that keeps no running statistics (track_running_stats=False): it normalises with the batch's
+    # statistics in eval mode too, the "forgot model.eval()" family of bugs
+    module = importlib.import_module("builders.pytorch")
+
+    def op_batchnorm(spec, node, **_options):
+        import torch
+        import torch.nn as nn
+        bn = nn.BatchNorm2d(spec.input_shapes(node)[0][0], eps=node.attrs["epsilon"], track_running_stats=False)
+        with torch.no_grad():  # gamma and beta loaded; the running statistics have nowhere to go
+            bn.weight.copy_(torch.from_numpy(spec.params(node)["scale"]))
+            bn.bias.copy_(torch.from_numpy(spec.params(node)["bias"]))
+        return bn
+    module.op_batchnorm = op_batchnorm
+
+
+BUGS["batch-statistics-at-evaluation"] = _batch_statistics_at_evaluation
