@@ -101,7 +101,9 @@ def dropout_words(config: dict) -> str:
 
 def heading(run: TrainingResults) -> list:
     config, env = run.config, run.environment
-    return [f"# Training results: {run.experiment}, {config['optimizer']['mode']} RMSprop, {dropout_words(config)}",
+    model = Path(run.model).name
+    on = f" on {model}" if model and model != run.experiment_spec.get("model") else ""
+    return [f"# Training results: {run.experiment}{on}, {config['optimizer']['mode']} RMSprop, {dropout_words(config)}",
             "",
             f"{run.images_per_epoch} training images per epoch, batch {config['batch_size']}, "
             f"{config['epochs']} epoch(s), {config['threads']} thread(s); {run.validation}. "

@@ -47,6 +47,10 @@ def parser() -> Parser:
                    help=f"'all' (the six libraries: {', '.join(LIBRARIES)}), 'fast-paths' (faster ways to run "
                         f"the same model, each verified before it is timed: {', '.join(FAST_PATHS)}), or any of these")
     p.add_argument("--experiment", default="seed-2017", help="experiment name (default seed-2017)")
+    p.add_argument("--model", metavar="PATH",
+                   help="ONNX model to train in place of the experiment's: any model `verify equivalence` passes "
+                        "with a 3x32x32 input and 10 classes (a model ending in logits gets the softmax inside "
+                        "the loss; BatchNorm trains in ONNX's training mode); verified before it trains")
     p.add_argument("--optimizer", choices=planning.OPTIMIZERS, default="canonical", help="RMSprop mode (default canonical)")
     p.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the experiment's)")
@@ -92,7 +96,8 @@ def parser() -> Parser:
 
 def options_of(args) -> TrainOptions:
     return TrainOptions(
-        libraries=list(args.libraries), experiment=args.experiment, optimizer=args.optimizer, epochs=args.epochs,
+        libraries=list(args.libraries), experiment=args.experiment, model=args.model, optimizer=args.optimizer,
+        epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, dropout="off" if args.no_dropout else args.dropout,
         max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain, init=args.init,
         executor=args.executor, scheduler=args.scheduler, workers=args.workers, threads=args.threads,

@@ -22,6 +22,14 @@ def ends_in_logits(spec: ModelSpec) -> bool:
     return spec.output().kind not in PROBABILITY_KINDS
 
 
+def cifar_problem(spec: ModelSpec, path) -> str | None:
+    """Why the model cannot train on CIFAR-10 (its input is not 3x32x32 or it has not 10 classes), or None."""
+    shape, classes = tuple(spec.input_shape), tuple(spec.output().output_shape)
+    if shape != (3, 32, 32) or classes != (10,):
+        return f"{path}: takes {shape} and gives {classes}; training on CIFAR-10 needs a (3, 32, 32) input and 10 classes"
+    return None
+
+
 # canonical RMSprop beyond lr/rho/eps: the mean square starts at 0, eps inside the root, no gradient clipping
 CANONICAL_RMSPROP = {"ms_init": 0.0, "eps_placement": "inside sqrt", "grad_clip_norm": 0.0}
 

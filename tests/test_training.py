@@ -119,3 +119,26 @@ def test_bad_input_is_one_line(tmp_path):
     assert_one_line_error(run_cli("cli.train", "pytorch", "caffe", "--out", tmp_path), "caffe")
     assert_one_line_error(run_cli("cli.train", "all", "--experiment", "nope", "--out", tmp_path), "nope")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_batchnorm_model_ending_in_logits_trains_in_all_six_with_model(zoo, tmp_path):
+    """`--model`: the BatchNorm test net (logits out) is verified, then trains in every library; the first three
+    step losses agree, and the first is the float64 reference's in ONNX's training mode with the softmax in the
+    loss (the batch's statistics, not the running ones, normalise it)."""
+    import cifar10
+    from spec import experiments, training
+    from spec.onnx_import import import_model
+    from spec.reference64 import Reference
+
+    proc, folder, run = _run(tmp_path, "all", "--model", zoo["batchnorm"], "--epochs", "1", "--max-batches", "3",
+                             "--no-dropout")
+    assert proc.returncode == 0, proc.stderr
+    assert all(run["libraries"][name]["status"] == "ok" for name in LIBRARIES)
+    assert run["step_agreement"]["agree"], json.dumps(run["step_agreement"], indent=1)
+    spec = import_model(zoo["batchnorm"])
+    x, y, _, _ = training.datasets(cifar10.find(), experiments.load("seed-2017"))
+    first, _ = Reference(spec, spec.weights, training=True).loss_and_grads(x[:128], y[:128])
+    inference, _ = Reference(spec, spec.weights).loss_and_grads(x[:128], y[:128])
+    assert run["step_agreement"]["median"][0] == pytest.approx(first, rel=1e-5)
+    assert abs(first - inference) > 1e-3  # the premise: training mode is visible in the first loss
+    assert "on batchnorm.onnx" in (folder / "results.md").read_text()

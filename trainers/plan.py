@@ -32,6 +32,7 @@ class TrainOptions(Typed):
     """Everything a training run is asked to do; the defaults are the train command's."""
     libraries: list[str]
     experiment: str = "seed-2017"
+    model: str | None = None  # an ONNX file in place of the experiment's model
     optimizer: str = "canonical"
     epochs: int | None = None
     batch_size: int | None = None
@@ -78,6 +79,8 @@ class TrainOptions(Typed):
             yield "--repeat needs --executor local: timings from several jobs at once are not a benchmark"
         if self.scheduler and self.executor != "dask":
             yield "--scheduler needs --executor dask"
+        if self.model and self.init != "fixed":
+            yield "--init seeded redraws the seed CNN's Glorot-uniform weights; a --model trains its own weights"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ class Plan:
     def folder_name(self, stamp: str) -> str:
         o = self.options
         suffix = {"sweep": f"-{len(self.seeds)}seeds", "benchmark": f"-repeat{o.repeat}"}.get(self.mode, "")
-        return f"{stamp}-{o.experiment}-{o.optimizer}{DROPOUT_SUFFIX[self.dropout]}{suffix}"
+        model = f"-{Path(o.model).stem}" if o.model else ""
+        return f"{stamp}-{o.experiment}{model}-{o.optimizer}{DROPOUT_SUFFIX[self.dropout]}{suffix}"
 
 
 def make(options: TrainOptions, like: Plan | None = None) -> Plan:
@@ -150,8 +154,9 @@ def make(options: TrainOptions, like: Plan | None = None) -> Plan:
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     experiment = _experiment(options.experiment)
-    model_path = experiments.model_path(experiment)
-    if like is not None and (like.options.experiment, like.options.data) == (options.experiment, options.data):
+    model_path = Path(options.model) if options.model else experiments.model_path(experiment)
+    same = (options.experiment, options.model, options.data)
+    if like is not None and (like.options.experiment, like.options.model, like.options.data) == same:
         spec, arrays = like.spec, like.arrays
     else:
         spec, arrays = _model(model_path), _data(options.data, experiment)
@@ -186,12 +191,18 @@ def _experiment(name: str) -> dict:
 
 
 def _model(path: Path):
+    """The model to train: it imports, and maps a 3x32x32 image to 10 classes (CIFAR-10), or BadInput."""
     from spec.onnx_import import ModelError, import_model
+    from spec.training import cifar_problem
 
     try:
-        return import_model(path)
+        spec = import_model(path)
     except ModelError as exc:
         raise BadInput(str(exc)) from None
+    problem = cifar_problem(spec, path)
+    if problem:
+        raise BadInput(problem)
+    return spec
 
 
 def _data(path, experiment: dict) -> tuple:

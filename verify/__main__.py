@@ -152,14 +152,15 @@ def parse(argv=None) -> argparse.Namespace:
 def _cifar_shaped(path: str) -> None:
     """UsageError unless the model imports and maps a 3x32x32 image to 10 classes."""
     from spec.onnx_import import ModelError, import_model
+    from spec.training import cifar_problem
 
     try:
         spec = import_model(path)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
-    if tuple(spec.input_shape) != (3, 32, 32) or tuple(spec.output().output_shape) != (10,):
-        raise UsageError(f"{path}: takes {tuple(spec.input_shape)} and gives {tuple(spec.output().output_shape)}; "
-                         f"training on CIFAR-10 needs a (3, 32, 32) input and 10 classes")
+    problem = cifar_problem(spec, path)
+    if problem:
+        raise UsageError(problem)
 
 
 def _survey_models(args) -> list:
