@@ -45,6 +45,10 @@ class DataError(RuntimeError):
     """CIFAR-10 is missing or unusable; the message says what is wrong and what to do."""
 
 
+class TooFewImages(DataError):
+    """The data holds fewer images than asked for."""
+
+
 @dataclass
 class Cifar10:
     x_train: np.ndarray  # (N, 32, 32, 3) uint8, official order
@@ -101,7 +105,7 @@ def _checked(images: np.ndarray, labels: np.ndarray, name: str) -> tuple:
 
 def _short(where: str, what: str, have: int, need: int | None) -> None:
     if need is not None and have < need:
-        raise DataError(f"{where}: {what} has {have} images, {need} are needed")
+        raise TooFewImages(f"{where}: {what} has {have} images, {need} are needed")
 
 
 def _from_members(read, where: str, train: int | None = None, test: int | None = None) -> Cifar10:

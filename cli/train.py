@@ -30,6 +30,8 @@ EPILOG = """Optimizer modes:
 Experiments (spec/experiments.toml):
   seed-2017  first 2000 training images, validation on the first 400 of them, no shuffling
   default    same training images, validation on official test images, shuffled by --seed
+  resnet20   ResNet-20 with BatchNorm (spec/resnet20.onnx) on the official 50,000 training images
+             (--train-images N for the first N where fewer are at hand), 1000 test images, shuffled
 Every option, the model and the data are checked before anything runs; a run that stops before its first
 job leaves no results folder.
 Interrupted (Ctrl-C, SIGTERM): the workers are stopped, the results folder keeps every finished
@@ -53,6 +55,9 @@ def parser() -> Parser:
                         "the loss; BatchNorm trains in ONNX's training mode); verified before it trains")
     p.add_argument("--optimizer", choices=planning.OPTIMIZERS, default="canonical", help="RMSprop mode (default canonical)")
     p.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
+    p.add_argument("--train-images", type=int, metavar="N",
+                   help="train on the first N training images instead of the experiment's count (at most what the "
+                        "data holds)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the experiment's)")
     p.add_argument("--seed", type=int, help="seed of the shared shuffling (default: the experiment's)")
     p.add_argument("--dropout", choices=planning.DROPOUTS, default="own",
@@ -97,7 +102,7 @@ def parser() -> Parser:
 def options_of(args) -> TrainOptions:
     return TrainOptions(
         libraries=list(args.libraries), experiment=args.experiment, model=args.model, optimizer=args.optimizer,
-        epochs=args.epochs,
+        epochs=args.epochs, train_images=args.train_images,
         batch_size=args.batch_size, seed=args.seed, dropout="off" if args.no_dropout else args.dropout,
         max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain, init=args.init,
         executor=args.executor, scheduler=args.scheduler, workers=args.workers, threads=args.threads,

@@ -53,6 +53,11 @@ def test_out_naming_a_file_is_one_line_naming_it(tmp_path):
     (["--experiment", "verification"], "not one to train"),
     (["--optimizer", "adam"], "--optimizer"),
     (["--data", "/nonexistent/cifar.npz"], "no such file"),
+    (["--experiment", "resnet20"], "--train-images N takes the first N"),  # 50,000 asked, 4,000 here
+    (["--experiment", "resnet20", "--train-images", "4001"], "ask for at most what the data holds"),
+    (["--train-images", "0"], "--train-images"),
+    (["--model", str(ROOT / "tests" / "planted" / "__init__.py")], "__init__.py"),  # not an ONNX file
+    (["--model", str(ROOT / "spec" / "resnet20.onnx"), "--init", "seeded"], "--init seeded"),
 ])
 def test_every_argument_is_checked_before_any_work(tmp_path, args, named):
     out = tmp_path / "results"
@@ -128,6 +133,15 @@ def test_the_plan_decides_the_runs_of_each_mode():
     bench = planning.make(TrainOptions(["pytorch"], repeat=2, dropout="off"), like=single)
     assert bench.mode == "benchmark" and [r.seed for r in bench.runs] == [2017, 2017]
     assert bench.folder_name("T") == "T-seed-2017-canonical-nodropout-repeat2" and not bench.config["dropout"]
+
+
+def test_the_plan_trains_resnet20_on_the_images_at_hand_and_any_model_given():
+    resnet = planning.make(TrainOptions(["pytorch"], experiment="resnet20", train_images=4000))
+    assert len(resnet.arrays[0]) == 4000 and resnet.model_path.name == "resnet20.onnx"
+    assert sum(n.kind == "batchnorm" for n in resnet.spec.layers) == 21 and resnet.config["epochs"] == 10
+    other = planning.make(TrainOptions(["pytorch"], model=str(ROOT / "spec" / "resnet20.onnx")), like=resnet)
+    assert other.arrays is not resnet.arrays and len(other.arrays[0]) == 2000  # seed-2017's images, its own model
+    assert other.folder_name("T") == "T-seed-2017-resnet20-canonical"
 
 
 def test_the_plan_refuses_unknown_libraries_and_experiments():

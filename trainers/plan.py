@@ -35,6 +35,7 @@ class TrainOptions(Typed):
     model: str | None = None  # an ONNX file in place of the experiment's model
     optimizer: str = "canonical"
     epochs: int | None = None
+    train_images: int | None = None  # the first N training images in place of the experiment's count
     batch_size: int | None = None
     seed: int | None = None
     dropout: str = "own"
@@ -65,7 +66,7 @@ class TrainOptions(Typed):
                               ("executor", EXECUTORS)):
             if getattr(self, name) not in allowed:
                 yield f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
-        for name in ("epochs", "batch_size", "max_batches", "threads", "seeds", "workers", "repeat"):
+        for name in ("epochs", "train_images", "batch_size", "max_batches", "threads", "seeds", "workers", "repeat"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 yield f"--{name.replace('_', '-')} must be at least 1"
@@ -154,12 +155,15 @@ def make(options: TrainOptions, like: Plan | None = None) -> Plan:
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     experiment = _experiment(options.experiment)
+    if options.train_images:
+        experiment = {**experiment, "train_images": options.train_images}
     model_path = Path(options.model) if options.model else experiments.model_path(experiment)
-    same = (options.experiment, options.model, options.data)
-    if like is not None and (like.options.experiment, like.options.model, like.options.data) == same:
+    same = (options.experiment, options.model, options.data, options.train_images)
+    if like is not None and (like.options.experiment, like.options.model, like.options.data,
+                             like.options.train_images) == same:
         spec, arrays = like.spec, like.arrays
     else:
-        spec, arrays = _model(model_path), _data(options.data, experiment)
+        spec, arrays = _model(model_path), _data(options.data, experiment, asked=bool(options.train_images))
     epochs = options.epochs or experiment["epochs"]
     batch_size = options.batch_size or experiment["batch_size"]
     base_seed = experiment["seed"] if options.seed is None else options.seed
@@ -205,12 +209,17 @@ def _model(path: Path):
     return spec
 
 
-def _data(path, experiment: dict) -> tuple:
+def _data(path, experiment: dict, asked: bool = False) -> tuple:
+    """The experiment's arrays, or BadInput; `asked`: the training-image count is the user's --train-images."""
     import cifar10
     from spec import training as harness
 
     try:
         return harness.datasets(cifar10.find(path, **harness.needs(experiment)), experiment)
+    except cifar10.TooFewImages as exc:
+        raise BadInput(f"{exc}: ask for at most what the data holds" if asked else
+                       f"{exc} (the experiment trains on {experiment['train_images']}; --train-images N takes the "
+                       f"first N)") from None
     except cifar10.DataError as exc:
         raise BadInput(str(exc)) from None
 
