@@ -142,3 +142,13 @@ def test_a_batchnorm_model_ending_in_logits_trains_in_all_six_with_model(zoo, tm
     assert run["step_agreement"]["median"][0] == pytest.approx(first, rel=1e-5)
     assert abs(first - inference) > 1e-3  # the premise: training mode is visible in the first loss
     assert "on batchnorm.onnx" in (folder / "results.md").read_text()
+
+
+@pytest.mark.parametrize("model", ["blocks", "keras"])
+def test_exported_models_train_in_all_six_with_model(zoo, tmp_path, model):
+    """A torch-exported net with residual, depthwise and BatchNorm blocks, and a Keras model written by tf2onnx
+    (NHWC input): each is verified and trains in every library, the first three step losses agreeing."""
+    proc, _, run = _run(tmp_path, "all", "--model", zoo[model], "--epochs", "1", "--max-batches", "3", "--no-dropout")
+    assert proc.returncode == 0, proc.stderr
+    assert all(run["libraries"][name]["status"] == "ok" for name in LIBRARIES)
+    assert run["step_agreement"]["agree"], json.dumps(run["step_agreement"], indent=1)
