@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from spec import seed_model
+
 SEED = 2016
 OPSET = 17
 DEFAULT_PATH = Path(__file__).with_name("resnet20.onnx")
@@ -93,13 +95,7 @@ def build_model(seed: int = SEED) -> onnx.ModelProto:
 
 
 def write(path: Path = DEFAULT_PATH, seed: int = SEED) -> Path:
-    model = build_model(seed)
-    onnx.checker.check_model(model, full_check=True)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(model.SerializeToString(deterministic=True))
-    tmp.replace(path)
-    return path
+    return seed_model.save(build_model(seed), path)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,11 @@ def build_model(seed: int = SEED) -> onnx.ModelProto:
 
 
 def write(path: Path = DEFAULT_PATH, seed: int = SEED) -> Path:
-    model = build_model(seed)
+    return save(build_model(seed), path)
+
+
+def save(model: onnx.ModelProto, path) -> Path:
+    """Check the model fully and write it byte-identically (deterministic serialisation), whole or not at all."""
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     tmp = path.with_name(path.name + ".part")

@@ -22,12 +22,17 @@ def ends_in_logits(spec: ModelSpec) -> bool:
     return spec.output().kind not in PROBABILITY_KINDS
 
 
-def cifar_problem(spec: ModelSpec, path) -> str | None:
-    """Why the model cannot train on CIFAR-10 (its input is not 3x32x32 or it has not 10 classes), or None."""
+def cifar_model(path) -> ModelSpec:
+    """The model at `path` if it imports and maps a 3x32x32 image to 10 classes (CIFAR-10); else ModelError, one
+    line for the user."""
+    from spec.onnx_import import ModelError, import_model  # not at the top: workers load this module without onnx
+
+    spec = import_model(path)
     shape, classes = tuple(spec.input_shape), tuple(spec.output().output_shape)
     if shape != (3, 32, 32) or classes != (10,):
-        return f"{path}: takes {shape} and gives {classes}; training on CIFAR-10 needs a (3, 32, 32) input and 10 classes"
-    return None
+        raise ModelError(f"{path}: takes {shape} and gives {classes}; training on CIFAR-10 needs a (3, 32, 32) "
+                         f"input and 10 classes")
+    return spec
 
 
 # canonical RMSprop beyond lr/rho/eps: the mean square starts at 0, eps inside the root, no gradient clipping

@@ -195,18 +195,14 @@ def _experiment(name: str) -> dict:
 
 
 def _model(path: Path):
-    """The model to train: it imports, and maps a 3x32x32 image to 10 classes (CIFAR-10), or BadInput."""
-    from spec.onnx_import import ModelError, import_model
-    from spec.training import cifar_problem
+    """The model to train (spec.training.cifar_model), or BadInput."""
+    from spec.onnx_import import ModelError
+    from spec.training import cifar_model
 
     try:
-        spec = import_model(path)
+        return cifar_model(path)
     except ModelError as exc:
         raise BadInput(str(exc)) from None
-    problem = cifar_problem(spec, path)
-    if problem:
-        raise BadInput(problem)
-    return spec
 
 
 def _data(path, experiment: dict, asked: bool = False) -> tuple:
