@@ -89,7 +89,7 @@ class Reference:
         loss = float(-np.log(np.clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP)).mean())
         g = np.zeros_like(p)
         inside = (p_y > LOSS_CLIP) & (p_y < 1 - LOSS_CLIP)  # the clip passes no gradient outside
-        g[np.arange(n), y] = np.where(inside, -1.0 / (n * p_y), 0.0)
+        g[np.arange(n), y] = np.where(inside, -1.0 / (n * np.maximum(p_y, LOSS_CLIP)), 0.0)
         if logits:  # through the softmax: p * (g - sum(g * p))
             g = p * (g - (g * p).sum(axis=1, keepdims=True))
         return loss, self.backward(caches, g), self.state(caches)
