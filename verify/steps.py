@@ -116,9 +116,10 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
         floor = policy["zero_floor"] * _global_norm(want.values())
         # a tensor whose reference gradient is zero but for rounding: RMSprop scales the library's rounding noise
         # up to updates of its own, so its update is judged as canonical RMSprop of the library's own gradient
-        own = {n: before[n] for n in names}
-        declared_rmsprop(own, {n: g.astype(np.float64) for n, g in got_grads.items()}, own_state, canonical_rmsprop)
-        canonical = {n: own[n] if np.linalg.norm(want[n]) < floor else ref.params[n] for n in names}
+        own_params = {n: before[n] for n in names}
+        declared_rmsprop(own_params, {n: g.astype(np.float64) for n, g in got_grads.items()}, own_state,
+                         canonical_rmsprop)
+        canonical = {n: own_params[n] if np.linalg.norm(want[n]) < floor else ref.params[n] for n in names}
         rows = _rows(names, got_grads, want, before, after, canonical, declared_params, floor)
         rows += [{"tensor": n, "state_rel_l2": _rel_l2(after[n] - before[n], moved[n] - before[n])} for n in state_names]
         steps.append({"step": k + 1, "reference_loss": loss, "tensors": rows,
