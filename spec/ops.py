@@ -93,6 +93,11 @@ def get(kind: str) -> Op:
         raise KeyError(f"unknown op kind {kind!r}; known: {', '.join(REGISTRY)}") from None
 
 
+def trainable(kind: str, param: str) -> bool:
+    """Whether an optimizer moves this parameter of this op kind (BatchNorm's running statistics it does not)."""
+    return any(p.name == param and p.trainable for p in get(kind).params)
+
+
 def has_params(kind: str) -> bool:
     return bool(get(kind).params)
 

@@ -77,9 +77,8 @@ def _parameters(spec, model) -> dict:
 def _state(spec, model) -> dict:
     """{"<node>.<param>": (node, param, buffer)} of every parameter no optimizer moves (BatchNorm's running
     statistics, moved by the forward pass in training mode)."""
-    state = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if not p.trainable}
     return {f"{node.name}.{param}": (node, param, tensor) for node in spec.parametric()
-            for param, tensor in builder.native_parameters(model, node).items() if (node.kind, param) in state}
+            for param, tensor in builder.native_parameters(model, node).items() if not ops.trainable(node.kind, param)}
 
 
 def _head(spec):

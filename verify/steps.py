@@ -132,11 +132,10 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
 
 def _parameter_names(spec) -> tuple:
     """(trainable parameters, state tensors) of the spec, each in the spec's order."""
-    trainable = {(kind, p.name) for kind, op in ops.REGISTRY.items() for p in op.params if p.trainable}
     names, state = [], []
     for name in spec.weights:
         node, param = name.rsplit(".", 1)
-        (names if (spec.node(node).kind, param) in trainable else state).append(name)
+        (names if ops.trainable(spec.node(node).kind, param) else state).append(name)
     return names, state
 
 
