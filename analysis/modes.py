@@ -13,12 +13,16 @@ RESUME = "python -m cli.train --resume"
 
 def document(plan, outcome) -> TrainingResults:
     """What every mode's results.json holds; each row gets its summary figures and optimizer departures."""
-    from builders import FAST_PATHS
+    from builders import FAST_PATHS, native_batchnorm
+    from spec import batchnorm
 
+    mode = plan.config.get("batchnorm", "canonical")
     for rows in outcome.runs.values():
-        for row in rows.values():
+        for name, row in rows.items():
             row.summary = report.summary(row, plan.images)
-            row.departures = report.departures(row.record.optimizer, plan.experiment["optimizer"])
+            trained = batchnorm.semantics(plan.spec, native_batchnorm(name), mode)
+            row.departures = (report.departures(row.record.optimizer, plan.experiment["optimizer"])
+                              + batchnorm.departures(plan.spec, trained))
     validation = plan.experiment["validation"]
     return TrainingResults(
         experiment=plan.options.experiment, experiment_spec=plan.experiment, model=str(plan.model_path),
@@ -34,10 +38,29 @@ def single_run(plan, outcome, folder: Path) -> tuple:
     run = document(plan, outcome)
     run.libraries = outcome.runs[plan.runs[0].key]
     config = plan.config
-    if config["optimizer"]["mode"] == "canonical" and (not config["dropout"] or config["dropout_masks"] == "harness"):
-        run.step_agreement = report.step_agreement(run.libraries, 3, report.load_tolerances()["step_loss_rtol"])
+    if (config["optimizer"]["mode"] == "canonical" and config.get("batchnorm", "canonical") == "canonical"
+            and (not config["dropout"] or config["dropout_masks"] == "harness")):
+        rules = report.load_tolerances()
+        rtol = [max(rules["step_loss_rtol"], rules["step_loss_envelope_k"] * d) for d in loss_drift(plan, 3)]
+        run.step_agreement = {**report.step_agreement(run.libraries, len(rtol), rtol),
+                              "envelope_k": rules["step_loss_envelope_k"]}
     report.plots(run, folder)
     return run, report.markdown(run)
+
+
+def loss_drift(plan, steps: int) -> list:
+    """verify.steps.float32_loss_drift of the run's first `steps` steps (fewer if the run has fewer)."""
+    import sys
+
+    from spec import training as harness
+    from verify.steps import float32_loss_drift
+
+    bs = plan.batch_size
+    order = harness.batch_order(len(plan.arrays[0]), 1, plan.experiment["shuffle"], plan.base_seed, plan.limit)
+    batches = [order[0][i:i + bs] for i in range(0, min(steps * bs, order.shape[1]), bs)]
+    data = harness.TrainingData(*plan.arrays, order, augment=plan.config.get("augment"), seed=plan.base_seed)
+    print(f"step agreement: measuring float32 drift of the reference over {len(batches)} steps", file=sys.stderr)
+    return float32_loss_drift(harness.without_dropout(plan.spec), data, batches, plan.experiment["optimizer"])
 
 
 def seed_sweep(plan, outcome, folder: Path) -> tuple:

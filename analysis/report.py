@@ -54,8 +54,10 @@ def departures(optimizer: Optimizer | None, canonical: dict) -> list:
     return out
 
 
-def step_agreement(rows: dict, steps: int, rtol: float) -> dict:
-    """Losses of the first `steps` optimizer steps across libraries ({name: TrainingRow}), against their median."""
+def step_agreement(rows: dict, steps: int, rtol) -> dict:
+    """Losses of the first `steps` optimizer steps across libraries ({name: TrainingRow}), against their median;
+    rtol: one bound, or one per step."""
+    rtol = list(rtol) if isinstance(rtol, (list, tuple)) else [rtol] * steps
     losses = {f: [s.loss for s in r.record.steps[:steps]] for f, r in rows.items() if r.status == "ok"}
     losses = {f: v for f, v in losses.items() if len(v) == steps}
     if len(losses) < 2:
@@ -64,7 +66,7 @@ def step_agreement(rows: dict, steps: int, rtol: float) -> dict:
     per_lib = {}
     for f, v in losses.items():
         rel = np.abs(np.array(v) - median) / np.abs(median)
-        first_bad = next((k for k, r in enumerate(rel) if r > rtol), None)
+        first_bad = next((k for k, r in enumerate(rel) if r > rtol[k]), None)
         per_lib[f] = {"losses": v, "max_rel_dev": float(rel.max()), "agrees": first_bad is None,
                       "first_bad_step": None if first_bad is None else first_bad + 1}
     return {"steps": steps, "rtol": rtol, "median": median.tolist(), "libraries": per_lib,
@@ -108,7 +110,34 @@ def heading(run: TrainingResults) -> list:
             f"{run.images_per_epoch} training images per epoch, batch {config['batch_size']}, "
             f"{config['epochs']} epoch(s), {config['threads']} thread(s); {run.validation}. "
             f"CPU: {env['cpu']} ({env['cores']} cores).",
-            "", *_fast_path_lines(run.fast_paths)]
+            "", *_augment_lines(config), *_batchnorm_lines(run), *_fast_path_lines(run.fast_paths)]
+
+
+def _augment_lines(config: dict) -> list:
+    a = config.get("augment")
+    if not a:
+        return []
+    return [f"Augmentation: random crop of the image padded by {a['padding']} pixels"
+            + (" and horizontal flip" if a["flip"] else "") + ", drawn by the harness per epoch and image and "
+            "applied identically in every library.", ""]
+
+
+def _batchnorm_lines(run: TrainingResults) -> list:
+    """Each library's BatchNorm departures from canonical, when the run trains other semantics."""
+    mode = run.config.get("batchnorm", "canonical")
+    if mode == "canonical":
+        return []
+    from builders import native_batchnorm
+
+    rows = next(iter(run.runs.values()), {})
+    what = "each library's own layer and defaults" if mode == "native" else f"canonical but for the native {mode}"
+    lines = [f"BatchNorm semantics: {mode} ({what}):", ""]
+    for name, row in rows.items():
+        native = native_batchnorm(name)
+        found = [d for d in row.departures or [] if d.startswith("BatchNorm")]
+        lines.append(f"- {name}: {native.layer} ({native.written}): "
+                     + ("; ".join(found) or "no departure from canonical"))
+    return lines + [""]
 
 
 def _fast_path_lines(fast_paths: dict) -> list:
@@ -133,7 +162,8 @@ def markdown(run: TrainingResults) -> str:
             opt = row.reason
         elif mode == "native":
             impl = row.record.optimizer.impl if row.record.optimizer else "unknown"
-            opt = f"{impl}: " + ("; ".join(row.departures) or "no departure from canonical")
+            found = [d for d in row.departures if not d.startswith("BatchNorm")]
+            opt = f"{impl}: " + ("; ".join(found) or "no departure from canonical")
         else:
             opt = (row.record.optimizer and row.record.optimizer.how) or "library's own, already canonical"
         lines.append(f"| {name} | {row.status} | {_fmt(s.first_epoch_s, '.2f')} | {_fmt(s.steady_epoch_s, '.2f')} "
@@ -142,8 +172,11 @@ def markdown(run: TrainingResults) -> str:
                      f"| {_fmt(s.val_loss, '.4f')} | {_fmt(s.val_acc, '.3f')} | {opt} |")
     agreement = run.step_agreement
     if agreement and agreement["libraries"]:
-        lines += ["", f"First {agreement['steps']} optimizer-step losses (tolerance {agreement['rtol']:g} relative "
-                      f"to the median of the libraries): " + ("all agree" if agreement["agree"] else "DISAGREE"), ""]
+        rtol = ", ".join(f"{r:.1e}" for r in agreement["rtol"])
+        lines += ["", f"First {agreement['steps']} optimizer-step losses (tolerance per step {rtol} relative to the "
+                      f"median of the libraries: the fixed bound, or {agreement.get('envelope_k', 0):g} times how far "
+                      f"float32 rounding alone moves the reference's own step loss where larger): "
+                      + ("all agree" if agreement["agree"] else "DISAGREE"), ""]
         lines += [f"- {f}: {', '.join(f'{v:.7f}' for v in a['losses'])} (max deviation {a['max_rel_dev']:.1e})"
                   + ("" if a["agrees"] else f" — departs at step {a['first_bad_step']}")
                   for f, a in agreement["libraries"].items()]

@@ -145,7 +145,7 @@ def _scatter_windows(x_shape, values, attrs):
     (kh, kw), (sh, sw), pads, (dh, dw) = attrs["kernel"], attrs["strides"], attrs["pads"], dilations(attrs)
     oh, ow = values.shape[2:4]
     top, left, bottom, right = pads
-    dxp = np.zeros((x_shape[0], x_shape[1], x_shape[2] + top + bottom, x_shape[3] + left + right))
+    dxp = np.zeros((x_shape[0], x_shape[1], x_shape[2] + top + bottom, x_shape[3] + left + right), values.dtype)
     for i in range(kh):
         for j in range(kw):
             dxp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += values[..., i, j]
@@ -457,10 +457,20 @@ def _batchnorm_backward(attrs, params, xs, y, cache, g):
                                      "var": -0.5 * (dxhat * xhat).sum(axis=axes) * inv * inv}
 
 
+RUNNING_VARIANCE = {  # what moves the running variance: f(batch's biased variance, values per channel n, epsilon)
+    "biased": lambda var, n, eps: var,  # ONNX
+    "unbiased": lambda var, n, eps: var * (n / (n - 1)),  # Bessel's correction: PyTorch
+    "keras2": lambda var, n, eps: (var + eps) * (n / (n - 1 - eps)),  # Keras 2.3.1 on Theano: 1/invstd^2, rescaled
+}
+
+
 def _batchnorm_state(attrs, params, xs, cache):
-    """ONNX's running statistics after a training step: momentum * running + (1 - momentum) * the batch's (its
-    biased variance)."""
+    """The running statistics after a training step: momentum * running + (1 - momentum) * the batch's, ONNX's
+    momentum. The variance's batch term is the biased variance (ONNX), or as attrs running_variance names
+    (RUNNING_VARIANCE: a library's native estimator)."""
     m, (mean, var) = attrs["momentum"], cache[2:]
+    n = xs[0].size // xs[0].shape[1]
+    var = RUNNING_VARIANCE[attrs.get("running_variance", "biased")](var, n, attrs["epsilon"])
     return {"mean": m * params["mean"] + (1 - m) * mean, "var": m * params["var"] + (1 - m) * var}
 
 
@@ -472,7 +482,8 @@ register(Op("batchnorm", ("BatchNormalization",), _batchnorm_forward, _batchnorm
             doc="batch normalisation over the channel axis of NCHW: (x - mean) / sqrt(var + epsilon) * scale + bias, "
                 "with the running mean and variance (inference) or the batch's mean and biased variance (attrs "
                 "training, then the running ones move: running = momentum * running + (1 - momentum) * batch, "
-                "ONNX's momentum); attrs epsilon, momentum"))
+                "ONNX's momentum); attrs epsilon, momentum, and running_variance (not ONNX's: a library's native "
+                "estimator, RUNNING_VARIANCE; default biased)"))
 
 
 # --- channel ops: LRN, constant scale and shift, channel shuffle -----------------------------------------

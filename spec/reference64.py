@@ -18,9 +18,11 @@ from spec.training import LOSS_CLIP, ends_in_logits
 class Reference:
     """Parameters as {"<node>.<param>": float64 array} in the canonical layout."""
 
-    def __init__(self, spec, weights: dict, training: bool = False):
-        self.spec, self.training = spec, training
-        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    def __init__(self, spec, weights: dict, training: bool = False, dtype=np.float64):
+        """`dtype`: float64 is the reference; float32 runs the same math as a float32 library would, to measure
+        what float32 rounding alone moves (verify.steps' envelopes)."""
+        self.spec, self.training, self.dtype = spec, training, dtype
+        self.params = {k: np.array(v, dtype=dtype) for k, v in weights.items()}
 
     def _node_params(self, node) -> dict:
         return {p: self.params[f"{node.name}.{p}"] for p in ops.get(node.kind).param_names}
@@ -30,7 +32,7 @@ class Reference:
 
     def forward(self, x, keep: bool = True):
         """(output, caches): caches[node name] = (inputs, output, op cache) for `backward`."""
-        values = {self.spec.input_name: np.asarray(x, dtype=np.float64)}
+        values = {self.spec.input_name: np.asarray(x, dtype=self.dtype)}
         caches = {}
         for node in self.spec.layers:
             xs = [values[t] for t in node.inputs]

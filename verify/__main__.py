@@ -80,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--optimizer", choices=("canonical", "native"), default="canonical",
                     help="canonical: all must match; native: each library's own RMSprop (its API's default in "
                          "the version installed): show where it departs")
+    st.add_argument("--batchnorm", choices=("canonical", "native", "momentum", "epsilon", "running-variance"),
+                    default="canonical",
+                    help="BatchNorm semantics each library trains (as cli.train --batchnorm); the reference takes the "
+                         "same ones, so native passes only where a library does what its native row declares "
+                         "(default canonical)")
     st.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     st.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
     st.add_argument("--model", default=None, metavar="PATH",
@@ -193,7 +198,8 @@ def _steps(args) -> int:
     from verify import steps
     from workers import results
 
-    report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data, model=args.model)
+    report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data, model=args.model,
+                       batchnorm_mode=args.batchnorm)
     print(steps.table(report))
     if args.json:
         results.write_json(args.json, report)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import cifar10
-from builders import resolve
-from spec import experiments, ops, training
+from builders import native_batchnorm, resolve
+from spec import batchnorm, experiments, ops, training
 from spec.onnx_import import import_model
 from spec.reference64 import Reference
 from verify.compare import TOLERANCES
@@ -61,28 +61,89 @@ def declared_rmsprop(params: dict, grads: dict, state: dict, opt: dict) -> None:
         params[name] = params[name] - opt["lr"] * g / root
 
 
-CHECKS = {  # finding -> (per-tensor figure, policy bound)
-    "gradient": ("grad_rel_l2", "grad_rel_l2"),
-    "update": ("update_rel_l2", "update_rel_l2"),
-    "declared update": ("declared_update_rel_l2", "update_rel_l2"),
-    "running statistics": ("state_rel_l2", "state_rel_l2"),
+CHECKS = {  # finding -> (per-tensor figure, policy bound, envelope kind)
+    "gradient": ("grad_rel_l2", "grad_rel_l2", "grad"),
+    "update": ("update_rel_l2", "update_rel_l2", "update"),
+    "declared update": ("declared_update_rel_l2", "update_rel_l2", None),  # optimizer arithmetic only: fixed
+    "running statistics": ("state_rel_l2", "state_rel_l2", "state"),
 }
 
 
+def bound(policy: dict, what: str, envelope: dict | None) -> float:
+    """The tolerance of one figure: the policy's fixed bound, or K float32 envelopes where that is larger."""
+    _, fixed, kind = CHECKS[what]
+    return max(policy[fixed], policy["envelope_k"] * envelope[kind]) if envelope else policy[fixed]
+
+
 def _first(steps: list, what: str, policy: dict) -> dict | None:
-    """The first (step, tensor) whose figure for `what` breaks the policy (NaN breaks it too), or None."""
-    key, bound = CHECKS[what]
+    """The first (step, tensor) whose figure for `what` exceeds its tolerance (NaN does too), or None."""
+    key = CHECKS[what][0]
     for step in steps:
         for row in step["tensors"]:
-            if key in row and not row[key] <= policy[bound]:
-                return {"step": step["step"], "tensor": row["tensor"], "what": what, "rel_l2": row[key]}
+            tol = row.get("tolerance", {}).get(what, policy[CHECKS[what][1]])
+            if key in row and not row[key] <= tol:
+                return {"step": step["step"], "tensor": row["tensor"], "what": what, "rel_l2": row[key],
+                        "tolerance": tol}
     return None
 
 
+def float32_envelopes(spec, arrays: tuple, batches: list, optimizer: dict, policy: dict, log=None) -> list:
+    """Per step, {tensor: {"grad", "update", "state": relative L2 difference}}: how far float32 rounding alone
+    moves the reference's gradient, RMSprop update and running statistics, i.e. the registry's math run in float32
+    and in float64 from the same parameters, along the float64 reference's own trajectory (canonical RMSprop,
+    the same batches). Where a model makes backward ill-conditioned (the gradient through many BatchNorm blocks),
+    every float32 library departs from float64 by about this much; verify steps allows `envelope_k` of it."""
+    x, y = arrays[0], arrays[1]
+    ref64 = Reference(spec, spec.weights, training=True)
+    ref32 = Reference(spec, spec.weights, training=True, dtype=np.float32)
+    names, state_names = _parameter_names(spec)
+    state64, state32, found = {}, {}, []
+    for k, idx in enumerate(batches):
+        if log:
+            print(f"float32 envelope: step {k + 1}/{len(batches)}", file=log, flush=True)
+        ref32.params = {n: v.astype(np.float32) for n, v in ref64.params.items()}
+        before = {n: v.copy() for n, v in ref64.params.items()}
+        _, g64, moved64 = ref64.loss_grads_state(x[idx], y[idx])
+        _, g32, moved32 = ref32.loss_grads_state(x[idx], y[idx])
+        floor = policy["zero_floor"] * _global_norm(g64.values())
+        ref64.rmsprop_step(g64, state64, optimizer["lr"], optimizer["rho"], optimizer["eps"])
+        ref32.rmsprop_step(g32, state32, optimizer["lr"], optimizer["rho"], optimizer["eps"])
+        # a tensor whose gradient is zero but for rounding has no update envelope: RMSprop scales its rounding noise
+        # to lr-sized updates in both; its update is judged against RMSprop of the library's own gradient (judge)
+        step = {n: {"grad": _rel_l2(g32[n], g64[n], floor),
+                    "update": _rel_l2(ref32.params[n] - before[n], ref64.params[n] - before[n])
+                    if np.linalg.norm(g64[n]) >= floor else 0.0} for n in names}
+        step.update({n: {"state": _rel_l2(moved32[n] - before[n], moved64[n] - before[n])} for n in state_names})
+        ref64.params.update(moved64)
+        found.append(step)
+    return found
+
+
+def float32_loss_drift(spec, data, batches: list, optimizer: dict) -> list:
+    """Per step, |loss in float32 - loss in float64| / loss in float64 of the reference's math trained freely (each
+    from its own parameters and running statistics, canonical RMSprop) on `batches` of TrainingData `data` (its
+    images as the run's libraries see them): how far float32 rounding alone moves a training run's step losses, what
+    the libraries' step losses may differ by (cli.train's step agreement allows step_loss_envelope_k of it). Dropout
+    is the identity."""
+    refs = [Reference(spec, spec.weights, training=True, dtype=d) for d in (np.float64, np.float32)]
+    states, drift = [{}, {}], []
+    for idx in batches:
+        x, y = data.images(0, idx), data.y_train[idx]
+        losses = []
+        for ref, state in zip(refs, states):
+            loss, grads, moved = ref.loss_grads_state(x, y)
+            ref.rmsprop_step(grads, state, optimizer["lr"], optimizer["rho"], optimizer["eps"])
+            ref.params.update({n: v.astype(ref.dtype) for n, v in moved.items()})
+            losses.append(loss)
+        drift.append(abs(losses[1] - losses[0]) / abs(losses[0]))
+    return drift
+
+
 def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, policy: dict,
-          declared: dict | None = None) -> dict:
+          declared: dict | None = None, envelopes: list | None = None) -> dict:
     """Every step and every parameter tensor of one library against the float64 reference, teacher-forced:
-    the reference starts each step from the library's own parameters. Per trainable tensor, the relative L2
+    the reference starts each step from the library's own parameters. `envelopes` (float32_envelopes): each figure's
+    tolerance is the policy's, or envelope_k times its float32 envelope where larger. Per trainable tensor, the relative L2
     difference of the gradient the library applied, and of its update (parameters after minus before the step)
     from canonical RMSprop's; with `declared` (native mode: the RMSprop the library reports it runs), the reference
     gradient is clipped as declared before it is compared, and the update is also compared with that RMSprop
@@ -96,7 +157,8 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
     missing = [n for n in state_names if f"param/0/{n}" not in tensors]
     if missing:
         return {"status": "mismatch", "steps": [], "first_failure": {
-            "step": 1, "tensor": missing[0], "what": "running statistics", "rel_l2": float("inf")},
+            "step": 1, "tensor": missing[0], "what": "running statistics", "rel_l2": float("inf"),
+            "tolerance": policy["state_rel_l2"]},
             "reason": f"the trainer reported no running statistics ({missing[0]} and {len(missing) - 1} more)"}
     clip = declared.get("grad_clip_norm", 0.0) if declared else 0.0
     canonical_state, declared_state, own_state, steps = {}, {}, {}, []
@@ -122,9 +184,14 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
         canonical = {n: own_params[n] if np.linalg.norm(want[n]) < floor else ref.params[n] for n in names}
         rows = _rows(names, got_grads, want, before, after, canonical, declared_params, floor)
         rows += [{"tensor": n, "state_rel_l2": _rel_l2(after[n] - before[n], moved[n] - before[n])} for n in state_names]
+        if envelopes:
+            for row in rows:
+                row["envelope"] = env = envelopes[k][row["tensor"]]
+                row["tolerance"] = {what: bound(policy, what, env) for what, (key, _, kind) in CHECKS.items()
+                                    if key in row and kind in env}
         steps.append({"step": k + 1, "reference_loss": loss, "tensors": rows,
                       "grad_norm": _global_norm(got_grads.values()), "reference_grad_norm": _global_norm(grads.values()),
-                      **{f"max_{key}": max(r[key] for r in rows if key in r) for key, _ in CHECKS.values()
+                      **{f"max_{key}": max(r[key] for r in rows if key in r) for key, _, _ in CHECKS.values()
                          if any(key in r for r in rows)}})
         before = after
     return {"steps": steps, **verdict(steps, policy, native=declared is not None)}
@@ -168,8 +235,11 @@ def verdict(steps: list, policy: dict, native: bool) -> dict:
 
 
 def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,
-        timeout: float = 1800, log=sys.stderr, model=None) -> dict:
-    """`model`: an ONNX file to train in place of the experiment's (same input shape and classes)."""
+        timeout: float = 1800, log=sys.stderr, model=None, batchnorm_mode: str = "canonical") -> dict:
+    """`model`: an ONNX file to train in place of the experiment's (same input shape and classes). batchnorm_mode
+    (spec.batchnorm.MODES): each library is judged against the reference with the BatchNorm semantics it was asked
+    to train (its native momentum, epsilon or running-variance estimator where the mode says), so a pass in a native
+    mode shows the library does what its native row declares."""
     experiment = experiments.load(experiment_name)
     spec = training.without_dropout(import_model(model or experiments.model_path(experiment)))
     arrays = training.datasets(cifar10.find(data_path, **training.needs(experiment)), experiment)
@@ -179,11 +249,13 @@ def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2
     limit = n_steps * batch_size if epochs == 1 else None
     order = training.batch_order(len(arrays[0]), epochs, experiment["shuffle"], experiment["seed"], limit)
     config = training.config_for(experiment, epochs, batch_size, mode, threads=2, seed=experiment["seed"],
-                                 dropout=False, dump_steps=n_steps)
+                                 dropout=False, dump_steps=n_steps, batchnorm=batchnorm_mode)
     batches = [b for e in range(epochs) for b in [order[e][i:i + batch_size]
                                                    for i in range(0, order.shape[1], batch_size)]][:n_steps]
     policy = load_policy()
+    envelopes = float32_envelopes(spec, arrays, batches, experiment["optimizer"], policy, log)
     report = {"experiment": experiment_name, "steps": n_steps, "optimizer_mode": mode, "policy": policy,
+              "batchnorm_mode": batchnorm_mode,
               "reference": "float64 numpy (spec/reference64.py, the op registry's math), canonical RMSprop (native "
                            "mode: also the RMSprop each library declares), teacher-forced per step",
               "libraries": {}}
@@ -203,7 +275,10 @@ def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2
                     tensors = {k: npz[k] for k in npz.files}
                 path.unlink()
                 declared = entry["optimizer"] if mode == "native" else None
-                entry.update(judge(spec, tensors, arrays, batches, experiment["optimizer"], policy, declared))
+                trained = batchnorm.semantics(spec, native_batchnorm(library), batchnorm_mode)
+                entry["batchnorm"] = batchnorm.departures(spec, trained)
+                entry.update(judge(trained, tensors, arrays, batches, experiment["optimizer"], policy, declared,
+                                   envelopes))
             elif row["status"] == Status.OK:
                 entry.update(status=Status.CRASHED, reason="the trainer reported no step tensors")
             print(f"{library:<17} {entry['status']}" + (f"  {entry['reason']}" if entry["reason"] else ""),
@@ -228,14 +303,19 @@ def table(report: dict) -> str:
     lines.append("")
     p = report["policy"]
     lines.append(f"max relative L2 difference over all parameter tensors, against the float64 reference with "
-                 f"canonical RMSprop; tolerance: gradient {p['grad_rel_l2']:g}, update {p['update_rel_l2']:g}")
+                 f"canonical RMSprop; tolerance per tensor and step: gradient {p['grad_rel_l2']:g}, update "
+                 f"{p['update_rel_l2']:g}, or {p['envelope_k']:g} times what float32 rounding alone moves the "
+                 f"reference's own (its float32 envelope) where larger")
     for n, e in report["libraries"].items():
         lines += verdict_lines(n, e, report["optimizer_mode"])
+        if e.get("batchnorm"):
+            lines.append("  - trains BatchNorm with " + "; ".join(e["batchnorm"]))
     return "\n".join(lines)
 
 
 def _at(finding: dict) -> str:
-    return f"step {finding['step']}, tensor {finding['tensor']} ({finding['what']} rel L2 {finding['rel_l2']:.2e})"
+    return (f"step {finding['step']}, tensor {finding['tensor']} ({finding['what']} rel L2 {finding['rel_l2']:.2e}, "
+            f"tolerance {finding['tolerance']:.1e})")
 
 
 def declared_text(opt: dict) -> str:
