@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from cli import EXIT_FAILED, EXIT_OK, Parser, description, fail, gate
+from spec.batchnorm import MODES
 from trainers import dispatch
 from trainers import plan as planning
 from trainers.plan import BadInput, TrainOptions
@@ -54,6 +55,14 @@ def parser() -> Parser:
                         "with a 3x32x32 input and 10 classes (a model ending in logits gets the softmax inside "
                         "the loss; BatchNorm trains in ONNX's training mode); verified before it trains")
     p.add_argument("--optimizer", choices=planning.OPTIMIZERS, default="canonical", help="RMSprop mode (default canonical)")
+    p.add_argument("--batchnorm", choices=MODES, default="canonical",
+                   help="BatchNorm training semantics: canonical = the graph's momentum and epsilon, ONNX's training "
+                        "mode (biased batch variance); native = each library's own layer with its defaults (every "
+                        "departure listed in the report); momentum, epsilon, running-variance = canonical with only "
+                        "that one native departure (to attribute a native gap) (default canonical)")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (the experiment's padding) and horizontal flip, drawn by the harness once per "
+                        "epoch and image and applied identically in every library (the experiment's [augment] table)")
     p.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
     p.add_argument("--train-images", type=int, metavar="N",
                    help="train on the first N training images instead of the experiment's count (at most what the "
@@ -102,6 +111,7 @@ def parser() -> Parser:
 def options_of(args) -> TrainOptions:
     return TrainOptions(
         libraries=list(args.libraries), experiment=args.experiment, model=args.model, optimizer=args.optimizer,
+        batchnorm=args.batchnorm, augment=args.augment,
         epochs=args.epochs, train_images=args.train_images,
         batch_size=args.batch_size, seed=args.seed, dropout="off" if args.no_dropout else args.dropout,
         max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain, init=args.init,

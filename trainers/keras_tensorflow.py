@@ -200,7 +200,7 @@ def train(spec, data, config, report):
     y_val = keras.utils.to_categorical(data.y_val, classes).astype(np.float32)
     for epoch in range(int(config["epochs"])):
         idx = data.order[epoch]
-        x = layouts.nchw_to_nhwc(data.x_train[idx])
+        x = data.images(epoch, idx, layouts.nchw_to_nhwc)
         y = keras.utils.to_categorical(data.y_train[idx], classes).astype(np.float32)
         sizes = [len(b) for b in data.batches(epoch, bs)]
         callback = _step_reporter(keras, report, epoch, sizes)

@@ -234,7 +234,7 @@ def train(spec, data, config, report):
     y_val = to_categorical(data.y_val, classes).astype(np.float32)
     for epoch in range(int(config["epochs"])):
         idx = data.order[epoch]
-        x = np.ascontiguousarray(data.x_train[idx])  # already NCHW, the builder's channels_first
+        x = np.ascontiguousarray(data.images(epoch, idx))  # already NCHW, the builder's channels_first
         y = to_categorical(data.y_train[idx], classes).astype(np.float32)
         callback = _step_reporter(keras, report, epoch)
 

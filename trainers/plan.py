@@ -44,6 +44,8 @@ class TrainOptions(Typed):
     repeat: int = 1
     plain: bool = True  # with repeat > 1: also time the plain tutorial-style loops
     init: str = "fixed"
+    augment: bool = False  # the experiment's random crop and flip, drawn by the harness
+    batchnorm: str = "canonical"  # spec.batchnorm.MODES
     executor: str = "local"
     scheduler: str | None = None
     workers: int = 2
@@ -80,6 +82,13 @@ class TrainOptions(Typed):
             yield "--repeat needs --executor local: timings from several jobs at once are not a benchmark"
         if self.scheduler and self.executor != "dask":
             yield "--scheduler needs --executor dask"
+        from spec.batchnorm import MODES
+
+        if self.batchnorm not in MODES:
+            yield f"--batchnorm must be one of {', '.join(MODES)}, not {self.batchnorm!r}"
+        if self.repeat > 1 and (self.augment or self.batchnorm != "canonical"):
+            yield ("--repeat times the canonical, un-augmented loop (the plain loops have no other): drop --augment "
+                   "and --batchnorm")
         if self.model and self.init != "fixed":
             yield "--init seeded redraws the seed CNN's Glorot-uniform weights; a --model trains its own weights"
 
@@ -139,7 +148,9 @@ class Plan:
         o = self.options
         suffix = {"sweep": f"-{len(self.seeds)}seeds", "benchmark": f"-repeat{o.repeat}"}.get(self.mode, "")
         model = f"-{Path(o.model).stem}" if o.model else ""
-        return f"{stamp}-{o.experiment}{model}-{o.optimizer}{DROPOUT_SUFFIX[self.dropout]}{suffix}"
+        bn = "" if o.batchnorm == "canonical" else f"-bn-{o.batchnorm}"
+        augment = "-augment" if o.augment else ""
+        return f"{stamp}-{o.experiment}{model}-{o.optimizer}{bn}{augment}{DROPOUT_SUFFIX[self.dropout]}{suffix}"
 
 
 def make(options: TrainOptions, like: Plan | None = None) -> Plan:
@@ -173,10 +184,14 @@ def make(options: TrainOptions, like: Plan | None = None) -> Plan:
     else:
         runs = [Run(str(seed), seed, f"seed {seed}" if len(seeds) > 1 else "") for seed in seeds]
     threads = options.threads or _default_threads(options)
-    configs = {seed: harness.config_for(experiment, epochs, batch_size, options.optimizer, threads, seed,
-                                        dropout=options.dropout != "off",
-                                        dropout_masks="harness" if options.dropout == "identical" else "library")
-               for seed in seeds}
+    try:
+        configs = {seed: harness.config_for(experiment, epochs, batch_size, options.optimizer, threads, seed,
+                                            dropout=options.dropout != "off",
+                                            dropout_masks="harness" if options.dropout == "identical" else "library",
+                                            augment=options.augment, batchnorm=options.batchnorm)
+                   for seed in seeds}
+    except ValueError as exc:  # --augment for an experiment without an [augment] table
+        raise BadInput(f"--augment: {exc}") from None
     return Plan(options, names, experiment, model_path, spec, arrays, epochs, batch_size, threads, options.dropout,
                 seeds, runs, configs)
 

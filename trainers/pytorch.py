@@ -124,7 +124,7 @@ def train(spec, data, config, report) -> None:
     harness = options.get("dropout_masks") == masks.HARNESS  # the model's HarnessDropout modules take these masks
     holders = {node.name: model.module(node.name) for _, node in masks.dropout_layers(spec)} if harness else {}
     forward = builder.runnable(model, **options)
-    x_train, y_train = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train)
+    y_train = torch.from_numpy(data.y_train)
     x_val, y_val = torch.from_numpy(np.ascontiguousarray(data.x_val)), torch.from_numpy(data.y_val)
     batch_size = config["batch_size"]
     dump_steps, global_step = config.get("dump_steps", 0), 0
@@ -137,8 +137,8 @@ def train(spec, data, config, report) -> None:
         model.train()
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
-            idx = torch.from_numpy(idx)
-            x, y = builder.inputs(x_train[idx], **options), y_train[idx]
+            x = builder.inputs(torch.from_numpy(np.ascontiguousarray(data.images(epoch, idx))), **options)
+            y = y_train[torch.from_numpy(idx)]
             for name, mask in (masks.step_masks(spec, config["seed"], global_step, len(y)) if holders else {}).items():
                 holders[name].mask = torch.from_numpy(mask)
             rmsprop.zero_grad()

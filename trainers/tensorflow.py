@@ -97,7 +97,7 @@ def train(spec, data, config, report) -> None:
     logits = ends_in_logits(spec)
     rmsprop = optimizer(tf, variables, config["optimizer"], report)
 
-    x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
+    x_val = layouts.nchw_to_nhwc(data.x_val)
     # harness dropout masks: the step functions take the step's masks as a third argument, a dict of tensors;
     # without, dropout draws its own masks (tf.nn.dropout)
     harness_masks = masks.uses_harness_masks(config)
@@ -136,7 +136,7 @@ def train(spec, data, config, report) -> None:
         loss_sum, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
-            x, y = tf.constant(x_train[idx]), tf.constant(data.y_train[idx])
+            x, y = tf.constant(data.images(epoch, idx, layouts.nchw_to_nhwc)), tf.constant(data.y_train[idx])
             dropout_masks = step_masks(global_step, len(idx))
             if global_step < dump_steps:
                 loss, n_correct, grads = train_step_with_grads(x, y, *dropout_masks)

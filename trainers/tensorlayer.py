@@ -88,7 +88,7 @@ def train(spec, data, config, report) -> None:
         if sorted(position) != list(range(len(weights))):
             raise RuntimeError("the model's trainable weights are not the spec's parameters")
 
-    x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
+    x_val = layouts.nchw_to_nhwc(data.x_val)
     # harness dropout masks: train_step takes the step's masks as a third argument, a dict of tensors, and assigns
     # them to the mask layers' variables
 
@@ -122,8 +122,8 @@ def train(spec, data, config, report) -> None:
         started = time.perf_counter()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             dropout_masks = step_masks(global_step, len(idx))
-            loss, n_correct, *applied = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]),
-                                                   *dropout_masks)
+            x = tf.constant(data.images(epoch, idx, layouts.nchw_to_nhwc))
+            loss, n_correct, *applied = train_step(x, tf.constant(data.y_train[idx]), *dropout_masks)
             if global_step < dump_steps:
                 grads = applied[0]
                 report.step_tensors(global_step,

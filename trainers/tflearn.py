@@ -247,7 +247,7 @@ def train(spec, data, config, report) -> None:
             self.global_step += 1
             self.step += 1
 
-    x_train, x_val = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_val)
+    x_val = layouts.nchw_to_nhwc(data.x_val)
     eye = np.eye(net.get_shape().as_list()[-1], dtype=np.float32)
     callback = StepReporter()
     callbacks = [MaskLoader(), callback] if harness_masks else callback
@@ -255,7 +255,7 @@ def train(spec, data, config, report) -> None:
         for epoch in range(config["epochs"]):
             order = data.order[epoch]
             sizes = [len(idx) for idx in data.batches(epoch, batch_size)]
-            x, y = x_train[order], eye[data.y_train[order]]
+            x, y = data.images(epoch, order, layouts.nchw_to_nhwc), eye[data.y_train[order]]
             with contextlib.redirect_stdout(quiet):  # tflearn prints its run id and progress to stdout
                 started = time.perf_counter()
                 model.fit(x, y, n_epoch=1, batch_size=batch_size, shuffle=False, show_metric=False,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from builders import NAMES, resolve
+from spec import batchnorm
 from spec.training import TrainingData, load_job  # noqa: F401 - TrainingData: what train() is handed
 from trainers import LIBRARIES
 from workers import ExitCode, lifeline, results
@@ -93,8 +94,9 @@ def main(argv=None) -> int:
         spec, data, config = load_job(job)
         base, _, options = resolve(library)
         module = importlib.import_module(LIBRARIES[base][0])
-        module.train(spec, data, {**config, "options": options}, reporter)
         builder = importlib.import_module(LIBRARIES[base][0].replace("trainers.", "builders."))
+        spec = batchnorm.semantics(spec, builder.NATIVE_BATCHNORM, config.get("batchnorm", "canonical"))
+        module.train(spec, data, {**config, "options": options}, reporter)
         record = {**reporter.record, "versions": builder.versions(**options), "wall_s": time.perf_counter() - started,
                   "python": sys.version.split()[0], "peak_rss_mib": peak_rss_mib()}
     except NonFiniteLoss as exc:
