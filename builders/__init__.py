@@ -51,6 +51,13 @@ FAST_PATHS = {
 NAMES = [*LIBRARIES, *FAST_PATHS]
 
 
+def native_batchnorm(name: str):
+    """The BatchNorm layer a library's users write, with its defaults (spec.batchnorm.NativeBatchNorm)."""
+    import importlib
+
+    return importlib.import_module(LIBRARIES[resolve(name)[0]][0]).NATIVE_BATCHNORM
+
+
 def resolve(name: str) -> tuple:
     """(base library, worker environment, options) of a library or fast path."""
     if name in LIBRARIES:

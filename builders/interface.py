@@ -82,6 +82,16 @@ def supported_kinds(module: ModuleType) -> list:
     return sorted(name[3:] for name in dir(module) if name.startswith("op_") and callable(getattr(module, name)))
 
 
+def running_variance(node, *supported: str) -> str:
+    """A BatchNorm node's running-variance estimator (spec.training.batchnorm_semantics), if the library's layer
+    can move its running variance that way; Unsupported naming the node otherwise."""
+    found = node.attrs.get("running_variance", "biased")
+    if found not in supported:
+        raise Unsupported(f"{node.name}: running variance moved by the {found} estimator; this library's layer "
+                          f"moves it by the {' or '.join(supported)} one")
+    return found
+
+
 def walk(spec, apply: Callable, x) -> dict:
     """Evaluate the graph: apply(node, inputs) for every node in order, where inputs are the values of the
     tensors it reads (`x` for the graph input). Returns {tensor name: value} including the graph input."""

@@ -17,8 +17,11 @@ import numpy as np
 
 from builders import Unsupported, cache_dir, interface, layouts
 from spec import ir, ops
+from spec.batchnorm import NativeBatchNorm
 
 NAME = "keras-tensorflow"
+NATIVE_BATCHNORM = NativeBatchNorm("keras.layers.BatchNormalization (Keras 3)", "momentum=0.99, epsilon=1e-3", 0.99,
+                                   1e-3, "biased")
 
 
 def conv_kernel(w: np.ndarray) -> np.ndarray:
@@ -404,6 +407,7 @@ def op_batchnorm(graph: Graph, node, xs):
     """BatchNormalization with the node's epsilon (Keras's default is 1e-3, ONNX's 1e-5); Keras's momentum weighs
     the old running value, as ONNX's does. Inference (training=False) normalises with the moving statistics."""
     a = node.attrs
+    interface.running_variance(node, "biased")
     bn = graph.keras.layers.BatchNormalization(axis=-1, epsilon=a["epsilon"], momentum=a["momentum"], name=node.name)
     return _loaded(graph, bn, node, xs[0])
 

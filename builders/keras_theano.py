@@ -27,8 +27,12 @@ import numpy as np
 
 from builders import Unsupported, cache_dir, interface, layouts
 from spec import ir, ops
+from spec.batchnorm import NativeBatchNorm
 
 NAME = "keras-theano"
+NATIVE_BATCHNORM = NativeBatchNorm("keras.layers.BatchNormalization (Keras 2.3.1)", "momentum=0.99, epsilon=1e-3",
+                                   0.99, 1e-3, "keras2")
+THEANO_MIN_EPSILON = 1.0001e-5  # Theano's batch_normalization_* refuse epsilon < 1e-5, float32(1e-5) included
 
 _NOISE = ("Using Theano backend.",)
 
@@ -297,6 +301,8 @@ def _onnx_batch_normalization(keras):
     from keras import backend as K
 
     class OnnxBatchNormalization(keras.layers.BatchNormalization):
+        running_variance = "biased"
+
         def call(self, inputs, training=None):
             ndim = K.ndim(inputs)
             axes = [a for a in range(ndim) if a != self.axis % ndim]
@@ -313,8 +319,13 @@ def _onnx_batch_normalization(keras):
             if isinstance(training, int) and not training:  # a static test phase (0 or False), as stock Keras
                 return inference()
             mean, var = K.mean(inputs, axis=axes), K.var(inputs, axis=axes)
+            moved = var
+            if self.running_variance == "keras2":  # stock Keras 2.3.1's rule, for epsilons Theano refuses
+                spatial = float(np.prod([K.int_shape(inputs)[a] for a in axes[1:]]))
+                n = K.cast(K.shape(inputs)[0], K.floatx()) * spatial
+                moved = (var + self.epsilon) * (n / (n - (1.0 + self.epsilon)))
             self.add_update([K.moving_average_update(self.moving_mean, mean, self.momentum),
-                             K.moving_average_update(self.moving_variance, var, self.momentum)], inputs)
+                             K.moving_average_update(self.moving_variance, moved, self.momentum)], inputs)
             return K.in_train_phase(normalize(mean, var), inference, training=training)
 
     return OnnxBatchNormalization
@@ -595,7 +606,12 @@ def op_batchnorm(spec, node, inputs, **_options):
     predict. Momentum: Keras's moving = momentum * moving + (1 - momentum) * batch is ONNX's convention, so the node's
     momentum is Keras's as it is. Training and small epsilons: `_onnx_batch_normalization`."""
     keras, a = library(), node.attrs
-    bn = _onnx_batch_normalization(keras)(axis=1, momentum=a["momentum"], epsilon=a["epsilon"], name=node.name)
+    estimator = interface.running_variance(node, "biased", "keras2")
+    if estimator == "keras2" and a["epsilon"] >= THEANO_MIN_EPSILON:  # native: the stock layer
+        bn = keras.layers.BatchNormalization(axis=1, momentum=a["momentum"], epsilon=a["epsilon"], name=node.name)
+    else:
+        bn = _onnx_batch_normalization(keras)(axis=1, momentum=a["momentum"], epsilon=a["epsilon"], name=node.name)
+        bn.running_variance = estimator
     y = bn(*inputs)
     _load(bn, spec, node)
     return y

@@ -17,8 +17,11 @@ import numpy as np
 
 from builders import Unsupported, cache_dir, interface, layouts
 from spec import ir, ops
+from spec.batchnorm import NativeBatchNorm
 
 NAME = "pytorch"
+NATIVE_BATCHNORM = NativeBatchNorm("torch.nn.BatchNorm2d", "momentum=0.1 (the new batch's weight), eps=1e-5", 0.9, 1e-5,
+                                   "unbiased")
 
 DROPOUT_MASKS = ("library", "harness")
 
@@ -284,7 +287,12 @@ def op_batchnorm(spec, node, **_options):
     mode (how the graph module is built) the running statistics normalise. In training mode ONNX moves the running
     variance by the batch's biased variance, nn.BatchNorm2d by the unbiased one: `_onnx_batchnorm_class`."""
     a = node.attrs
-    bn = _onnx_batchnorm_class()(spec.input_shapes(node)[0][0], eps=a["epsilon"], momentum=1.0 - a["momentum"])
+    channels = spec.input_shapes(node)[0][0]
+    if interface.running_variance(node, "biased", "unbiased") == "unbiased":  # native: the stock layer
+        import torch.nn as nn
+        bn = nn.BatchNorm2d(channels, eps=a["epsilon"], momentum=1.0 - a["momentum"])
+    else:
+        bn = _onnx_batchnorm_class()(channels, eps=a["epsilon"], momentum=1.0 - a["momentum"])
     _load(bn, spec, node)
     return bn
 

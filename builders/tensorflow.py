@@ -14,8 +14,12 @@ import numpy as np
 
 from builders import Unsupported, cache_dir, interface, layouts
 from spec import ir, ops
+from spec.batchnorm import NativeBatchNorm
 
 NAME = "tensorflow"
+# raw TensorFlow has no BatchNorm layer of its own: a TF 2 script takes tf.keras's (Keras 3 since TF 2.16)
+NATIVE_BATCHNORM = NativeBatchNorm("tf.keras.layers.BatchNormalization", "momentum=0.99, epsilon=1e-3", 0.99, 1e-3,
+                                   "biased")
 
 
 def conv_kernel(w: np.ndarray) -> np.ndarray:
@@ -328,6 +332,7 @@ def op_batchnorm(tf, spec, node, params):
     if len(spec.shape_of(node.inputs[0])) != 3:
         raise Unsupported(f"{node.name}: batch normalisation of a {spec.shape_of(node.inputs[0])} input, not NCHW")
     epsilon, momentum = node.attrs["epsilon"], node.attrs["momentum"]
+    interface.running_variance(node, "biased")
     scale, bias, running_mean, running_var = (params[p] for p in ("scale", "bias", "mean", "var"))
 
     def batchnorm(xs, training, masks):

@@ -24,8 +24,10 @@ import numpy as np
 
 from builders import Unsupported, interface, layouts
 from spec import ir, ops
+from spec.batchnorm import NativeBatchNorm
 
 NAME = "tensorlayer"
+NATIVE_BATCHNORM = NativeBatchNorm("tensorlayer.layers.BatchNorm2d", "decay=0.9, epsilon=1e-5", 0.9, 1e-5, "biased")
 
 
 def conv_kernel(w):
@@ -389,6 +391,7 @@ def op_batchnorm(net, node, x):
     gamma + beta; its decay weighs the old running value, as ONNX's momentum does: decay = momentum. Its training
     forward cannot run in TensorFlow 2 (`_batchnorm_class`)."""
     a = node.attrs
+    interface.running_variance(node, "biased")
     if len(net.spec.input_shapes(node)[0]) != 3:
         raise Unsupported(f"{node.name}: batch norm of a {net.spec.input_shapes(node)[0]} input, not [C, H, W]")
     bn = _batchnorm_class(net.tf, net.tl)(decay=a["momentum"], epsilon=a["epsilon"], act=None,

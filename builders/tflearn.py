@@ -18,8 +18,11 @@ import numpy as np
 
 from builders import Unsupported, interface, layouts
 from spec import ir, ops
+from spec.batchnorm import NativeBatchNorm
 
 NAME = "tflearn"
+NATIVE_BATCHNORM = NativeBatchNorm("tflearn.layers.normalization.batch_normalization", "decay=0.9, epsilon=1e-5",
+                                   0.9, 1e-5, "biased")
 
 
 def conv_kernel(w):
@@ -374,6 +377,7 @@ def op_batchnorm(net, node, x):
     if len(net.spec.shape_of(node.inputs[0])) != 3:
         raise Unsupported(f"{node.name}: batch normalisation of a {net.spec.shape_of(node.inputs[0])} input, not NCHW")
     a, tf = node.attrs, net.tf
+    interface.running_variance(node, "biased")
     y = net.tflearn.batch_normalization(x, epsilon=a["epsilon"], decay=a["momentum"], name=layouts.safe_name(node.name))
     scope = y.scope.name
     running = {v.name: v for v in tf.get_collection(tf.GraphKeys.GLOBAL_VARIABLES, scope=scope)}
