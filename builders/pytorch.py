@@ -20,7 +20,7 @@ from spec import ir, ops
 from spec.batchnorm import NativeBatchNorm
 
 NAME = "pytorch"
-NATIVE_BATCHNORM = NativeBatchNorm("torch.nn.BatchNorm2d", "momentum=0.1 (the new batch's weight), eps=1e-5", 0.9, 1e-5,
+NATIVE_BATCHNORM = NativeBatchNorm("torch.nn.BatchNorm2d", "momentum=0.1, the new batch's weight; eps=1e-5", 0.9, 1e-5,
                                    "unbiased")
 
 DROPOUT_MASKS = ("library", "harness")

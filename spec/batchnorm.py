@@ -41,7 +41,9 @@ def semantics(spec: ModelSpec, native: NativeBatchNorm, mode: str) -> ModelSpec:
         if layer.kind == "batchnorm":
             attrs = {**layer.attrs, "running_variance": "biased"}
             for name in switched:
-                attrs[name.replace("-", "_")] = native_attrs[name]
+                key = name.replace("-", "_")
+                if not _same(attrs[key], native_attrs[name]):  # an equal native value keeps the graph's own
+                    attrs[key] = native_attrs[name]
             layer = dataclasses.replace(layer, attrs=attrs)
         layers.append(layer)
     return dataclasses.replace(spec, layers=layers)
@@ -55,10 +57,15 @@ def departures(spec: ModelSpec, trained: ModelSpec) -> list:
             continue
         for key, canonical in (("momentum", before.attrs["momentum"]), ("epsilon", before.attrs["epsilon"]),
                                ("running_variance", "biased")):
-            if after.attrs.get(key, canonical) != canonical:
+            if not _same(after.attrs.get(key, canonical), canonical):
                 found.setdefault(key, f"BatchNorm {key.replace('_', ' ')} {_text(after.attrs[key])} "
                                       f"(canonical {_text(canonical)})")
     return list(found.values())
+
+
+def _same(a, b) -> bool:
+    """Equal, floats to float32 precision (the graph stores float32: its 0.9 is 0.8999999762)."""
+    return a == b if isinstance(a, str) or isinstance(b, str) else abs(a - b) <= 1e-6 * max(abs(a), abs(b))
 
 
 def _text(value) -> str:

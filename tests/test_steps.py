@@ -184,3 +184,43 @@ def test_steps_refuses_a_model_that_is_not_cifar_shaped(zoo):
     proc = run_cli("verify", "steps", "--model", zoo["layers"])  # a 3x12x12 input
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "(3, 32, 32) input and 10 classes" in proc.stderr
+
+
+# --- native BatchNorm: each library's own layer and defaults, judged against what its row declares --------------
+
+@pytest.fixture(scope="module")
+def native_batchnorm(zoo, tmp_path_factory):
+    return _steps(tmp_path_factory.mktemp("bn-native"), "--steps", "2", "--model", zoo["batchnorm"],
+                  "--batchnorm", "native")
+
+
+# the zoo net's BatchNorms: epsilon 1e-3, momentum 0.9 (one 0.8)
+NATIVE_DEPARTURES = {
+    "pytorch": ["BatchNorm momentum 0.9 (canonical 0.8)", "BatchNorm epsilon 1e-05 (canonical 0.001)",
+                "BatchNorm running variance unbiased (canonical biased)"],
+    "keras-theano": ["BatchNorm momentum 0.99 (canonical 0.9)", "BatchNorm running variance keras2 (canonical biased)"],
+    "keras-tensorflow": ["BatchNorm momentum 0.99 (canonical 0.9)"],
+    "tensorflow": ["BatchNorm momentum 0.99 (canonical 0.9)"],
+    "tflearn": ["BatchNorm epsilon 1e-05 (canonical 0.001)"],
+    "tensorlayer": ["BatchNorm epsilon 1e-05 (canonical 0.001)"],
+}
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_every_library_s_native_batchnorm_does_what_its_row_declares(native_batchnorm, library):
+    """Native mode: the reference takes each library's declared momentum, epsilon and running-variance estimator;
+    gradients and running statistics match it, so every listed departure is one the library really makes."""
+    _, report = native_batchnorm
+    entry = report["libraries"][library]
+    assert entry["status"] == "pass", json.dumps({k: v for k, v in entry.items() if k != "steps"}, indent=1)
+    assert sorted(entry["batchnorm"]) == sorted(NATIVE_DEPARTURES[library])
+    assert all(s["max_state_rel_l2"] <= report["policy"]["state_rel_l2"] for s in entry["steps"])
+
+
+def test_a_native_layer_that_is_not_what_its_row_declares_fails_at_step_1(zoo, tmp_path):
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "native-layer-biased:pytorch"}
+    proc, report = _steps(tmp_path, "--steps", "2", "--libraries", "pytorch", "--model", zoo["batchnorm"],
+                          "--batchnorm", "native", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failure = report["libraries"]["pytorch"]["first_failure"]
+    assert (failure["step"], failure["what"], failure["tensor"]) == (1, "running statistics", "batchnormalization2.var")

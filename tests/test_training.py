@@ -152,3 +152,61 @@ def test_exported_models_train_in_all_six_with_model(zoo, tmp_path, model):
     assert proc.returncode == 0, proc.stderr
     assert all(run["libraries"][name]["status"] == "ok" for name in LIBRARIES)
     assert run["step_agreement"]["agree"], json.dumps(run["step_agreement"], indent=1)
+
+
+def test_augmented_images_are_the_harness_s_in_every_library(tmp_path):
+    """--augment: every library trains on the harness's crops and flips. The first step loss of the five honest
+    libraries is the float64 reference's on the augmented first batch; a library that ignores augmentation (planted
+    in PyTorch) departs at step 1 and is named."""
+    import cifar10
+    from spec import experiments, training
+    from spec.onnx_import import import_model
+    from spec.reference64 import Reference
+    from spec.seed_model import DEFAULT_PATH
+
+    env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": "augment-ignored:pytorch"}
+    proc, folder, run = _run(tmp_path, "all", "--augment", "--epochs", "1", "--max-batches", "3", "--no-dropout",
+                             env=env)
+    agreement = run["step_agreement"]
+    assert agreement["libraries"]["pytorch"]["first_bad_step"] == 1, json.dumps(agreement, indent=1)
+    assert all(a["agrees"] for name, a in agreement["libraries"].items() if name != "pytorch")
+    experiment = experiments.load("seed-2017")
+    arrays = training.datasets(cifar10.find(), experiment)
+    order = training.batch_order(len(arrays[0]), 1, experiment["shuffle"], experiment["seed"])
+    data = training.TrainingData(*arrays, order, augment=training.augmentation_config(experiment),
+                                 seed=experiment["seed"])
+    idx = order[0][:experiment["batch_size"]]
+    spec = training.without_dropout(import_model(DEFAULT_PATH))
+    augmented, _ = Reference(spec, spec.weights).loss_and_grads(data.images(0, idx), arrays[1][idx])
+    plain, _ = Reference(spec, spec.weights).loss_and_grads(arrays[0][idx], arrays[1][idx])
+    assert agreement["median"][0] == pytest.approx(augmented, rel=1e-5)
+    assert run["libraries"]["pytorch"]["record"]["steps"][0]["loss"] == pytest.approx(plain, rel=1e-5)
+    assert "Augmentation: random crop" in (folder / "results.md").read_text()
+
+
+def test_native_batchnorm_trains_each_library_s_own_layer_and_lists_its_departures(zoo, tmp_path):
+    """--batchnorm native: each library's first loss is the float64 reference's under that library's declared
+    semantics (PyTorch's epsilon 1e-5 against the net's 1e-3 moves it), and the report lists every departure."""
+    import cifar10
+    from builders import native_batchnorm
+    from spec import batchnorm, experiments, training
+    from spec.onnx_import import import_model
+    from spec.reference64 import Reference
+
+    proc, folder, run = _run(tmp_path, "all", "--model", zoo["batchnorm"], "--batchnorm", "native", "--epochs", "1",
+                             "--max-batches", "2", "--no-dropout")
+    assert proc.returncode == 0, proc.stderr
+    assert "step_agreement" not in run or not run["step_agreement"]  # semantics differ by library: nothing to agree
+    spec = import_model(zoo["batchnorm"])
+    x, y, _, _ = training.datasets(cifar10.find(), experiments.load("seed-2017"))
+    canonical, _ = Reference(spec, spec.weights, training=True).loss_and_grads(x[:128], y[:128])
+    table = (folder / "results.md").read_text()
+    assert "BatchNorm semantics: native" in table
+    for library in LIBRARIES:
+        trained = batchnorm.semantics(spec, native_batchnorm(library), "native")
+        want, _ = Reference(trained, spec.weights, training=True).loss_and_grads(x[:128], y[:128])
+        got = run["libraries"][library]["record"]["steps"][0]["loss"]
+        assert got == pytest.approx(want, rel=1e-5), library
+        assert f"- {library}: {native_batchnorm(library).layer}" in table
+    pytorch = run["libraries"]["pytorch"]["record"]["steps"][0]["loss"]
+    assert abs(pytorch - canonical) > 1e-4  # the premise: the native epsilon is visible in the first loss

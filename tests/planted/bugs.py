@@ -301,3 +301,28 @@ def _unbiased_running_variance(library):
 
 TRAINING_FAULTS["torch-momentum"] = _torch_momentum
 TRAINING_FAULTS["unbiased-running-variance"] = _unbiased_running_variance
+
+
+def _native_layer_biased(library):
+    # the native row declares torch.nn.BatchNorm2d (unbiased running variance), but the build keeps ONNX's layer
+    assert library == "pytorch", "this fault is written for the PyTorch builder"
+    module = importlib.import_module("builders.pytorch")
+    nn = importlib.import_module("torch.nn")
+    nn.BatchNorm2d = module._onnx_batchnorm_class()  # the subclass is made from the stock layer first
+
+
+def _augment_ignored(library):
+    # the library trains on the plain images when the run augments
+    from spec import training
+
+    original = training.TrainingData.images
+
+    def images(self, epoch, idx, convert=None):
+        if not _worker_is(library):
+            return original(self, epoch, idx, convert)
+        return self.x_train[idx] if convert is None else convert(self.x_train[idx])
+    training.TrainingData.images = images
+
+
+TRAINING_FAULTS["native-layer-biased"] = _native_layer_biased
+TRAINING_FAULTS["augment-ignored"] = _augment_ignored
