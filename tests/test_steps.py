@@ -201,8 +201,8 @@ NATIVE_DEPARTURES = {
     "keras-theano": ["BatchNorm momentum 0.99 (canonical 0.9)", "BatchNorm running variance keras2 (canonical biased)"],
     "keras-tensorflow": ["BatchNorm momentum 0.99 (canonical 0.9)"],
     "tensorflow": ["BatchNorm momentum 0.99 (canonical 0.9)"],
-    "tflearn": ["BatchNorm epsilon 1e-05 (canonical 0.001)"],
-    "tensorlayer": ["BatchNorm epsilon 1e-05 (canonical 0.001)"],
+    "tflearn": ["BatchNorm momentum 0.9 (canonical 0.8)", "BatchNorm epsilon 1e-05 (canonical 0.001)"],
+    "tensorlayer": ["BatchNorm momentum 0.9 (canonical 0.8)", "BatchNorm epsilon 1e-05 (canonical 0.001)"],
 }
 
 

@@ -157,7 +157,7 @@ def test_exported_models_train_in_all_six_with_model(zoo, tmp_path, model):
 def test_augmented_images_are_the_harness_s_in_every_library(tmp_path):
     """--augment: every library trains on the harness's crops and flips. The first step loss of the five honest
     libraries is the float64 reference's on the augmented first batch; a library that ignores augmentation (planted
-    in PyTorch) departs at step 1 and is named."""
+    in PyTorch) trains on the plain batch and departs from the others."""
     import cifar10
     from spec import experiments, training
     from spec.onnx_import import import_model
@@ -168,7 +168,8 @@ def test_augmented_images_are_the_harness_s_in_every_library(tmp_path):
     proc, folder, run = _run(tmp_path, "all", "--augment", "--epochs", "1", "--max-batches", "3", "--no-dropout",
                              env=env)
     agreement = run["step_agreement"]
-    assert agreement["libraries"]["pytorch"]["first_bad_step"] == 1, json.dumps(agreement, indent=1)
+    # at step 1 the untrained CNN's loss moves only 8e-5 with its images (within the bound); by step 3 it departs
+    assert not agreement["libraries"]["pytorch"]["agrees"], json.dumps(agreement, indent=1)
     assert all(a["agrees"] for name, a in agreement["libraries"].items() if name != "pytorch")
     experiment = experiments.load("seed-2017")
     arrays = training.datasets(cifar10.find(), experiment)
