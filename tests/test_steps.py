@@ -165,7 +165,9 @@ def test_every_library_trains_batchnorm_as_onnx_defines(batchnorm, library):
 
 @pytest.mark.parametrize("bug,tensor", [
     ("torch-momentum", "batchnormalization2.mean"),  # the first statistic moved, nine times too far
-    ("unbiased-running-variance", "batchnormalization2.var"),  # n / (n - 1): 2e-5 over 32768 values, 6e-4 over 128
+    # n / (n - 1): 2e-5 over the 32,768 values per channel of the 16x16 BatchNorms (under the 3e-5 tolerance, which
+    # TensorFlow's float32 reductions need on ResNet-20), 1.2e-4 over 8,192 at 8x8, 6e-4 over 128 when pooled
+    ("unbiased-running-variance", "batchnormalization8.var"),
 ])
 def test_wrong_running_statistics_fail_at_the_first_step_and_name_the_tensor(zoo, tmp_path, bug, tensor):
     env = {"PYTHONPATH": PLANT, "XV_PLANTED_BUG": f"{bug}:pytorch"}

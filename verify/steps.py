@@ -106,11 +106,12 @@ def float32_envelopes(spec, arrays: tuple, batches: list, optimizer: dict, polic
         _, g64, moved64 = ref64.loss_grads_state(x[idx], y[idx])
         _, g32, moved32 = ref32.loss_grads_state(x[idx], y[idx])
         floor = policy["zero_floor"] * _global_norm(g64.values())
+        floors = _floors(g64, policy)
         ref64.rmsprop_step(g64, state64, optimizer["lr"], optimizer["rho"], optimizer["eps"])
         ref32.rmsprop_step(g32, state32, optimizer["lr"], optimizer["rho"], optimizer["eps"])
         # a tensor whose gradient is zero but for rounding has no update envelope: RMSprop scales its rounding noise
         # to lr-sized updates in both; its update is judged against RMSprop of the library's own gradient (judge)
-        step = {n: {"grad": _rel_l2(g32[n], g64[n], floor),
+        step = {n: {"grad": _rel_l2(g32[n], g64[n], floors[n]),
                     "update": _rel_l2(ref32.params[n] - before[n], ref64.params[n] - before[n])
                     if np.linalg.norm(g64[n]) >= floor else 0.0} for n in names}
         step.update({n: {"state": _rel_l2(moved32[n] - before[n], moved64[n] - before[n])} for n in state_names})
@@ -182,7 +183,7 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
         declared_rmsprop(own_params, {n: g.astype(np.float64) for n, g in got_grads.items()}, own_state,
                          canonical_rmsprop)
         canonical = {n: own_params[n] if np.linalg.norm(want[n]) < floor else ref.params[n] for n in names}
-        rows = _rows(names, got_grads, want, before, after, canonical, declared_params, floor)
+        rows = _rows(names, got_grads, want, before, after, canonical, declared_params, _floors(want, policy))
         rows += [{"tensor": n, "state_rel_l2": _rel_l2(after[n] - before[n], moved[n] - before[n])} for n in state_names]
         if envelopes:
             for row in rows:
@@ -206,13 +207,22 @@ def _parameter_names(spec) -> tuple:
     return names, state
 
 
-def _rows(names, got_grads, want_grads, before, after, canonical, declared, grad_floor=0.0) -> list:
-    """Per tensor: the gradient's and the update's relative L2 differences (see judge); `grad_floor`: the least
-    denominator of the gradient's (_rel_l2)."""
+def _floors(grads: dict, policy: dict) -> dict:
+    """{tensor: the least denominator of its gradient's relative difference}: zero_floor of the step's global
+    gradient norm; for a tensor whose reference gradient is below that, zero but for rounding (a convolution's bias
+    before BatchNorm: a float32 sum of up to 131,072 values per channel that cancels to zero), zero_scale of it."""
+    total = _global_norm(grads.values())
+    floor = policy["zero_floor"] * total
+    return {n: policy["zero_scale"] * total if np.linalg.norm(g) < floor else floor for n, g in grads.items()}
+
+
+def _rows(names, got_grads, want_grads, before, after, canonical, declared, floors: dict) -> list:
+    """Per tensor: the gradient's and the update's relative L2 differences (see judge); `floors`: the least
+    denominator of each gradient's (_floors)."""
     rows = []
     for n in names:
         update = after[n] - before[n]
-        row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grads[n], want_grads[n], grad_floor),
+        row = {"tensor": n, "grad_rel_l2": _rel_l2(got_grads[n], want_grads[n], floors[n]),
                "update_rel_l2": _rel_l2(update, canonical[n] - before[n])}
         if declared is not None:
             row["declared_update_rel_l2"] = _rel_l2(update, declared[n] - before[n])
