@@ -165,7 +165,7 @@ def test_every_library_trains_batchnorm_as_onnx_defines(batchnorm, library):
 
 @pytest.mark.parametrize("bug,tensor", [
     ("torch-momentum", "batchnormalization2.mean"),  # the first statistic moved, nine times too far
-    # n / (n - 1): 2e-5 over the 32,768 values per channel of the 16x16 BatchNorms (under the 3e-5 tolerance, which
+    # n / (n - 1): 2e-5 over the 32,768 values per channel of the 16x16 BatchNorms (under the 5e-5 tolerance, which
     # TensorFlow's float32 reductions need on ResNet-20), 1.2e-4 over 8,192 at 8x8, 6e-4 over 128 when pooled
     ("unbiased-running-variance", "batchnormalization8.var"),
 ])
