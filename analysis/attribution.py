@@ -81,9 +81,13 @@ def _mean(values: dict):
     return float(np.mean(list(values.values()))) if values else None
 
 
-def _cell(test: dict | None) -> str:
+def _has(words: list, mode: str) -> bool:
+    return any(w.startswith(f"BatchNorm {mode.replace('-', ' ')} ") for w in words)
+
+
+def _cell(test: dict | None, has: bool = True) -> str:
     if test is None:
-        return "(no such departure)"
+        return "not run" if has else "(no such departure)"
     if test["mean_diff"] is None:
         return f"- ({test['note']})"
     ci = test["ci95"]
@@ -111,7 +115,8 @@ def markdown(result: dict, folders: dict) -> str:
         for name, row in rows.items():
             words = "; ".join(d.replace("BatchNorm ", "") for d in result["departures"][name]) or "none"
             lines.append(f"| {name} | {words} | {sweep._f(row['canonical'], '.4f')} | {sweep._f(row['native'], '.4f')} "
-                         f"| {_cell(row['gap'])} | " + " | ".join(_cell(row['alone'].get(m)) for m in modes)
+                         f"| {_cell(row['gap'])} | "
+                         + " | ".join(_cell(row['alone'].get(m), _has(result['departures'][name], m)) for m in modes)
                          + f" | {sweep._f(row['remainder'], '+.4f')} |")
         lines.append("")
     return "\n".join(lines)
