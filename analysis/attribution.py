@@ -36,6 +36,21 @@ def load(folder: Path, mode: str) -> dict:
     return doc
 
 
+def merged(docs: list) -> dict:
+    """One sweep of several folders of the same mode and pairing (each a sweep of other libraries)."""
+    out = {**docs[0], "runs": {seed: dict(rows) for seed, rows in docs[0]["runs"].items()}}
+    for doc in docs[1:]:
+        if _key(doc) != _key(out):
+            raise ValueError("sweeps of one mode to merge must share model, experiment, images, epochs, seeds, "
+                             "optimizer and augmentation")
+        for seed, rows in doc["runs"].items():
+            twice = set(rows) & set(out["runs"][seed])
+            if twice:
+                raise ValueError(f"{', '.join(sorted(twice))} trained in two sweeps of one mode")
+            out["runs"][seed].update(rows)
+    return out
+
+
 def _key(doc: dict) -> tuple:
     return doc["experiment"], Path(doc["model"]).name, doc["images_per_epoch"], doc["config"]["epochs"], \
         tuple(doc["seeds"]), doc["config"]["optimizer"]["mode"], bool(doc["config"].get("augment"))

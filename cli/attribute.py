@@ -37,7 +37,8 @@ def parser() -> Parser:
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 archive, folder or npz")
     p.add_argument("--reuse", nargs="+", default=[], metavar="MODE=FOLDER",
                    help="results folder of an earlier sweep of that BatchNorm mode (canonical, native, momentum, "
-                        "epsilon, running-variance), used instead of training it")
+                        "epsilon, running-variance), used instead of training it; several folders of one mode (other "
+                        "libraries' sweeps with the same seeds) are merged")
     return p
 
 
@@ -75,7 +76,7 @@ def _reused(args) -> dict:
         mode, _, folder = item.partition("=")
         if mode not in batchnorm.MODES or not folder:
             raise BadInput(f"--reuse takes MODE=FOLDER with MODE one of {', '.join(batchnorm.MODES)}, not {item!r}")
-        found[mode] = Path(folder)
+        found.setdefault(mode, []).append(Path(folder))  # several folders of one mode: other libraries' sweeps
     return found
 
 
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
     lifeline.on_interrupt_raise()
     try:
         reused = _reused(args)
-        docs = {mode: attribution.load(folder, mode) for mode, folder in reused.items()}  # refused before training
+        docs = {mode: attribution.merged([attribution.load(f, mode) for f in found])  # refused before training
+                for mode, found in reused.items()}
         dispatch.check_out(args.out)
         plans, folders, code = {}, dict(reused), EXIT_OK
         first = None
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
             if status >= 128:
                 print(f"attribute: interrupted in sweep {mode}; pass the finished folders to --reuse", file=sys.stderr)
                 return status
-            folders[mode], code = folder, max(code, status)
+            folders[mode], code = [folder], max(code, status)
             docs[mode] = attribution.load(folder, mode)
         if not {"canonical", "native"} <= set(docs):
             raise BadInput("the attribution needs a canonical and a native sweep")
@@ -128,8 +130,9 @@ def main(argv=None) -> int:
     except lifeline.Interrupted as exc:
         print(f"attribute: {exc}; every finished sweep's folder is complete", file=sys.stderr)
         return exc.exit_status
-    text = attribution.markdown(result, {m: str(f) for m, f in folders.items()})
-    results.write_json(out / "attribution.json", {**result, "sweeps": {m: str(f) for m, f in folders.items()}})
+    sweeps = {m: ", ".join(map(str, f)) for m, f in folders.items()}
+    text = attribution.markdown(result, sweeps)
+    results.write_json(out / "attribution.json", {**result, "sweeps": sweeps})
     results.write_atomic(out / "attribution.md", text)
     print(text)
     print(f"attribution: {out}")
