@@ -23,9 +23,6 @@ class NativeBatchNorm:
     epsilon: float
     running_variance: str
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def semantics(spec: ModelSpec, native: NativeBatchNorm, mode: str) -> ModelSpec:
     """`spec` with every BatchNorm node's momentum, epsilon and running-variance estimator as `mode` asks:
