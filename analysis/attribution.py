@@ -81,7 +81,9 @@ def attribute(docs: dict, departures: dict, rules: dict) -> dict:
                     tests.append(row["alone"][mode])
             effects = [e["mean_diff"] for e in row["alone"].values() if e["mean_diff"] is not None]
             gap = row["gap"]["mean_diff"]
-            row["remainder"] = None if gap is None else gap - sum(effects)
+            unmeasured = [m for m in batchnorm.DEPARTURES if _has(departures[name], m) and m not in row["alone"]]
+            row["not_run"] = unmeasured
+            row["remainder"] = None if gap is None else gap - sum(effects)  # includes the unmeasured departures
             rows[name] = row
         for test, adjusted in zip(tests, sweep.holm([t["p"] for t in tests])):
             test["p_adjusted"] = adjusted
@@ -107,6 +109,8 @@ def _cell(test: dict | None, has: bool = True) -> str:
         return f"- ({test['note']})"
     ci = test["ci95"]
     mark = "**" if test["significant"] else ""
+    if test["t"] is None:  # no variance over the seeds (deterministic): the note says so
+        return f"{test['mean_diff']:+.4f} ({test['note']})"
     text = f"{mark}{test['mean_diff']:+.4f}{mark} [{ci[0]:+.4f}, {ci[1]:+.4f}], p {sweep._f(test['p_adjusted'], '.2g')}"
     if not test["significant"] and test["mdd"] is not None:
         text += f", detectable ≥ {test['mdd']:.4f}"
@@ -132,6 +136,7 @@ def markdown(result: dict, folders: dict) -> str:
             lines.append(f"| {name} | {words} | {sweep._f(row['canonical'], '.4f')} | {sweep._f(row['native'], '.4f')} "
                          f"| {_cell(row['gap'])} | "
                          + " | ".join(_cell(row['alone'].get(m), _has(result['departures'][name], m)) for m in modes)
-                         + f" | {sweep._f(row['remainder'], '+.4f')} |")
+                         + f" | {sweep._f(row['remainder'], '+.4f')}"
+                         + (f" (includes {', '.join(row['not_run'])}, not run)" if row["not_run"] else "") + " |")
         lines.append("")
     return "\n".join(lines)
