@@ -225,4 +225,5 @@ def test_a_native_layer_that_is_not_what_its_row_declares_fails_at_step_1(zoo, t
                           "--batchnorm", "native", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     failure = report["libraries"]["pytorch"]["first_failure"]
-    assert (failure["step"], failure["what"], failure["tensor"]) == (1, "running statistics", "batchnormalization2.var")
+    # biased against unbiased: n / (n - 1), first beyond the tolerance at the 8x8 BatchNorm (8,192 values per channel)
+    assert (failure["step"], failure["what"], failure["tensor"]) == (1, "running statistics", "batchnormalization8.var")
