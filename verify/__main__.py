@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from envs import reexec_in_main
+from spec import batchnorm
 from workers.status import ExitCode
 
 EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
@@ -80,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--optimizer", choices=("canonical", "native"), default="canonical",
                     help="canonical: all must match; native: each library's own RMSprop (its API's default in "
                          "the version installed): show where it departs")
-    st.add_argument("--batchnorm", choices=("canonical", "native", "momentum", "epsilon", "running-variance"),
+    st.add_argument("--batchnorm", choices=batchnorm.MODES,
                     default="canonical",
                     help="BatchNorm semantics each library trains (as cli.train --batchnorm); the reference takes the "
                          "same ones, so native passes only where a library does what its native row declares "

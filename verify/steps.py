@@ -105,15 +105,14 @@ def float32_envelopes(spec, arrays: tuple, batches: list, optimizer: dict, polic
         before = {n: v.copy() for n, v in ref64.params.items()}
         _, g64, moved64 = ref64.loss_grads_state(x[idx], y[idx])
         _, g32, moved32 = ref32.loss_grads_state(x[idx], y[idx])
-        floor = policy["zero_floor"] * _global_norm(g64.values())
-        floors = _floors(g64, policy)
+        zero, floors = _zero_gradients(g64, policy), _floors(g64, policy)
         ref64.rmsprop_step(g64, state64, optimizer["lr"], optimizer["rho"], optimizer["eps"])
         ref32.rmsprop_step(g32, state32, optimizer["lr"], optimizer["rho"], optimizer["eps"])
         # a tensor whose gradient is zero but for rounding has no update envelope: RMSprop scales its rounding noise
         # to lr-sized updates in both; its update is judged against RMSprop of the library's own gradient (judge)
         step = {n: {"grad": _rel_l2(g32[n], g64[n], floors[n]),
                     "update": _rel_l2(ref32.params[n] - before[n], ref64.params[n] - before[n])
-                    if np.linalg.norm(g64[n]) >= floor else 0.0} for n in names}
+                    if n not in zero else 0.0} for n in names}
         step.update({n: {"state": _rel_l2(moved32[n] - before[n], moved64[n] - before[n])} for n in state_names})
         ref64.params.update(moved64)
         found.append(step)
@@ -176,13 +175,13 @@ def judge(spec, tensors: dict, arrays: tuple, batches: list, optimizer: dict, po
             declared_rmsprop(declared_params, own, declared_state, declared)
         after = {n: tensors[f"param/{k}/{n}"].astype(np.float64) for n in names + state_names}
         want = clipped(grads, clip)
-        floor = policy["zero_floor"] * _global_norm(want.values())
+        zero = _zero_gradients(want, policy)
         # a tensor whose reference gradient is zero but for rounding: RMSprop scales the library's rounding noise
         # up to updates of its own, so its update is judged as canonical RMSprop of the library's own gradient
         own_params = {n: before[n] for n in names}
         declared_rmsprop(own_params, {n: g.astype(np.float64) for n, g in got_grads.items()}, own_state,
                          canonical_rmsprop)
-        canonical = {n: own_params[n] if np.linalg.norm(want[n]) < floor else ref.params[n] for n in names}
+        canonical = {n: own_params[n] if n in zero else ref.params[n] for n in names}
         rows = _rows(names, got_grads, want, before, after, canonical, declared_params, _floors(want, policy))
         rows += [{"tensor": n, "state_rel_l2": _rel_l2(after[n] - before[n], moved[n] - before[n])} for n in state_names]
         if envelopes:
@@ -207,13 +206,19 @@ def _parameter_names(spec) -> tuple:
     return names, state
 
 
+def _zero_gradients(grads: dict, policy: dict) -> set:
+    """The tensors whose reference gradient is below zero_floor of the step's global gradient norm: zero but for
+    rounding (a convolution's bias before BatchNorm: a float32 sum of up to 131,072 values per channel that cancels
+    to zero)."""
+    floor = policy["zero_floor"] * _global_norm(grads.values())
+    return {n for n, g in grads.items() if np.linalg.norm(g) < floor}
+
+
 def _floors(grads: dict, policy: dict) -> dict:
     """{tensor: the least denominator of its gradient's relative difference}: zero_floor of the step's global
-    gradient norm; for a tensor whose reference gradient is below that, zero but for rounding (a convolution's bias
-    before BatchNorm: a float32 sum of up to 131,072 values per channel that cancels to zero), zero_scale of it."""
-    total = _global_norm(grads.values())
-    floor = policy["zero_floor"] * total
-    return {n: policy["zero_scale"] * total if np.linalg.norm(g) < floor else floor for n, g in grads.items()}
+    gradient norm, or zero_scale of it for a gradient that is zero but for rounding (_zero_gradients)."""
+    total, zero = _global_norm(grads.values()), _zero_gradients(grads, policy)
+    return {n: policy["zero_scale" if n in zero else "zero_floor"] * total for n in grads}
 
 
 def _rows(names, got_grads, want_grads, before, after, canonical, declared, floors: dict) -> list:
