@@ -86,6 +86,7 @@ def make(plan, outcome, folder: Path, more_modes: dict | None = None) -> tuple:
     """(results document, Markdown) of the plan's mode (from MODES or `more_modes`); an interrupted run's say
     what is missing and how to finish it."""
     run, text = {**MODES, **(more_modes or {})}[plan.mode](plan, outcome, folder)
+    text += "\n".join(["", *report.judge_lines(outcome.runs)]) + "\n"
     if outcome.interrupted is not None:
         signal = outcome.interrupted.signal_name
         run.interrupted = Interruption(signal, outcome.missing)

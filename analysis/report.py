@@ -186,6 +186,32 @@ def markdown(run: TrainingResults) -> str:
     return "\n".join(lines) + "\n"
 
 
+def judge_lines(runs: dict) -> list:
+    """The judge's section: onnxruntime's evaluation of each trained model beside the library's own; a table for one
+    run, the count and every exception for several ({run key: {name: row}})."""
+    judged = [(key, name, row.judge) for key, rows in runs.items() for name, row in rows.items() if row.judge]
+    if not judged:
+        return []
+    lines = ["The judge: onnxruntime evaluates each library's trained model (models/<library>.onnx, the canonical "
+             "graph with its trained parameters and BatchNorm statistics) on the same validation images with the "
+             "canonical loss; a library whose own last evaluation differs beyond float noise is flagged.", ""]
+    if len(runs) == 1:
+        lines += ["| library | own val loss | judge val loss | own val acc | judge val acc | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for _, name, j in judged:
+            own = runs[next(iter(runs))][name].record.epochs[-1]
+            verdict = j.verdict if j.verdict == "agrees" else f"**{j.verdict.upper()}**: {j.reason}"
+            lines.append(f"| {name} | {own.val_loss:.4f} | {_fmt(j.val_loss, '.4f')} | {own.val_acc:.3f} "
+                         f"| {_fmt(j.val_acc, '.3f')} | {verdict} |")
+        return lines
+    agree = sum(j.verdict == "agrees" for _, _, j in judged)
+    lines.append(f"Own evaluation agrees with the judge in {agree} of {len(judged)} trained models"
+                 + ("." if agree == len(judged) else ":"))
+    lines += [f"- {name} ({key}): **{j.verdict.upper()}** — {j.reason}" for key, name, j in judged
+              if j.verdict != "agrees"]
+    return lines
+
+
 def plots(run: TrainingResults, folder: Path) -> list:
     import matplotlib
     import matplotlib.ticker

@@ -56,7 +56,8 @@ class Trainer(Protocol):
         the plain loop so that the overhead ratio compares like with like."""
 
     def train(self, spec, data, config: dict, report) -> None:
-        """Identical epochs in the library's own idiom; see trainers/__init__.py for data, config, report."""
+        """Identical epochs in the library's own idiom, ending with report.trained(every parameter as trained, canonical
+        layout); see trainers/__init__.py for data, config, report."""
 
 
 BUILDER_FUNCTIONS = ("versions", "build", "layer_outputs", "to_native", "to_canonical")

@@ -209,10 +209,30 @@ def benchmark_report(plan, outcome, folder: Path) -> tuple:
     return run, "\n".join(report.heading(run) + bench.markdown(doc)) + "\n"
 
 
+def judge_models(plan: planning.Plan, outcome, folder: Path) -> None:
+    """Each finished row's trained model evaluated by onnxruntime beside the library's own last evaluation."""
+    from spec.training import ends_in_logits
+    from verify import judge
+    from workers.records import Judgement
+
+    rules, x_val, y_val = judge.policy(), plan.arrays[2], plan.arrays[3]
+    for rows in outcome.runs.values():
+        for row in rows.values():
+            if row.status != "ok" or not row.record.epochs:
+                continue
+            if row.model is None:
+                row.judge = Judgement("no model", "the trained model could not be written (see the run's stderr)")
+                continue
+            last = row.record.epochs[-1]
+            row.judge = judge.judge(folder / row.model, plan.spec, x_val, y_val, last.val_loss, last.val_acc,
+                                    ends_in_logits(plan.spec), rules)
+
+
 def finish(plan: planning.Plan, folder: Path, outcome) -> tuple:
     """Write the report of the dispatched rows; (exit status, folder)."""
     from analysis import modes
 
+    judge_models(plan, outcome, folder)
     run, text = modes.make(plan, outcome, folder, {"benchmark": benchmark_report})
     results.write_json(folder / "results.json", run.to_json())
     results.write_atomic(folder / "results.md", text)

@@ -13,7 +13,8 @@ Each trainer module defines:
                 dump_steps (optional, default 0): call report.step_tensors for the first dump_steps steps,
                 options: the fast path's builder options (builders.FAST_PATHS; {} for the library itself)
         report  trainers.worker.Reporter: report.optimizer(...) once, report.step(...) per optimizer
-                step, report.epoch(...) per epoch (see its docstrings)
+                step, report.epoch(...) per epoch, report.trained(...) once at the end (every parameter and
+                BatchNorm statistic as trained, canonical layout: the worker writes the trained model from it)
 The model comes from the library's builder (builders.<lib>.build); the loss is the canonical mean
 categorical cross-entropy -mean(log(clip(p_y, LOSS_CLIP, 1 - LOSS_CLIP))) on the softmax output (spec.training).
 """

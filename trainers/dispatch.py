@@ -13,6 +13,9 @@ from pathlib import Path
 from trainers.plan import BadInput, Plan
 from workers import lifeline, results
 from workers.records import PlainRow, TrainingRow
+from workers.training import TRAINED
+
+MODELS = "models"  # the results folder's trained models, <library>[.<run>].onnx
 
 
 def check_out(out) -> None:
@@ -169,13 +172,38 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
     else:
         finished = run_local(todo, plan.threads, o.timeout, folder)
     for job, raw in finished:
+        trained = raw.pop(TRAINED, None)
         row = typed_row(job, raw)
+        if trained is not None and row.status == "ok":
+            row.model = write_model(folder, job, trained)
         ledger.save(job, row)
         outcome.add(job, row)
         if row.status != "ok":
             print(f"{job.label}: {row.status} — {row.reason}", file=sys.stderr)
     if measure:
         outcome.peaks.append(measure())
+
+
+def write_model(folder: Path, job, files: dict) -> str | None:
+    """The job's trained model (the worker's ModelSpec files) as ONNX in the results folder; its path there, or None
+    with a line on stderr when it cannot be written."""
+    from spec import onnx_export
+    from spec.ir import ModelSpec
+
+    name = f"{job.library}.{job.tag.replace(' ', '')}" if job.tag else job.library
+    path = folder / MODELS / f"{name}.onnx"
+    try:
+        with tempfile.TemporaryDirectory(prefix="trained-") as tmp:
+            for file, data in files.items():
+                (Path(tmp) / Path(file).name).write_bytes(data)
+            spec = ModelSpec.load(Path(tmp))
+        model = onnx_export.to_onnx(spec, name=name, doc=f"{spec.source or 'model'} as {job.label} trained it")
+        path.parent.mkdir(exist_ok=True)
+        results.write_atomic(path, model.SerializeToString())
+    except Exception as exc:  # noqa: BLE001  the training itself finished: keep its row, say why there is no model
+        print(f"{job.label}: trained model not written ({type(exc).__name__}: {exc})".splitlines()[0], file=sys.stderr)
+        return None
+    return f"{MODELS}/{path.name}"
 
 
 def typed_row(job, raw: dict):

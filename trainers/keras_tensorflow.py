@@ -215,3 +215,7 @@ def train(spec, data, config, report):
         eval_s = time.perf_counter() - started
         report.epoch(epoch, train_s, history.history["loss"][-1], history.history["accuracy"][-1], eval_s,
                      val["loss"], val["accuracy"])
+    if hasattr(model, "jax_state_sync"):  # JAX's fit carries the values outside the variables until synced
+        model.jax_state_sync()
+    report.trained(_canonical_tensors(spec, {key: keras.ops.convert_to_numpy(variable)
+                                             for key, variable in builder.parameters(model, spec).items()}))

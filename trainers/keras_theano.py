@@ -248,3 +248,7 @@ def train(spec, data, config, report):
         eval_s = time.perf_counter() - started
         logs = history.history
         report.epoch(epoch, train_s, logs["loss"][-1], logs["accuracy"][-1], eval_s, val_loss, val_acc)
+    from keras import backend as K
+
+    report.trained(_canonical(spec, {(node.name, param): K.get_value(variable) for node in spec.parametric()
+                                     for param, variable in builder.native_parameters(model, node).items()}))

@@ -172,3 +172,10 @@ def train(spec, data, config, report) -> None:
         eval_s = time.perf_counter() - started
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,
                      val_loss / len(y_val), val_correct / len(y_val))
+    report.trained(trained(spec, model))
+
+
+def trained(spec, model) -> dict:
+    """Every parameter and BatchNorm statistic of the model, canonical layout."""
+    return {f"{node.name}.{param}": builder.to_canonical(spec, node, param, tensor.detach().numpy().copy())
+            for node in spec.parametric() for param, tensor in builder.native_parameters(model, node).items()}

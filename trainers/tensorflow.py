@@ -157,3 +157,4 @@ def train(spec, data, config, report) -> None:
         val_loss, val_acc = tf_shared.evaluate(tf, eval_step, x_val, data.y_val, batch_size)
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, time.perf_counter() - started,
                      val_loss, val_acc)
+    report.trained(_canonical_tensors(spec, keys + list(state), [v.numpy() for v in variables + list(state.values())]))

@@ -142,3 +142,4 @@ def train(spec, data, config, report) -> None:
         val_loss, val_acc = tf_shared.evaluate(tf, eval_step, x_val, data.y_val, batch_size)
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, time.perf_counter() - started,
                      val_loss, val_acc)
+    report.trained({key: convert(weight.numpy()) for weight, key, convert in _canonical_params(spec, model, False)})

@@ -277,3 +277,6 @@ def train(spec, data, config, report) -> None:
             eval_s = time.perf_counter() - started
             report.epoch(epoch, train_s, callback.loss_sum / callback.seen, callback.correct / callback.seen,
                          eval_s, val_loss / len(x_val), val_correct / len(x_val))
+    everything = _canonical_params(spec, built) + _canonical_params(spec, built, trainable=False)
+    values = session.run([variable for variable, _, _ in everything])
+    report.trained({key: convert(value) for value, (_, key, convert) in zip(values, everything)})

@@ -7,6 +7,7 @@ non-finite loss, FAILED on any other failure, BAD_INPUT on bad arguments.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import sys
@@ -21,7 +22,7 @@ from spec import batchnorm
 from spec.training import TrainingData, load_job  # noqa: F401 - TrainingData: what train() is handed
 from trainers import LIBRARIES
 from workers import ExitCode, lifeline, results
-from workers.training import event_line, result_path, tensors_path
+from workers.training import event_line, result_path, tensors_path, trained_path
 
 
 class NonFiniteLoss(RuntimeError):
@@ -33,6 +34,7 @@ class Reporter:
         self.stream = stream or sys.stdout
         self.record = {"optimizer": None, "steps": [], "epochs": []}
         self.tensors = {}  # "grad/<step>/<param>" and "param/<step>/<param>" -> float32, canonical layout
+        self.trained_params = {}  # "<node>.<param>" -> float32, canonical layout, after the last epoch
 
     def _emit(self, event: dict) -> None:
         self.stream.write(event_line(event))
@@ -62,6 +64,11 @@ class Reporter:
             for name, value in tensors.items():
                 self.tensors[f"{kind}/{step}/{name}"] = np.asarray(value, dtype=np.float32)
 
+    def trained(self, params: dict) -> None:
+        """After the last epoch: every parameter of the model as trained, BatchNorm's running statistics included,
+        keyed "<node>.<param>", canonical layout; the worker writes the trained model (spec.onnx_export) from it."""
+        self.trained_params = {name: np.asarray(value, dtype=np.float32) for name, value in params.items()}
+
     def epoch(self, epoch: int, train_s: float, train_loss: float, train_acc: float, eval_s: float,
               val_loss: float, val_acc: float) -> None:
         """One epoch: wall time of its training steps alone, training loss/accuracy as the library
@@ -72,6 +79,17 @@ class Reporter:
         self._emit({"type": "epoch", **row})
         if not math.isfinite(row["train_loss"]):
             raise NonFiniteLoss(f"training loss became {row['train_loss']} in epoch {epoch + 1}")
+
+
+def trained_spec(spec, params: dict, library: str):
+    """The spec the library trained (its BatchNorm semantics, its epsilon included) holding the trained parameters;
+    every parameter must be there, in its canonical shape."""
+    missing = sorted(set(spec.weights) - set(params))
+    wrong = sorted(k for k in set(spec.weights) & set(params) if params[k].shape != spec.weights[k].shape)
+    if missing or wrong or set(params) - set(spec.weights):
+        raise RuntimeError(f"{library} reported trained parameters that are not the model's: missing {missing[:3]}, "
+                           f"shapes differ {wrong[:3]}, unknown {sorted(set(params) - set(spec.weights))[:3]}")
+    return dataclasses.replace(spec, weights=dict(params))
 
 
 def peak_rss_mib() -> float:
@@ -97,6 +115,7 @@ def main(argv=None) -> int:
         builder = importlib.import_module(LIBRARIES[base][0].replace("trainers.", "builders."))
         spec = batchnorm.semantics(spec, builder.NATIVE_BATCHNORM, config.get("batchnorm", "canonical"))
         module.train(spec, data, {**config, "options": options}, reporter)
+        trained = trained_spec(spec, reporter.trained_params, library)
         record = {**reporter.record, "versions": builder.versions(**options), "wall_s": time.perf_counter() - started,
                   "python": sys.version.split()[0], "peak_rss_mib": peak_rss_mib()}
     except NonFiniteLoss as exc:
@@ -106,6 +125,8 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return ExitCode.FAILED
+    trained_path(job, library).mkdir(exist_ok=True)
+    trained.save(trained_path(job, library))
     if reporter.tensors:
         with results.atomic_file(tensors_path(job, library)) as handle:
             np.savez(handle, **reporter.tensors)

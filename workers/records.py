@@ -178,6 +178,27 @@ class Summary(Typed):
     val_acc: float | None
 
 
+JUDGE_VERDICTS = ("agrees", "differs", "no model", "failed")
+
+
+@dataclass
+class Judgement(Typed):
+    """onnxruntime's evaluation of a library's trained model (models/<name>.onnx) on the validation images, beside
+    the library's own last evaluation (verify.judge)."""
+    verdict: str  # agrees | differs (the library's own evaluation is not the model's) | no model | failed
+    reason: str = ""
+    val_loss: float | None = field(default=None, metadata=OMIT_NONE)
+    val_acc: float | None = field(default=None, metadata=OMIT_NONE)
+    loss_diff: float | None = field(default=None, metadata=OMIT_NONE)  # the library's own minus the judge's
+    acc_diff: float | None = field(default=None, metadata=OMIT_NONE)
+    loss_tolerance: float | None = field(default=None, metadata=OMIT_NONE)
+    acc_tolerance: float | None = field(default=None, metadata=OMIT_NONE)  # near ties / images, see verify.judge
+    near_ties: int | None = field(default=None, metadata=OMIT_NONE)
+
+    def __post_init__(self):
+        _one_of(self.verdict, JUDGE_VERDICTS, "verdict")
+
+
 @dataclass
 class TrainingRow(Typed):
     """One library's training job: how it ended, why, and what its worker reported."""
@@ -188,6 +209,8 @@ class TrainingRow(Typed):
     executor: Executor | None = field(default=None, metadata=OMIT_NONE)
     summary: Summary | None = field(default=None, metadata=OMIT_NONE)
     departures: list[str] | None = field(default=None, metadata=OMIT_NONE)
+    model: str | None = field(default=None, metadata=OMIT_NONE)  # the trained model as ONNX, in the results folder
+    judge: Judgement | None = field(default=None, metadata=OMIT_NONE)
 
     def __post_init__(self):
         _one_of(self.status, TRAINING_STATUSES, "status")
@@ -324,5 +347,5 @@ class VerifyReport(Typed):
     envelope: dict | None = field(default=None, metadata=OMIT_NONE)  # how each node's bound was set
 
 
-SCHEMA = (TrainingResults, TrainingRow, Record, Optimizer, Step, Epoch, Executor, Summary, PlainRow, Interruption,
+SCHEMA = (TrainingResults, TrainingRow, Record, Optimizer, Step, Epoch, Executor, Summary, Judgement, PlainRow, Interruption,
           VerifyReport, VerifyRow, OutputStats, Divergence, LayerError)

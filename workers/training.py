@@ -1,6 +1,7 @@
 """The training worker's protocol, both sides of it: `python -m trainers.worker LIBRARY JOB_DIR` streams
 events to stdout as lines EVENT_PREFIX + JSON and leaves its record in result_path (and, when asked, the
-step tensors in tensors_path); train_one runs it and turns all that into a row.
+step tensors in tensors_path) and the trained model in trained_path; train_one runs it and turns all that into a
+row (the trained model's files under TRAINED, for the orchestrator to write out as ONNX).
 
 Whatever happens to the worker (crash, signal, hang, non-finite loss), the row keeps every step and epoch
 the worker reported and says why it stopped.
@@ -30,6 +31,15 @@ def tensors_path(job: Path, library: str) -> Path:
     return job / f"{library}.steps.npz"
 
 
+def trained_path(job: Path, library: str) -> Path:
+    """The folder (ModelSpec.save: model.json, weights.npz) of the model as `library` trained it."""
+    return job / f"{library}.trained"
+
+
+TRAINED_FILES = ("model.json", "weights.npz")
+TRAINED = "trained"  # the row's {file name: bytes} of the trained model, taken out before the row is stored
+
+
 def empty_record() -> dict:
     return {"optimizer": None, "steps": [], "epochs": []}
 
@@ -49,12 +59,15 @@ def train_one(library: str, env: str, job: Path, steps_total: int, threads: int,
                 _record_event(record, json.loads(line[len(EVENT_PREFIX):]), bar)
 
         outcome = spawn.run(MODULE, [library, job], env, timeout, log, on_line, threads)
+    trained = None
     if outcome.status == Status.OK:
         try:
             record = _read_record(result_path(job, library))
+            trained = {name: (trained_path(job, library) / name).read_bytes() for name in TRAINED_FILES}
         except (ValueError, OSError) as exc:  # the events streamed so far stay in the row
             outcome = outcome.malformed(exc)
-    return {"status": outcome.status, "reason": outcome.reason, "record": record, "wall_s": outcome.wall_s}
+    row = {"status": outcome.status, "reason": outcome.reason, "record": record, "wall_s": outcome.wall_s}
+    return row if trained is None else {**row, TRAINED: trained}
 
 
 def _record_event(record: dict, event: dict, bar) -> None:

@@ -326,3 +326,15 @@ def _augment_ignored(library):
 
 TRAINING_FAULTS["native-layer-biased"] = _native_layer_biased
 TRAINING_FAULTS["augment-ignored"] = _augment_ignored
+
+
+def _eval_dropout_on(library):
+    # the library evaluates with its model still in training mode: dropout (and batch statistics) left on
+    assert library == "pytorch", "this fault is written for the PyTorch trainer"
+
+    def leave_training_mode(data, config):  # in the training worker only: the gate verifies the honest build
+        importlib.import_module("torch.nn").Module.eval = lambda self: self
+    _patch_load_job(library, leave_training_mode)
+
+
+TRAINING_FAULTS["eval-dropout-on"] = _eval_dropout_on
