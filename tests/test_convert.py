@@ -1,0 +1,127 @@
+"""Models brought as a Keras file, a TensorFlow SavedModel or a torch.export program (spec/convert.py): the real
+converters run, the converted file imports and the float64 reference reproduces onnxruntime on it node by node;
+files that cannot be loaded safely or converted are refused in one line."""
+import zipfile
+
+import onnx
+import pytest
+
+from spec import convert
+from spec.onnx_import import ModelError
+from tests import model_zoo
+from tests.conftest import SEED_MODEL
+from tests.test_exporters import _reference_agrees_with_onnxruntime
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict:
+    """One model of each kind, written once: kind -> path."""
+    folder = tmp_path_factory.mktemp("sources")
+    return {"keras": model_zoo.keras_file(folder / "cnn.keras"),
+            "saved_model": model_zoo.saved_model(folder / "cnn_savedmodel"),
+            "pt2": model_zoo.torch_pt2(folder / "cnn.pt2")}
+
+
+@pytest.mark.parametrize("kind,converter,layout", [("keras", "tf2onnx", "NHWC"), ("saved_model", "tf2onnx", "NHWC"),
+                                                   ("pt2", "torch.onnx.export", "NCHW")])
+def test_each_kind_converts_and_the_reference_agrees_with_onnxruntime(sources, tmp_path, kind, converter, layout):
+    source = sources[kind]
+    assert convert.kind(source) == kind
+    done = convert.to_onnx(source, tmp_path / "m.onnx")
+    assert done.converted and done.onnx_path == tmp_path / "m.onnx" and converter in done.converter
+    assert done.note == ""  # every builder saves a dynamic batch
+    spec = _reference_agrees_with_onnxruntime(done.onnx_path)
+    assert spec.input_layout == layout and spec.input_shape == (3, 32, 32) and spec.output().output_shape == (10,)
+    props = {p.key: p.value for p in onnx.load(str(done.onnx_path)).metadata_props}
+    assert props[convert.SOURCE_KEY] == str(source.resolve()) and props[convert.CONVERTER_KEY] == done.converter
+
+
+def test_an_onnx_file_passes_through_untouched(tmp_path):
+    done = convert.to_onnx(SEED_MODEL, tmp_path / "unused.onnx")
+    assert not done.converted and done.onnx_path == SEED_MODEL and not (tmp_path / "unused.onnx").exists()
+
+
+def test_a_conversion_replaces_only_its_own_earlier_file(sources, tmp_path):
+    target = tmp_path / "m.onnx"
+    convert.to_onnx(sources["pt2"], target)
+    convert.to_onnx(sources["pt2"], target)  # the same model again: replaced
+    with pytest.raises(ModelError, match="is not a conversion of"):
+        convert.to_onnx(sources["keras"], target)
+    other = tmp_path / "mine.onnx"
+    other.write_bytes(SEED_MODEL.read_bytes())
+    with pytest.raises(ModelError, match="not replaced"):
+        convert.to_onnx(sources["pt2"], other)
+    assert other.read_bytes() == SEED_MODEL.read_bytes()
+
+
+def _refused(path, *fragments):
+    with pytest.raises(ModelError) as caught:
+        convert.to_onnx(path, path.parent / "out.onnx")
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert not (path.parent / "out.onnx").exists()
+    return message
+
+
+def test_unknown_kinds_and_missing_paths_are_refused_naming_what_is_accepted(tmp_path):
+    (tmp_path / "m.h5").write_bytes(b"\x89HDF\r\n")
+    _refused(tmp_path / "m.h5", ".keras", "SavedModel", ".pt2", ".onnx")
+    (tmp_path / "empty").mkdir()
+    _refused(tmp_path / "empty", "without saved_model.pb")
+    _refused(tmp_path / "missing.keras", "no such model file or folder")
+
+
+def test_a_corrupt_keras_file_is_refused_in_keras_words(tmp_path):
+    path = tmp_path / "corrupt.keras"
+    path.write_bytes(bytes(range(256)) * 8)
+    _refused(path, "not a zip archive, so not a Keras file")
+    with zipfile.ZipFile(path, "w") as archive:  # a zip, but not what Keras writes
+        archive.writestr("config.json", "{not json")
+    _refused(path, "Keras (safe mode) cannot load it")
+
+
+def test_a_keras_lambda_is_refused_by_safe_mode(tmp_path):
+    _refused(model_zoo.keras_lambda_file(tmp_path / "lambda.keras"), "Keras (safe mode) cannot load it", "Lambda")
+
+
+def test_a_pt2_that_is_not_a_zip_is_refused(tmp_path):
+    path = tmp_path / "random.pt2"
+    path.write_bytes(b"PK not really" * 50)
+    _refused(path, "not a zip archive")
+
+
+class _Marker:
+    """Pickled, it would create the file `path` when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pt2_whose_sample_inputs_would_run_code_is_refused_without_running_it(sources, tmp_path):
+    """torch 2.13 reads a .pt2's sample inputs with weights_only=True and, when that fails, again with
+    weights_only=False: a pickle planted there runs (the control). spec.convert refuses it, and the code did not run."""
+    import io
+
+    import torch
+
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted.pt2"
+    buffer = io.BytesIO()
+    torch.save(_Marker(marker), buffer)
+    with zipfile.ZipFile(sources["pt2"]) as original, zipfile.ZipFile(planted, "w") as copy:
+        names = original.namelist()
+        assert any(n.endswith("data/sample_inputs/model.pt") for n in names), names
+        for name in names:
+            copy.writestr(name, buffer.getvalue() if name.endswith("data/sample_inputs/model.pt") else
+                          original.read(name))
+    with pytest.raises(Exception):  # noqa: B017 - control: torch.export.load as it is runs the planted code
+        torch.export.load(str(planted))
+    assert marker.exists()
+    marker.unlink()
+    _refused(planted, "cannot load it safely", "weights-only loading refuses")
+    assert not marker.exists()
