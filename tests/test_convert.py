@@ -1,6 +1,7 @@
 """Models brought as a Keras file, a TensorFlow SavedModel or a torch.export program (spec/convert.py): the real
 converters run, the converted file imports and the float64 reference reproduces onnxruntime on it node by node;
 files that cannot be loaded safely or converted are refused in one line."""
+import json
 import zipfile
 
 import onnx
@@ -9,7 +10,7 @@ import pytest
 from spec import convert
 from spec.onnx_import import ModelError
 from tests import model_zoo
-from tests.conftest import SEED_MODEL
+from tests.conftest import SEED_MODEL, assert_one_line_error, run_cli
 from tests.test_exporters import _reference_agrees_with_onnxruntime
 
 
@@ -125,3 +126,31 @@ def test_a_pt2_whose_sample_inputs_would_run_code_is_refused_without_running_it(
     marker.unlink()
     _refused(planted, "cannot load it safely", "weights-only loading refuses")
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_verify_equivalence_takes_a_keras_file(sources, tmp_path):
+    out, report = tmp_path / "converted.onnx", tmp_path / "r.json"
+    proc = run_cli("verify", "equivalence", "--model", sources["keras"], "--libraries", "pytorch,tensorflow",
+                   "--converted", out, "--json", report)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"converted {sources['keras']} with Keras" in proc.stderr and f"-> {out}" in proc.stderr
+    assert "2/2 libraries match onnxruntime" in proc.stdout
+    doc = json.loads(report.read_text())
+    assert doc["model"] == str(out) and doc["converted"]["source"] == str(sources["keras"])
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("make,named", [
+    (lambda p: p.with_suffix(".keras").write_bytes(bytes(range(256)) * 8) and p.with_suffix(".keras"),
+     "not a zip archive, so not a Keras file"),
+    (lambda p: model_zoo.keras_lambda_file(p.with_suffix(".keras")), "Lambda"),
+    (lambda p: p.with_suffix(".pt2").write_bytes(b"not a zip") and p.with_suffix(".pt2"), "not a zip archive"),
+    (lambda p: p.mkdir() or p, "without saved_model.pb"),
+])
+def test_verify_refuses_an_unusable_model_in_one_line(tmp_path, make, named):
+    source = make(tmp_path / "model")
+    proc = run_cli("verify", "equivalence", "--model", source, "--libraries", "pytorch", "--converted",
+                   tmp_path / "out.onnx")
+    assert_one_line_error(proc, named, str(source))
+    assert not (tmp_path / "out.onnx").exists()

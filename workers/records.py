@@ -322,6 +322,7 @@ class VerifyReport(Typed):
     passed: bool
     build_options: dict = field(default_factory=dict)
     envelope: dict | None = field(default=None, metadata=OMIT_NONE)  # how each node's bound was set
+    converted: dict | None = field(default=None, metadata=OMIT_NONE)  # the model's conversion (spec.convert)
 
 
 SCHEMA = (TrainingResults, TrainingRow, Record, Optimizer, Step, Epoch, Executor, Summary, PlainRow, Interruption,
