@@ -10,8 +10,9 @@ import pytest
 from spec import convert
 from spec.onnx_import import ModelError
 from tests import model_zoo
-from tests.conftest import SEED_MODEL, assert_one_line_error, run_cli
+from tests.conftest import SEED_MODEL, assert_one_line_error, run_cli, run_training
 from tests.test_exporters import _reference_agrees_with_onnxruntime
+from workers.records import TrainingResults, VerifyReport
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,30 @@ def test_verify_refuses_an_unusable_model_in_one_line(tmp_path, make, named):
                    tmp_path / "out.onnx")
     assert_one_line_error(proc, named, str(source))
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_help_says_which_kinds_model_takes():
+    for argv in (("verify", "equivalence", "--help"), ("verify", "steps", "--help"), ("cli.train", "--help")):
+        proc = run_cli(*argv)
+        text = " ".join(proc.stdout.split())
+        assert proc.returncode == 0 and ".keras" in text and "SavedModel" in text and ".pt2" in text, argv
+
+
+@pytest.mark.slow
+def test_cli_train_takes_a_pt2_program_verifies_and_keeps_the_converted_file(sources, tmp_path):
+    """The converted file is made before the results folder, verified by the gate, copied into the folder and
+    named by invocation.json, verification.json and results.json; the file kept is the one verified."""
+    proc, folder, run = run_training(tmp_path, "pytorch", "--model", sources["pt2"], "--epochs", "1",
+                                     "--max-batches", "2", "--no-dropout")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kept = folder / "cnn.onnx"
+    assert f"converted {sources['pt2']} with torch.export.load" in proc.stderr and f"-> {kept}" in proc.stderr
+    assert run["model"] == str(kept) and run["converted"]["source"] == str(sources["pt2"])
+    assert run["libraries"]["pytorch"]["status"] == "ok"
+    verification = json.loads((folder / "verification.json").read_text())
+    assert verification["model"] == str(kept) and verification["libraries"]["pytorch"]["status"] == "pass"
+    invocation = json.loads((folder / "invocation.json").read_text())
+    assert invocation["options"]["model"] == str(sources["pt2"]) and invocation["converted"]["onnx"] == str(kept)
+    assert kept.is_file() and convert.kept(sources["pt2"], kept).converter == run["converted"]["converter"]
+    assert TrainingResults.from_json(run).to_json() == run
+    assert VerifyReport.from_json(verification).to_json() == verification

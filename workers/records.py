@@ -245,6 +245,7 @@ class TrainingResults(Typed):
     plain: dict[str, dict[str, PlainRow]] | None = field(default=None, metadata=OMIT_NONE)
     benchmark: dict | None = field(default=None, metadata=OMIT_NONE)
     interrupted: Interruption | None = field(default=None, metadata=OMIT_NONE)
+    converted: dict | None = field(default=None, metadata=OMIT_NONE)  # a --model converted to ONNX (spec.convert)
 
 
 # --- verification ----------------------------------------------------------------------------------------
