@@ -182,3 +182,15 @@ def test_cli_train_takes_a_pt2_program_verifies_and_keeps_the_converted_file(sou
     assert kept.is_file() and convert.kept(sources["pt2"], kept).converter == run["converted"]["converter"]
     assert TrainingResults.from_json(run).to_json() == run
     assert VerifyReport.from_json(verification).to_json() == verification
+
+
+def test_a_training_plan_converts_into_a_temporary_file_and_a_resumed_one_takes_the_kept_copy(sources, tmp_path):
+    from trainers import plan as planning
+
+    options = planning.TrainOptions(libraries=["pytorch"], model=str(sources["pt2"]))
+    fresh = planning.make(options)
+    assert fresh.conversion.converted and fresh.model_path.parent.name.startswith("xv-convert-")
+    kept = convert.keep(fresh.conversion, tmp_path)
+    assert kept.onnx_path == tmp_path / "cnn.onnx" and kept.onnx_path.read_bytes() == fresh.model_path.read_bytes()
+    resumed = planning.make(options, folder=tmp_path)
+    assert resumed.model_path == kept.onnx_path and resumed.conversion.converter == fresh.conversion.converter
