@@ -307,8 +307,9 @@ def _pt2(path: Path) -> tuple:
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: torch.export.load cannot load it: {_complaint(exc)}") from None
     example = program.example_inputs[0] if program.example_inputs else ()
-    try:
-        onnx_program = torch.onnx.export(program, example, dynamo=True, verbose=False)
+    try:  # optimize=False: torch.onnx's optimizer folds an evaluation-mode BatchNorm into the convolution before
+        # it, and cli.train would then train a plain convolution where the program has a BatchNorm
+        onnx_program = torch.onnx.export(program, example, dynamo=True, verbose=False, optimize=False)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: torch.onnx.export cannot convert it: {_complaint(exc)}") from None
     return onnx_program.model_proto, f"torch.export.load + torch.onnx.export (dynamo) {torch.__version__}"

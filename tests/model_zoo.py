@@ -277,11 +277,12 @@ def saved_model(folder: Path) -> Path:
     return Path(folder)
 
 
-def torch_pt2(path: Path) -> Path:
-    """The torch.nn CNN of torch_export as a torch.export program with a dynamic batch, saved by torch.export.save."""
+def torch_pt2(path: Path, blocks: bool = False) -> Path:
+    """The torch.nn CNN of torch_export (or with `blocks` the blocks net, BatchNorm included) as a torch.export
+    program with a dynamic batch, saved by torch.export.save."""
     import torch
 
-    program = torch.export.export(_torch_cnn(), (torch.zeros(2, 3, 32, 32),),
+    program = torch.export.export(_blocks_cnn() if blocks else _torch_cnn(), (torch.zeros(2, 3, 32, 32),),
                                   dynamic_shapes=({0: torch.export.Dim("N")},))
     torch.export.save(program, str(path))
     return Path(path)

@@ -38,6 +38,14 @@ def test_each_kind_converts_and_the_reference_agrees_with_onnxruntime(sources, t
     assert props[convert.SOURCE_KEY] == str(source.resolve()) and props[convert.CONVERTER_KEY] == done.converter
 
 
+def test_a_pt2_program_keeps_its_batchnorm_layers(tmp_path):
+    """torch.onnx's optimizer would fold each evaluation-mode BatchNorm into its convolution; cli.train must get
+    the BatchNorm layers the program has, to train them as BatchNorm."""
+    done = convert.to_onnx(model_zoo.torch_pt2(tmp_path / "blocks.pt2", blocks=True), tmp_path / "blocks.onnx")
+    spec = _reference_agrees_with_onnxruntime(done.onnx_path)
+    assert [n.kind for n in spec.layers].count("batchnorm") == 4
+
+
 def test_an_onnx_file_passes_through_untouched(tmp_path):
     done = convert.to_onnx(SEED_MODEL, tmp_path / "unused.onnx")
     assert not done.converted and done.onnx_path == SEED_MODEL and not (tmp_path / "unused.onnx").exists()

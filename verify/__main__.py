@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
                          "in ONNX's training mode and its running statistics are judged after every step")
     st.add_argument("--converted", default=None, metavar="PATH", help=CONVERTED_HELP)
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
-    desc.add_argument("model")
+    desc.add_argument("model", help=f"{MODEL_KINDS} (converted into a temporary file)")
     sv = sub.add_parser("survey", help="forward equivalence over many models: one verdict per model and library",
                         description="Run `verify equivalence` on every model given (files or folders of .onnx "
                                     "files) and/or the onnx package's own test models, and print one table: PASS, "
@@ -275,7 +275,9 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "describe":
-            print(describe(import_model(args.model)))
+            from spec.convert import to_temporary
+
+            print(describe(import_model(to_temporary(args.model).onnx_path)))
             return EXIT_PASS
         if args.command == "survey":
             return _survey(args)
