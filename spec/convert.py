@@ -173,6 +173,7 @@ def _complaint(exc: BaseException) -> str:
 def _quiet():
     """Nothing of what the converters print on stdout or stderr, C++ logging included (it writes to the file
     descriptors directly); the verdict on stdout and the one progress or error line stay the project's."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -188,25 +189,42 @@ def _quiet():
             for fd, copy in zip((1, 2), saved):
                 os.dup2(copy, fd)
                 os.close(copy)
+            # as it was (tf2onnx sets 3 on import): the library workers started later keep their own level
+            if level is None:
+                os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+            else:
+                os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
 
 
 # --- Keras and TensorFlow: tf2onnx --------------------------------------------------------------------------
 
 def _tensorflow():
-    """tensorflow and tf2onnx; Keras on its TensorFlow backend (tf2onnx traces TensorFlow functions)."""
-    os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
     import tf2onnx
 
     return tf, tf2onnx
 
 
+def _keras_on_tensorflow():
+    """keras on its TensorFlow backend (tf2onnx traces TensorFlow functions); KERAS_BACKEND is set for the import
+    only, so that the library workers started later choose their own."""
+    backend = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    try:
+        import keras
+    finally:
+        if backend is None:
+            os.environ.pop("KERAS_BACKEND")
+        else:
+            os.environ["KERAS_BACKEND"] = backend
+    return keras
+
+
 def _keras(path: Path) -> tuple:
     if not zipfile.is_zipfile(path):  # Keras would say "File not found"
         raise ModelError(f"{path}: not a zip archive, so not a Keras file (model.save writes .keras files as zips)")
     tf, tf2onnx = _tensorflow()
-    import keras
-
+    keras = _keras_on_tensorflow()
     if keras.backend.backend() != "tensorflow":
         raise ModelError(f"{path}: Keras runs on {keras.backend.backend()} in this process; tf2onnx needs TensorFlow")
     try:  # safe mode: a Lambda's Python code or an unregistered class is refused, not run

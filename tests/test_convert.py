@@ -2,6 +2,7 @@
 converters run, the converted file imports and the float64 reference reproduces onnxruntime on it node by node;
 files that cannot be loaded safely or converted are refused in one line."""
 import json
+import os
 import zipfile
 
 import onnx
@@ -29,7 +30,9 @@ def sources(tmp_path_factory) -> dict:
 def test_each_kind_converts_and_the_reference_agrees_with_onnxruntime(sources, tmp_path, kind, converter, layout):
     source = sources[kind]
     assert convert.kind(source) == kind
+    before = {k: os.environ.get(k) for k in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
     done = convert.to_onnx(source, tmp_path / "m.onnx")
+    assert {k: os.environ.get(k) for k in before} == before  # the library workers started later choose their own
     assert done.converted and done.onnx_path == tmp_path / "m.onnx" and converter in done.converter
     assert done.note == ""  # every builder saves a dynamic batch
     spec = _reference_agrees_with_onnxruntime(done.onnx_path)
