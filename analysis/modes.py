@@ -31,7 +31,8 @@ def document(plan, outcome) -> TrainingResults:
         shuffled=bool(plan.experiment["shuffle"]), environment=report.environment(plan.threads),
         executor=plan.options.executor, seeds=plan.seeds, runs=outcome.runs,
         fast_paths={n: {"base": FAST_PATHS[n].base, "changes": FAST_PATHS[n].changes}
-                    for n in plan.names if n in FAST_PATHS})
+                    for n in plan.names if n in FAST_PATHS},
+        converted=plan.conversion.to_json() if plan.conversion else None)
 
 
 def single_run(plan, outcome, folder: Path) -> tuple:

@@ -51,9 +51,11 @@ def parser() -> Parser:
                         f"the same model, each verified before it is timed: {', '.join(FAST_PATHS)}), or any of these")
     p.add_argument("--experiment", default="seed-2017", help="experiment name (default seed-2017)")
     p.add_argument("--model", metavar="PATH",
-                   help="ONNX model to train in place of the experiment's: any model `verify equivalence` passes "
-                        "with a 3x32x32 input and 10 classes (a model ending in logits gets the softmax inside "
-                        "the loss; BatchNorm trains in ONNX's training mode); verified before it trains")
+                   help="model to train in place of the experiment's: an ONNX file, or a Keras file (.keras, safe "
+                        "mode), a TensorFlow SavedModel folder or a torch.export program (.pt2), converted to ONNX "
+                        "first and kept in the results folder; any model `verify equivalence` passes with a 3x32x32 "
+                        "input and 10 classes (a model ending in logits gets the softmax inside the loss; BatchNorm "
+                        "trains in ONNX's training mode); verified before it trains")
     p.add_argument("--optimizer", choices=planning.OPTIMIZERS, default="canonical", help="RMSprop mode (default canonical)")
     p.add_argument("--batchnorm", choices=MODES, default="canonical",
                    help="BatchNorm training semantics: canonical = the graph's momentum and epsilon, ONNX's training "
@@ -153,7 +155,7 @@ def prepare(options: TrainOptions, folder: Path | None = None, like: planning.Pl
     """The plan of a new run (or of the run resumed in `folder`), everything checked: options, libraries,
     experiment, model, data, the verification inputs and where results can be written. BadInput otherwise.
     `like`: a plan prepared before on the same experiment and data (they are not loaded and checked again)."""
-    plan = planning.make(options, like)
+    plan = planning.make(options, like, folder)
     if folder is None:
         dispatch.check_out(options.out)
     if options.scheduler:  # an existing cluster: refused before anything is written unless it can run the jobs
@@ -178,8 +180,12 @@ def execute(plan: planning.Plan, folder: Path | None = None, argv: list | None =
         return exc.exit_status, folder
     if folder is None:
         folder = dispatch.new_folder(Path(plan.options.out), plan.folder_name(time.strftime("%Y%m%d-%H%M%S")))
-        results.write_json(folder / INVOCATION, {"options": plan.options.to_json(), "argv": argv})
+        converted = planning.keep_conversion(plan, folder)
+        results.write_json(folder / INVOCATION, {"options": plan.options.to_json(), "argv": argv,
+                                                 **({"converted": converted} if converted else {})})
     if not (folder / gate.VERIFICATION).exists():  # new, or resumed from an interruption during verification
+        if plan.conversion:  # the file verified, kept: the same bytes under the name the results give
+            verified.model, verified.converted = str(plan.model_path), plan.conversion.to_json()
         results.write_json(folder / gate.VERIFICATION, verified.to_json())
     print(f"results folder: {folder}", file=sys.stderr)
     passed, refused = gate.verdicts(verified, plan.names)

@@ -253,6 +253,41 @@ def keras_export(path: Path, opset: int = 13) -> Path:
     return Path(path)
 
 
+def keras_file(path: Path) -> Path:
+    """The Keras model of keras_export saved as a .keras file (for spec.convert)."""
+    _keras_cnn().save(str(path))
+    return Path(path)
+
+
+def keras_lambda_file(path: Path) -> Path:
+    """A .keras file whose config holds a Lambda layer: Python code that safe mode must refuse to load."""
+    import keras
+
+    x = keras.Input((32, 32, 3), name="x")
+    y = keras.layers.Lambda(lambda t: t * 2.0)(x)
+    model = keras.Model(x, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(y)))
+    model.save(str(path))
+    return Path(path)
+
+
+def saved_model(folder: Path) -> Path:
+    """The Keras model of keras_export exported as a TensorFlow SavedModel (model.export; a serving_default
+    signature with a dynamic batch)."""
+    _keras_cnn().export(str(folder), verbose=False)
+    return Path(folder)
+
+
+def torch_pt2(path: Path, blocks: bool = False) -> Path:
+    """The torch.nn CNN of torch_export (or with `blocks` the blocks net, BatchNorm included) as a torch.export
+    program with a dynamic batch, saved by torch.export.save."""
+    import torch
+
+    program = torch.export.export(_blocks_cnn() if blocks else _torch_cnn(), (torch.zeros(2, 3, 32, 32),),
+                                  dynamic_shapes=({0: torch.export.Dim("N")},))
+    torch.export.save(program, str(path))
+    return Path(path)
+
+
 def activations_cnn(path: Path) -> Path:
     """Selu, Softplus, HardSigmoid, HardSwish, Clip (min and max as inputs), Elu after a Gemm; ends in logits
     through LogSoftmax."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from workers.records import Typed
 
 if TYPE_CHECKING:
+    from spec.convert import Converted
     from spec.ir import ModelSpec
 
 OPTIMIZERS = ("canonical", "native")
@@ -32,7 +33,7 @@ class TrainOptions(Typed):
     """Everything a training run is asked to do; the defaults are the train command's."""
     libraries: list[str]
     experiment: str = "seed-2017"
-    model: str | None = None  # an ONNX file in place of the experiment's model
+    model: str | None = None  # a model in place of the experiment's: ONNX, or converted to it (spec.convert)
     optimizer: str = "canonical"
     epochs: int | None = None
     train_images: int | None = None  # the first N training images in place of the experiment's count
@@ -116,6 +117,7 @@ class Plan:
     seeds: list[int]
     runs: list[Run]
     configs: dict[int, dict]  # seed -> spec.training.config_for configuration
+    conversion: Converted | None = None  # how a --model that is not ONNX became model_path (spec.convert)
 
     @property
     def mode(self) -> str:
@@ -153,9 +155,10 @@ class Plan:
         return f"{stamp}-{o.experiment}{model}-{o.optimizer}{bn}{augment}{DROPOUT_SUFFIX[self.dropout]}{suffix}"
 
 
-def make(options: TrainOptions, like: Plan | None = None) -> Plan:
+def make(options: TrainOptions, like: Plan | None = None, folder: Path | None = None) -> Plan:
     """The plan for `options`, or BadInput naming the option, library, experiment, model or data that is wrong.
-    `like`: a plan of the same experiment and data, whose model and data are taken instead of loaded again."""
+    `like`: a plan of the same experiment and data, whose model and data are taken instead of loaded again.
+    `folder`: the results folder of a run resumed, whose kept conversion of the model is the one trained."""
     from builders import select
     from spec import experiments
     from spec import training as harness
@@ -168,12 +171,13 @@ def make(options: TrainOptions, like: Plan | None = None) -> Plan:
     experiment = _experiment(options.experiment)
     if options.train_images:
         experiment = {**experiment, "train_images": options.train_images}
-    model_path = Path(options.model) if options.model else experiments.model_path(experiment)
     same = (options.experiment, options.model, options.data, options.train_images)
     if like is not None and (like.options.experiment, like.options.model, like.options.data,
                              like.options.train_images) == same:
-        spec, arrays = like.spec, like.arrays
+        model_path, conversion, spec, arrays = like.model_path, like.conversion, like.spec, like.arrays
     else:
+        conversion = _conversion(options.model, folder) if options.model else None
+        model_path = conversion.onnx_path if conversion else experiments.model_path(experiment)
         spec, arrays = _model(model_path), _data(options.data, experiment, asked=bool(options.train_images))
     epochs = options.epochs or experiment["epochs"]
     batch_size = options.batch_size or experiment["batch_size"]
@@ -193,7 +197,7 @@ def make(options: TrainOptions, like: Plan | None = None) -> Plan:
     except ValueError as exc:  # --augment for an experiment without an [augment] table
         raise BadInput(f"--augment: {exc}") from None
     return Plan(options, names, experiment, model_path, spec, arrays, epochs, batch_size, threads, options.dropout,
-                seeds, runs, configs)
+                seeds, runs, configs, conversion if conversion and conversion.converted else None)
 
 
 def _experiment(name: str) -> dict:
@@ -207,6 +211,35 @@ def _experiment(name: str) -> dict:
         raise BadInput(f"experiment {name!r} is not one to train (it lacks "
                        f"{', '.join(k for k in TRAINING_KEYS if k not in experiment)})")
     return experiment
+
+
+def _conversion(model: str, folder: Path | None) -> Converted:
+    """The --model as an ONNX file: as it is, converted into a temporary file (kept in the results folder once
+    there is one, `keep_conversion`), or on resuming the conversion kept in `folder`; BadInput when it cannot be."""
+    from spec import convert
+    from spec.onnx_import import ModelError
+
+    try:
+        if convert.kind(model) != "onnx" and folder is not None and (folder / convert.kept_name(model)).is_file():
+            return convert.kept(model, folder / convert.kept_name(model))
+        return convert.to_temporary(model)
+    except ModelError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def keep_conversion(plan: Plan, folder: Path) -> dict | None:
+    """A converted model copied into the new results folder, which the plan then names; said on stderr. The
+    conversion's facts for the results, or None when the model was ONNX already."""
+    import sys
+
+    from spec import convert
+
+    if plan.conversion is None:
+        return None
+    plan.conversion = convert.keep(plan.conversion, folder)
+    plan.model_path = plan.conversion.onnx_path
+    print(plan.conversion.line(), file=sys.stderr)
+    return plan.conversion.to_json()
 
 
 def _model(path: Path):

@@ -43,6 +43,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+MODEL_KINDS = ("an ONNX file, or a model converted to one first: a Keras file (.keras, loaded in safe mode), a "
+               "TensorFlow SavedModel folder or a torch.export program (.pt2)")
+CONVERTED_HELP = ("where the ONNX converted from a .keras, SavedModel or .pt2 --model is written and kept (default: "
+                  "converted/NAME.onnx); an existing file is replaced only if it was converted from the same model")
+
+
 def parser() -> argparse.ArgumentParser:
     from builders import FAST_PATHS, LIBRARIES
 
@@ -52,7 +58,9 @@ def parser() -> argparse.ArgumentParser:
                         description="Import the ONNX model into each library, run the same fixed batch through "
                                     "each and through onnxruntime, and compare every layer's output. Exit 0 when "
                                     "all pass, 1 on any mismatch or failed library, 2 on bad input.")
-    eq.add_argument("--model", default=None, help="ONNX model (default: the canonical spec/seed_cnn.onnx)")
+    eq.add_argument("--model", default=None, metavar="PATH",
+                    help=f"the model: {MODEL_KINDS} (default: the canonical spec/seed_cnn.onnx)")
+    eq.add_argument("--converted", default=None, metavar="PATH", help=CONVERTED_HELP)
     eq.add_argument("--libraries", "--frameworks", default="all",
                     help=f"comma-separated: 'all' (the six libraries), 'fast-paths' ({', '.join(FAST_PATHS)}) "
                          f"or any of {', '.join(LIBRARIES)} and the fast paths (default: all)")
@@ -89,11 +97,12 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON here")
     st.add_argument("--data", default=None, metavar="PATH", help="CIFAR-10 archive, folder or npz")
     st.add_argument("--model", default=None, metavar="PATH",
-                    help="ONNX model to train in place of the canonical CNN: a 3x32x32 input and 10 classes "
-                         "(probabilities, or logits, which get the softmax inside the loss); BatchNorm trains in "
-                         "ONNX's training mode and its running statistics are judged after every step")
+                    help=f"model to train in place of the canonical CNN, {MODEL_KINDS}: a 3x32x32 input and 10 "
+                         "classes (probabilities, or logits, which get the softmax inside the loss); BatchNorm trains "
+                         "in ONNX's training mode and its running statistics are judged after every step")
+    st.add_argument("--converted", default=None, metavar="PATH", help=CONVERTED_HELP)
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
-    desc.add_argument("model")
+    desc.add_argument("model", help=f"{MODEL_KINDS} (converted into a temporary file)")
     sv = sub.add_parser("survey", help="forward equivalence over many models: one verdict per model and library",
                         description="Run `verify equivalence` on every model given (files or folders of .onnx "
                                     "files) and/or the onnx package's own test models, and print one table: PASS, "
@@ -150,9 +159,32 @@ def parse(argv=None) -> argparse.Namespace:
     if args.command == "steps" and args.steps > _steps_limit():
         raise UsageError(f"--steps {args.steps}: {STEPS_EXPERIMENT} trains {_steps_limit()} steps; check at most "
                          f"that many")
-    if args.command == "steps" and args.model:
-        _cifar_shaped(args.model)
+    if args.command in ("equivalence", "steps"):
+        _check_converted(args)
+    if args.command == "steps" and args.model and not args.converted_to:
+        _cifar_shaped(args.model)  # a model still to convert is checked once converted (main)
     return args
+
+
+def _check_converted(args) -> None:
+    """args.converted_to: where the --model is converted to, None for an ONNX file (or no --model)."""
+    from spec import convert
+    from spec.onnx_import import ModelError
+
+    args.converted_to = None
+    try:
+        kind = convert.kind(args.model) if args.model else "onnx"
+    except ModelError as exc:  # equivalence accepts any path here and refuses it before its work (main)
+        if args.command == "steps":
+            raise UsageError(str(exc)) from None
+        return
+    if kind == "onnx":
+        if args.converted:
+            raise UsageError(f"--converted names where a converted model is written; --model "
+                             f"{args.model or '(the canonical CNN)'} is an ONNX file and is not converted")
+        return
+    args.converted_to = Path(args.converted) if args.converted else convert.default_target(args.model)
+    _output_file("--converted", str(args.converted_to))
 
 
 def _cifar_shaped(path: str) -> None:
@@ -195,15 +227,33 @@ def _survey(args) -> int:
     return EXIT_PASS if all(c == "PASS" for c in cells) else EXIT_MISMATCH
 
 
-def _steps(args) -> int:
+def _convert(args):
+    """Convert a --model that is not ONNX (said on stderr) and point args.model at the ONNX file; the Converted,
+    or None. ModelError when the model cannot be loaded or converted."""
+    from spec import convert
+
+    if not args.converted_to:
+        if args.model:
+            convert.kind(args.model)  # ModelError for a kind --model does not take, naming those it does
+        return None
+    done = convert.to_onnx(args.model, args.converted_to)
+    print(done.line() + (f" ({done.note})" if done.note else ""), file=sys.stderr, flush=True)
+    args.model = str(done.onnx_path)
+    return done
+
+
+def _steps(args, converted) -> int:
+    from spec.training import cifar_model
     from verify import steps
     from workers import results
 
+    if converted:
+        cifar_model(args.model)
     report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data, model=args.model,
                        batchnorm_mode=args.batchnorm)
     print(steps.table(report))
     if args.json:
-        results.write_json(args.json, report)
+        results.write_json(args.json, {**report, **({"converted": converted.to_json()} if converted else {})})
     return EXIT_PASS if report["passed"] else EXIT_MISMATCH
 
 
@@ -225,12 +275,15 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "describe":
-            print(describe(import_model(args.model)))
+            from spec.convert import to_temporary
+
+            print(describe(import_model(to_temporary(args.model).onnx_path)))
             return EXIT_PASS
-        if args.command == "steps":
-            return _steps(args)
         if args.command == "survey":
             return _survey(args)
+        converted = _convert(args)
+        if args.command == "steps":
+            return _steps(args, converted)
         model = args.model or experiments.model_path(experiments.load("verification"))
         report = equivalence.run(model, args.libraries, args.data, args.timeout, args.jobs, inputs_path=args.inputs)
     except (ModelError, cifar10.DataError, equivalence.InputsError) as exc:
@@ -247,7 +300,7 @@ def main(argv=None) -> int:
     passed = sum(r["status"] == "pass" for r in report["libraries"].values())
     print(f"\n{passed}/{len(report['libraries'])} libraries match onnxruntime; {report['wall_s']:.1f} s")
     if args.json:
-        results.write_json(args.json, report)
+        results.write_json(args.json, {**report, **({"converted": converted.to_json()} if converted else {})})
     return EXIT_PASS if report["passed"] else EXIT_MISMATCH
 
 

@@ -268,6 +268,7 @@ class TrainingResults(Typed):
     plain: dict[str, dict[str, PlainRow]] | None = field(default=None, metadata=OMIT_NONE)
     benchmark: dict | None = field(default=None, metadata=OMIT_NONE)
     interrupted: Interruption | None = field(default=None, metadata=OMIT_NONE)
+    converted: dict | None = field(default=None, metadata=OMIT_NONE)  # a --model converted to ONNX (spec.convert)
 
 
 # --- verification ----------------------------------------------------------------------------------------
@@ -345,6 +346,7 @@ class VerifyReport(Typed):
     passed: bool
     build_options: dict = field(default_factory=dict)
     envelope: dict | None = field(default=None, metadata=OMIT_NONE)  # how each node's bound was set
+    converted: dict | None = field(default=None, metadata=OMIT_NONE)  # the model's conversion (spec.convert)
 
 
 SCHEMA = (TrainingResults, TrainingRow, Record, Optimizer, Step, Epoch, Executor, Summary, Judgement, PlainRow, Interruption,
