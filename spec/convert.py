@@ -42,7 +42,8 @@ class Converted:
         return bool(self.converter)
 
     def line(self) -> str:
-        return f"converted {self.source} with {self.converter} -> {self.onnx_path}"
+        return f"converted {self.source} with {self.converter} -> {self.onnx_path}" + (f" ({self.note})" if self.note
+                                                                                        else "")
 
     def to_json(self) -> dict:
         return {"source": str(self.source), "converter": self.converter, "onnx": str(self.onnx_path),
@@ -88,7 +89,7 @@ def to_onnx(path, target) -> Converted:
     with _quiet():
         proto, name = converter(path)
     _write(proto, path, name, target)
-    return Converted(target, path, name, _batch_note(proto))
+    return Converted(target, path, name, "; ".join(filter(None, (_batch_note(proto), _folded_batchnorm_note(proto)))))
 
 
 def to_temporary(path) -> Converted:
@@ -160,6 +161,20 @@ def _batch_note(proto) -> str:
     if dims and dims[0].HasField("dim_value"):
         return f"the batch is fixed at {dims[0].dim_value} (save the model with a dynamic batch to vary it)"
     return ""
+
+
+def _folded_batchnorm_note(proto) -> str:
+    """What the user should know when the source's BatchNorm layers reach ONNX as arithmetic (Keras 3 computes an
+    inference-mode BatchNormalization as a multiply and an add, which tf2onnx folds into the convolution before it):
+    the same forward pass, but the converted model trains no BatchNorm. Told by the node names tf2onnx keeps."""
+    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        return ""
+    layers = {n.name.split("/batchnorm/")[0] for n in proto.graph.node if "/batchnorm/" in n.name}
+    if not layers:
+        return ""
+    return (f"its {len(layers)} BatchNormalization layer(s) reached ONNX as arithmetic folded into the layers before "
+            f"them: the forward pass is the model's, but training it trains no BatchNorm (export an ONNX file with "
+            f"BatchNormalization nodes to train them)")
 
 
 def _complaint(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from spec import convert
-from spec.onnx_import import ModelError
+from spec.onnx_import import ModelError, import_model
 from tests import model_zoo
 from tests.conftest import SEED_MODEL, assert_one_line_error, run_cli, run_training
 from tests.test_exporters import _reference_agrees_with_onnxruntime
@@ -34,7 +34,7 @@ def test_each_kind_converts_and_the_reference_agrees_with_onnxruntime(sources, t
     done = convert.to_onnx(source, tmp_path / "m.onnx")
     assert {k: os.environ.get(k) for k in before} == before  # the library workers started later choose their own
     assert done.converted and done.onnx_path == tmp_path / "m.onnx" and converter in done.converter
-    assert done.note == ""  # every builder saves a dynamic batch
+    assert "batch is fixed" not in done.note  # every builder saves a dynamic batch
     spec = _reference_agrees_with_onnxruntime(done.onnx_path)
     assert spec.input_layout == layout and spec.input_shape == (3, 32, 32) and spec.output().output_shape == (10,)
     props = {p.key: p.value for p in onnx.load(str(done.onnx_path)).metadata_props}
@@ -47,6 +47,15 @@ def test_a_pt2_program_keeps_its_batchnorm_layers(tmp_path):
     done = convert.to_onnx(model_zoo.torch_pt2(tmp_path / "blocks.pt2", blocks=True), tmp_path / "blocks.onnx")
     spec = _reference_agrees_with_onnxruntime(done.onnx_path)
     assert [n.kind for n in spec.layers].count("batchnorm") == 4
+
+
+@pytest.mark.parametrize("kind", ["keras", "saved_model"])
+def test_a_keras_batchnorm_folded_by_the_conversion_is_said(sources, tmp_path, kind):
+    """Keras 3 computes an inference BatchNormalization as arithmetic that tf2onnx folds into the convolution: the
+    forward pass is the model's (checked above), but cli.train would train a plain convolution; the user is told."""
+    done = convert.to_onnx(sources[kind], tmp_path / "m.onnx")
+    assert not [n for n in import_model(done.onnx_path).layers if n.kind == "batchnorm"]
+    assert "1 BatchNormalization layer(s) reached ONNX as arithmetic" in done.line()
 
 
 def test_an_onnx_file_passes_through_untouched(tmp_path):

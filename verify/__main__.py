@@ -237,7 +237,7 @@ def _convert(args):
             convert.kind(args.model)  # ModelError for a kind --model does not take, naming those it does
         return None
     done = convert.to_onnx(args.model, args.converted_to)
-    print(done.line() + (f" ({done.note})" if done.note else ""), file=sys.stderr, flush=True)
+    print(done.line(), file=sys.stderr, flush=True)
     args.model = str(done.onnx_path)
     return done
 
