@@ -201,8 +201,8 @@ def judge_lines(runs: dict) -> list:
         for _, name, j in judged:
             own = runs[next(iter(runs))][name].record.epochs[-1]
             verdict = j.verdict if j.verdict == "agrees" else f"**{j.verdict.upper()}**: {j.reason}"
-            lines.append(f"| {name} | {own.val_loss:.4f} | {_fmt(j.val_loss, '.4f')} | {own.val_acc:.3f} "
-                         f"| {_fmt(j.val_acc, '.3f')} | {verdict} |")
+            lines.append(f"| {name} | {own.val_loss:.5f} | {_fmt(j.val_loss, '.5f')} | {own.val_acc:.4f} "
+                         f"| {_fmt(j.val_acc, '.4f')} | {verdict} |")
         return lines
     agree = sum(j.verdict == "agrees" for _, _, j in judged)
     lines.append(f"Own evaluation agrees with the judge in {agree} of {len(judged)} trained models"
