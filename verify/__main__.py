@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--libraries", "--frameworks", default="all", help="as in equivalence (default: all)")
     sv.add_argument("--json", default=None, metavar="PATH", help="write the results here, after every model")
     sv.add_argument("--timeout", type=_seconds, default=900, help="seconds one library may take per model")
+    from verify import export
+
+    export.add_parser(sub, _seconds)
     return p
 
 
@@ -147,6 +150,10 @@ def parse(argv=None) -> argparse.Namespace:
         raise UsageError("--inputs and --data both name the inputs to verify with; give one")
     if args.command == "survey":
         args.model_list = _survey_models(args)
+    if args.command == "export":
+        from verify import export
+
+        export.check(args, UsageError)
     if args.command == "steps" and args.steps > _steps_limit():
         raise UsageError(f"--steps {args.steps}: {STEPS_EXPERIMENT} trains {_steps_limit()} steps; check at most "
                          f"that many")
@@ -231,6 +238,10 @@ def main(argv=None) -> int:
             return _steps(args)
         if args.command == "survey":
             return _survey(args)
+        if args.command == "export":
+            from verify import export
+
+            return export.main(args)
         model = args.model or experiments.model_path(experiments.load("verification"))
         report = equivalence.run(model, args.libraries, args.data, args.timeout, args.jobs, inputs_path=args.inputs)
     except (ModelError, cifar10.DataError, equivalence.InputsError) as exc:
