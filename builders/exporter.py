@@ -99,11 +99,32 @@ def _tflearn(model, spec, path: Path) -> dict:
     session = model.session
     with session.graph.as_default():
         tflearn.is_training(False, session=session)  # frozen as a constant: dropout off, inference BatchNorm
-        frozen = tf.graph_util.convert_variables_to_constants(session, session.graph.as_graph_def(),
+        frozen = tf.graph_util.convert_variables_to_constants(session, _without_updates(session.graph.as_graph_def()),
                                                               [output.op.name])
     tf2onnx.convert.from_graph_def(frozen, input_names=[model.inputs[0].name], output_names=[output.name],
                                    output_path=str(path))
     return {"exporter_package": "tf2onnx", "input_layout": "NHWC" if len(spec.input_shape) == 3 else "NCHW"}
+
+
+VARIABLE_UPDATES = {"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"}
+
+
+def _without_updates(graph_def):
+    """The graph without its variable updates: tflearn's BatchNorm moves its running statistics inside the training
+    branch of a tf.cond, and freezing cannot turn those resource updates into constants ("passed float ...
+    incompatible with expected resource"). With is_training frozen False that branch never runs, so dropping them
+    (and the control edges to them) changes no output: TF1's usual fix before freezing a BatchNorm graph."""
+    dropped = {node.name for node in graph_def.node if node.op in VARIABLE_UPDATES}
+    kept = type(graph_def)()
+    kept.versions.CopyFrom(graph_def.versions)
+    kept.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name not in dropped:
+            copy = kept.node.add()
+            copy.CopyFrom(node)
+            del copy.input[:]
+            copy.input.extend(t for t in node.input if t.lstrip("^").split(":")[0] not in dropped)
+    return kept
 
 
 EXPORT = {("pytorch", "torchscript"): lambda m, s, p: _torch(m, s, p, dynamo=False),

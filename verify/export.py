@@ -290,7 +290,7 @@ def _candidates(spec, graph) -> dict:
     """{canonical node: the float outputs of exported nodes named after it, in exported graph order}."""
     found = {}
     for node in spec.layers:
-        names = {node.name, layouts.safe_name(node.name), re.sub(r"\W", "_", node.name)}
+        names = {node.name, layouts.safe_name(node.name), layouts.scope_name(node.name), re.sub(r"\W", "_", node.name)}
         pattern = re.compile("|".join(rf"{re.escape(n)}(_\d+)?" for n in names))
         found[node.name] = [out for onnx_node in graph.node if onnx_node.op_type not in NOT_DATA
                             if any(pattern.fullmatch(p) for p in _node_parts(onnx_node))
