@@ -85,6 +85,13 @@ def test_resnet20_through_torch_and_tf2onnx(tmp_path):
         assert row["status"] == "pass", (key, row)
         assert row["nodes_matched"] >= 1 and np.isfinite(row["output"]["max_abs"])
     assert rows["pytorch", "torchscript"]["op_counts"]["Add"] >= 9  # the nine residual blocks
+    for key in [("pytorch", "torchscript"), ("keras-tensorflow", "tf2onnx")]:
+        # both fold every BatchNorm into the conv before it: the fused Conv stands for the BatchNorm, not the conv
+        # (judged as the conv it was 19 envelopes off where gamma, beta, mean and variance are the identity's)
+        assert "BatchNormalization" not in rows[key]["op_counts"]
+        names = {layer["name"] for layer in rows[key]["layers"]}
+        assert "stem_bn" in names and "stem_conv" not in names, key
+        assert max(layer["envelopes"] for layer in rows[key]["layers"]) < 5, key
 
 
 PLANTED = [

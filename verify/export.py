@@ -111,6 +111,7 @@ def main(args) -> int:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
     print(table(report))
+    print(notes(report))
     print(f"\n{report['summary']}")
     print(f"exported files {'kept in ' + str(out) if args.out else 'removed (' + str(out) + '); --out keeps them'}",
           file=sys.stderr)
@@ -188,7 +189,7 @@ def _imports(path: Path) -> str:
     try:
         import_model(path)
     except Exception as exc:  # noqa: BLE001 - the refusal is the finding
-        return _first(exc)
+        return "no: " + _first(exc).replace(f"{path}: ", "")
     return "yes"
 
 
@@ -203,6 +204,7 @@ def _verify_file(row: ExportRow, path: Path, spec, x, ref, envelope) -> None:
     graph = model.graph
     row.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     row.op_counts = dict(sorted(collections.Counter(n.op_type for n in graph.node).items()))
+    row.input_layout = input_layout(graph, spec, row.input_layout)
     layouts_of = tensor_layouts(graph, row.input_layout)
     candidates = _candidates(spec, graph)
     values = _run(model, sorted({t for ts in candidates.values() for t in ts}), x, row.input_layout)
@@ -222,6 +224,7 @@ def _verify_file(row: ExportRow, path: Path, spec, x, ref, envelope) -> None:
                                              f"the canonical output {[len(x), *spec.output().output_shape]}")
         return
     matched[output_name] = (graph.output[0].name, final)
+    _folded_batchnorms(spec, graph, matched)
     row.nodes_matched, row.nodes_total = len(matched), len(spec.layers)
     row.layers = []
     for node in spec.layers:
@@ -231,6 +234,23 @@ def _verify_file(row: ExportRow, path: Path, spec, x, ref, envelope) -> None:
             row.layers.append({"name": node.name, "kind": node.kind, "exported": tensor, **err})
     row.output = compare.output_stats(final, np.asarray(ref[output_name]), policy, envelope.get(output_name))
     _verdict(row, spec)
+
+
+def _folded_batchnorms(spec, graph, matched: dict) -> None:
+    """Exporters fold an inference BatchNorm into the convolution before it (TorchScript's constant folding,
+    tf2onnx's optimizer): the Conv named after the conv node then computes the BatchNorm's output. Where the
+    BatchNorm has no exported node of its own, its conv is its only reader's input, and nothing in the exported
+    graph normalises the conv's tensor, that tensor stands for the BatchNorm and the conv is unmatched."""
+    readers = collections.defaultdict(set)
+    for onnx_node in graph.node:
+        for tensor in onnx_node.input:
+            readers[tensor].add(onnx_node.op_type)
+    for node in spec.layers:
+        source = node.inputs[0]
+        if node.kind != "batchnorm" or node.name in matched or source not in matched:
+            continue
+        if spec.consumers(source) == [node] and "BatchNormalization" not in readers[matched[source][0]]:
+            matched[node.name] = matched.pop(source)
 
 
 def _verdict(row: ExportRow, spec) -> None:
@@ -248,7 +268,17 @@ def _verdict(row: ExportRow, spec) -> None:
         row.status, row.message = MISMATCH, f"{why} at the output"
 
 
-def _run(model, names: list, x, input_layout: str) -> dict:
+def input_layout(graph, spec, claimed: str) -> str:
+    """The layout the exported file's input takes, read from its shape: NHWC when it is [N, H, W, C] (the images are
+    then handed over channels-last), NCHW when [N, C, H, W]; what the exporter said where both read alike."""
+    dims = tuple(d.dim_value or None for d in _dims(graph.input[0]))[1:]
+    nchw, nhwc = tuple(spec.input_shape), layouts.native_shape(spec.input_shape)
+    if len(dims) != 3 or nchw == nhwc or dims not in (nchw, nhwc):
+        return claimed
+    return "NHWC" if dims == nhwc else "NCHW"
+
+
+def _run(model, names: list, x, layout: str) -> dict:
     """onnxruntime on the exported file, unfused, with the candidate tensors exposed beside the output."""
     import onnx
     import onnxruntime as ort
@@ -260,7 +290,7 @@ def _run(model, names: list, x, input_layout: str) -> dict:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
-    feed = layouts.nchw_to_nhwc(x) if input_layout == "NHWC" else x
+    feed = layouts.nchw_to_nhwc(x) if layout == "NHWC" else x
     wanted = [o.name for o in model.graph.output]
     batch = _fixed_batch(model) or len(x)
     parts = [session.run(wanted, {model.graph.input[0].name: feed[i:i + batch]}) for i in range(0, len(x), batch)]
@@ -350,8 +380,20 @@ def _hwc_flatten(node) -> bool:
 
 def table(report: dict) -> str:
     head = ("| library | exporter | version | opset | input | exported ops | max abs diff | max rel diff | "
-            "nodes matched | imports | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            "nodes matched | numerics | imports | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *(_table_row(r) for r in report["rows"])])
+
+
+def notes(report: dict) -> str:
+    """Lines under the table: how the inputs were handed over and how the nodes were judged."""
+    nhwc = [f"{r['library']} ({r['exporter']})" for r in report["rows"] if r.get("input_layout") == "NHWC"]
+    lines = [f"inputs: {report['inputs']}"]
+    if nhwc:
+        lines.append(f"NHWC input in {', '.join(nhwc)}: the same images handed to the exported file channels-last "
+                     f"(transposed from NCHW), its outputs compared in the canonical layout")
+    lines.append("nodes matched: canonical nodes an exported node is named after (the output always); each judged "
+                 "as `verify equivalence` judges it, K x its float32 envelope (verify/tolerances.json)")
+    return "\n".join(lines)
 
 
 def _table_row(r: dict) -> str:
@@ -361,8 +403,14 @@ def _table_row(r: dict) -> str:
     verdict = r["status"].upper() + (f": {r['message']}" if r["message"] else "")
     return (f"| {r['library']} | {r['exporter']} | {r.get('exporter_version') or '-'} | {r.get('opset') or '-'} | "
             f"{r.get('input_layout') or '-'} | {ops} | {number(out.get('max_abs'), '.1e')} | "
-            f"{number(out.get('max_rel'), '.1e')} | {matched} | {_short(r.get('imports'))} | {verdict} |")
+            f"{number(out.get('max_rel'), '.1e')} | {matched} | {_worst(r.get('layers'))} | {_short(r.get('imports'))} "
+            f"| {verdict} |")
+
+
+def _worst(layers) -> str:
+    judged = [layer["envelopes"] for layer in layers or [] if layer.get("envelopes") is not None]
+    return f"≤ {max(judged):.2g} envelopes" if judged else "-"
 
 
 def _short(text: str | None) -> str:
-    return "-" if text is None else text if len(text) <= 60 else text[:57] + "..."
+    return "-" if text is None else text if len(text) <= 100 else text[:97] + "..."
