@@ -116,3 +116,17 @@ def test_a_bug_planted_in_a_build_is_found_in_its_exported_file(zoo, tmp_path, b
     assert row["status"] == "mismatch" and row["first_divergent"]["name"] == node, row
     assert row["first_divergent"]["envelopes"] > 2 * 20, row  # far beyond numerics (K = 20), not a near miss
     assert f"first divergent node {node}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_batchnorm_folded_into_its_conv_is_judged_there(zoo, tmp_path):
+    """`cancellation`'s BatchNorms subtract the large bias of the conv before them (running means of about 4096);
+    both torch exporters fold them into the Conv, which then stands for the BatchNorm and passes there."""
+    proc, rows = _export(tmp_path, "--model", zoo["cancellation"], "--libraries", "pytorch")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for key in [("pytorch", "torchscript"), ("pytorch", "dynamo")]:
+        row = rows[key]
+        assert "BatchNormalization" not in row["op_counts"], key
+        kinds = [layer["kind"] for layer in row["layers"]]
+        assert kinds.count("batchnorm") == 6 and "conv" not in kinds, (key, kinds)
+        assert max(layer["envelopes"] for layer in row["layers"]) < 5, key
