@@ -38,6 +38,15 @@ def test_a_fast_path_is_refused_in_one_line():
     assert_one_line_error(proc, "pytorch+compile", "export takes libraries")
 
 
+def test_bad_input_is_refused_in_one_line_before_any_export(tmp_path):
+    assert_one_line_error(run_cli("verify", "export", "--model", tmp_path / "missing.onnx", "--out", tmp_path / "o"),
+                          "missing.onnx")
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(run_cli("verify", "export", "--out", tmp_path / "file"), "--out", "is a file")
+    assert_one_line_error(run_cli("verify", "export", "--timeout", "0"), "--timeout")
+
+
 def test_layouts_are_followed_through_an_exported_graph():
     """NHWC input, a Transpose to NCHW, a Conv, back to NHWC, a flatten: each tensor's layout by what its op means."""
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
