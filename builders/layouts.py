@@ -194,3 +194,8 @@ def nonnegative_input(spec, index: int) -> bool:
 def safe_name(name: str) -> str:
     """A layer name every TensorFlow-based library accepts as a variable / scope name."""
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def scope_name(name: str) -> str:
+    """A node name as a TensorFlow name scope (safe_name, not starting with '_' or '-', which a scope may not)."""
+    return safe_name(name).lstrip("_-") or "node"

@@ -511,7 +511,13 @@ def _graph_class():
             masks (training only): {dropout node name: mask in the node's native layout}; those nodes then
             multiply their input by the given mask instead of drawing one (dropout masks drawn by a harness)."""
             masks = masks or {}
-            values = interface.walk(self.spec, lambda node, xs: self.apply[node.name](xs, training, masks), x)
+
+            def apply(node, xs):
+                # each node's ops named after it, so that an exported graph's nodes map back to the spec's
+                with tf.name_scope(layouts.scope_name(node.name)):
+                    return self.apply[node.name](xs, training, masks)
+
+            values = interface.walk(self.spec, apply, x)
             return [values[node.name] for node in self.spec.layers]
 
     return Graph

@@ -116,6 +116,9 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--libraries", "--frameworks", default="all", help="as in equivalence (default: all)")
     sv.add_argument("--json", default=None, metavar="PATH", help="write the results here, after every model")
     sv.add_argument("--timeout", type=_seconds, default=900, help="seconds one library may take per model")
+    from verify import export
+
+    export.add_parser(sub, _seconds)
     return p
 
 
@@ -156,6 +159,10 @@ def parse(argv=None) -> argparse.Namespace:
         raise UsageError("--inputs and --data both name the inputs to verify with; give one")
     if args.command == "survey":
         args.model_list = _survey_models(args)
+    if args.command == "export":
+        from verify import export
+
+        export.check(args, UsageError)
     if args.command == "steps" and args.steps > _steps_limit():
         raise UsageError(f"--steps {args.steps}: {STEPS_EXPERIMENT} trains {_steps_limit()} steps; check at most "
                          f"that many")
@@ -281,6 +288,10 @@ def main(argv=None) -> int:
             return EXIT_PASS
         if args.command == "survey":
             return _survey(args)
+        if args.command == "export":
+            from verify import export
+
+            return export.main(args)
         converted = _convert(args)
         if args.command == "steps":
             return _steps(args, converted)
