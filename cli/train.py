@@ -209,7 +209,7 @@ def benchmark_report(plan, outcome, folder: Path) -> tuple:
     run.plain = outcome.plain
     doc = run.to_json()
     run.benchmark = bench.summarize(doc["runs"], plan.names, plan.images, flops.model_flops(plan.spec), outcome.peaks,
-                                    doc["plain"])
+                                    doc["plain"], run.environment["cores"])
     doc = run.to_json()
     bench.plot(doc, folder)
     return run, "\n".join(report.heading(run) + bench.markdown(doc)) + "\n"
