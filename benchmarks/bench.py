@@ -70,6 +70,33 @@ def precision(rows: list, plain: list, images_per_epoch: int, flops: dict, peak_
             "overhead_cpu": stats.ratio_interval(cpu, [e[1] for e in loop if e[1]])}
 
 
+def half_width(interval: dict) -> float | None:
+    """An interval's half-width relative to its central value (None without an interval)."""
+    if interval.get("low") is None:
+        return None
+    return (interval["high"] - interval["low"]) / 2 / interval["ratio"]
+
+
+def widest(runs: dict, plain: dict, names: list, cores: int) -> tuple:
+    """(library, clock, relative half-width) of the least precise harness/plain ratio so far, each library taking
+    the more precise of its wall and CPU intervals; half-width None while a library has no interval."""
+    rules, found = stats.policy(), []
+    for name in names:
+        rows = [r[name] for r in runs.values() if name in r and r[name]["status"] == "ok"]
+        loop = [p[name] for p in plain.values() if name in p and p[name]["status"] == "ok"]
+        if len(rows) < rules["minimum_runs"] or len(loop) < rules["minimum_runs"]:
+            return name, None, None
+        figures = precision(rows, loop, 1, {"training": 0.0}, None, cores, rules)
+        widths = [(half_width(figures[f"overhead_{clock}"]), clock) for clock in ("wall", "cpu")]
+        widths = [(w, clock) for w, clock in widths if w is not None]
+        if not widths:
+            return name, None, None
+        width, clock = min(widths)
+        found.append((width, name, clock))
+    width, name, clock = max(found)
+    return name, clock, width
+
+
 def run_peaks(peaks: list, keys: list) -> dict:
     """{run key: the machine's peak at that run's moment}: the mean of the measurements just before and just after
     it (trainers.dispatch measures between runs); runs without one get none."""

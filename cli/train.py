@@ -41,6 +41,14 @@ Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2
 130/143 interrupted by SIGINT/SIGTERM."""
 
 
+def _percent(text: str) -> float:
+    """argparse type: '3%' or '3' -> 0.03."""
+    try:
+        return float(text.strip().rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 3%, got {text!r}") from None
+
+
 def parser() -> Parser:
     from builders import FAST_PATHS, LIBRARIES
 
@@ -85,6 +93,9 @@ def parser() -> Parser:
                    help="benchmark: train every library N times with the same seed, each in a fresh process; the "
                         "report gives median and spread of epoch times and images/s, first epoch apart, GFLOP/s "
                         "and %% of this machine's measured matrix-multiply peak, peak memory (default 1)")
+    p.add_argument("--target-ci", type=_percent, metavar="PCT",
+                   help="with --repeat N: stop repeating once every library's harness/plain ratio has a 95 %% "
+                        "interval within +-PCT (wall or CPU time, whichever is narrower; e.g. 3%%); N is the cap")
     p.add_argument("--no-plain", action="store_true",
                    help="with --repeat: skip the plain tutorial-style loops (benchmarks/plain) that measure the "
                         "harness's overhead")
@@ -116,7 +127,8 @@ def options_of(args) -> TrainOptions:
         batchnorm=args.batchnorm, augment=args.augment,
         epochs=args.epochs, train_images=args.train_images,
         batch_size=args.batch_size, seed=args.seed, dropout="off" if args.no_dropout else args.dropout,
-        max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain, init=args.init,
+        max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain,
+        target_ci=args.target_ci, init=args.init,
         executor=args.executor, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
         timeout=args.timeout, out=args.out, data=args.data)
 
@@ -189,7 +201,8 @@ def execute(plan: planning.Plan, folder: Path | None = None, argv: list | None =
         results.write_json(folder / gate.VERIFICATION, verified.to_json())
     print(f"results folder: {folder}", file=sys.stderr)
     passed, refused = gate.verdicts(verified, plan.names)
-    outcome = dispatch.run(plan, folder, passed, refused, _peak(plan) if plan.mode == "benchmark" else None)
+    outcome = dispatch.run(plan, folder, passed, refused, _peak(plan) if plan.mode == "benchmark" else None,
+                           _enough(plan) if plan.options.target_ci else None)
     return finish(plan, folder, outcome)
 
 
@@ -197,6 +210,25 @@ def _peak(plan: planning.Plan):
     from benchmarks import bench
 
     return lambda: bench.machine_peak(plan.threads)
+
+
+def _enough(plan: planning.Plan):
+    """--target-ci: after each run, whether every library's harness/plain interval is narrow enough (said on
+    stderr)."""
+    from benchmarks import bench
+
+    def enough(outcome) -> bool:
+        runs, plain = ({key: {name: row.to_json() for name, row in rows.items()} for key, rows in which.items()}
+                       for which in (outcome.runs, outcome.plain))
+        name, clock, width = bench.widest(runs, plain, plan.names, os.cpu_count() or 1)
+        target = plan.options.target_ci
+        if width is None:
+            print(f"--target-ci ±{100 * target:g} %: {name} has no interval yet", file=sys.stderr, flush=True)
+            return False
+        print(f"--target-ci ±{100 * target:g} %: widest harness/plain interval ±{100 * width:.1f} % ({name}, "
+              f"{clock} time)" + ("; enough runs" if width <= target else ""), file=sys.stderr, flush=True)
+        return width <= target
+    return enough
 
 
 def benchmark_report(plan, outcome, folder: Path) -> tuple:

@@ -44,6 +44,7 @@ class TrainOptions(Typed):
     seeds: int = 1
     repeat: int = 1
     plain: bool = True  # with repeat > 1: also time the plain tutorial-style loops
+    target_ci: float | None = None  # with repeat > 1: stop once every harness/plain interval is this narrow
     init: str = "fixed"
     augment: bool = False  # the experiment's random crop and flip, drawn by the harness
     batchnorm: str = "canonical"  # spec.batchnorm.MODES
@@ -79,6 +80,9 @@ class TrainOptions(Typed):
             yield f"--timeout must be a positive number of seconds, not {self.timeout:g}"
         if self.repeat > 1 and self.seeds > 1:
             yield "--repeat and --seeds do not combine: a benchmark repeats one seed"
+        if self.target_ci is not None and not (self.repeat > 1 and self.plain and 0 < self.target_ci < 1):
+            yield ("--target-ci needs --repeat N (the most runs to make, at least 2), the plain loops, and a "
+                   "percentage between 0 and 100")
         if self.repeat > 1 and self.executor == "dask":
             yield "--repeat needs --executor local: timings from several jobs at once are not a benchmark"
         if self.scheduler and self.executor != "dask":
