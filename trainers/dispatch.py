@@ -3,6 +3,7 @@
 the analysis package's part."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -98,9 +99,11 @@ def jobs_of(plan: Plan, names: list, tmp: Path) -> list:
     jobs = []
     for run in plan.runs:
         for name in names:
-            jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag))
+            job = Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, epochs=plan.epochs,
+                      images=plan.images)
+            jobs.append(job)
             if plan.mode == "benchmark" and plan.options.plain:  # alternate harness and plain runs
-                jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, plain=True))
+                jobs.append(dataclasses.replace(job, plain=True))
     return jobs
 
 
@@ -168,9 +171,9 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
         outcome.peaks.append(measure())
     o = plan.options
     if o.executor == "dask":
-        finished = run_dask(todo, plan.threads, o.timeout, folder, o.scheduler, o.workers)
+        finished = run_dask(todo, plan.threads, o.timeout, folder, o.scheduler, o.workers, o.progress)
     else:
-        finished = run_local(todo, plan.threads, o.timeout, folder)
+        finished = run_local(todo, plan.threads, o.timeout, folder, o.progress)
     for job, raw in finished:
         trained = raw.pop(TRAINED, None)
         row = typed_row(job, raw)
