@@ -59,3 +59,16 @@ def test_speed_says_n_a_where_a_library_has_no_steady_state():
     assert "steady state = median of epochs 2 and later" in ax.get_title()
     alone = report.speed_figure({"pytorch": _row(1)}, 2).axes[0]
     assert [t.get_text() for t in alone.get_legend().get_texts()] == ["first epoch"]  # no empty steady entry
+
+
+def test_a_one_epoch_sweep_shows_its_spread_on_whole_epoch_ticks():
+    from analysis import sweep
+
+    runs = {str(seed): {"pytorch": _row(1).to_json()} for seed in (1, 2)}
+    runs["2"]["pytorch"]["record"]["epochs"][0]["val_acc"] = 0.25
+    fig = sweep.curves_figure({"sweep": {"pytorch": {}}, "runs": runs, "config": {"epochs": 1}})
+    acc = fig.axes[0]
+    fig.canvas.draw()
+    assert [t for t in acc.get_xticks() if 0 <= t <= acc.get_xlim()[1]] == [0, 1]
+    (spread,) = acc.collections[1].get_segments()  # the min–max bar at epoch 1
+    assert spread[:, 1].tolist() == pytest.approx([0.15, 0.25])
