@@ -280,7 +280,7 @@ def speed_figure(libraries: dict, threads: int):
     if steady:
         ax.bar(x[steady] - 0.2, [summaries[i].images_per_s for i in steady], 0.4, color="C0", label="steady state")
     for i in sorted(set(range(len(timed))) - set(steady)):
-        ax.text(x[i] - 0.2, 0, "n/a", ha="center", va="bottom", fontsize=9)
+        ax.text(x[i] - 0.2, 0, "steady\nn/a", ha="center", va="bottom", fontsize=9)
     ax.bar(x + 0.2, [s.first_epoch_images_per_s for s in summaries], 0.4, color="C1", label="first epoch")
     ax.set_xticks(x, list(timed), rotation=20)
     ax.set_xlim(-0.6, len(timed) - 0.4)  # the steady slots, bar or n/a, inside even where no bar stands

@@ -52,7 +52,7 @@ def test_steps_of_later_epochs_run_on_from_the_epoch_they_belong_to():
 def test_speed_says_n_a_where_a_library_has_no_steady_state():
     fig = report.speed_figure({"pytorch": _row(1), "tflearn": _row(2)}, 2)
     (ax,) = fig.axes
-    assert [t.get_text() for t in ax.texts] == ["n/a"]
+    assert [t.get_text() for t in ax.texts] == ["steady\nn/a"]
     assert ax.texts[0].get_position()[0] == pytest.approx(-0.2)  # pytorch's steady bar would stand there
     assert ax.get_xlim()[0] < -0.4
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["steady state", "first epoch"]
