@@ -281,7 +281,7 @@ def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2
         for library in libraries:
             work = progress.Work(epochs * per_epoch if epochs > 1 else n_steps, epochs, len(order[0]))
             row = train_one(library, resolve(library)[1], job, 2, timeout, job / f"{library}.stderr.log",
-                            progress.training(shown, library, work))
+                            progress.training(shown, library, work, log))
             entry = {"status": row["status"], "reason": row["reason"], "optimizer": row["record"]["optimizer"],
                      "losses": [s["loss"] for s in row["record"]["steps"][:n_steps]]}
             path = tensors_path(job, library)
