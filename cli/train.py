@@ -20,7 +20,13 @@ from trainers import dispatch
 from trainers import plan as planning
 from trainers.plan import BadInput, TrainOptions
 from workers import lifeline, results
+from workers.progress import LINE_EVERY_S
+from workers.progress import MODES as PROGRESS_MODES
 
+PROGRESS_HELP = ("how stderr shows each library's training: bar = a progress bar per library; lines = a line when a "
+                 "library starts, one per epoch (steps, loss, validation accuracy, seconds, images/s), one at most "
+                 f"every {LINE_EVERY_S:.0f} s within an epoch, one when it ends, for log files; off = only the start "
+                 "and end lines; auto = bar when stderr is a terminal, else lines (default auto)")
 INVOCATION = "invocation.json"  # in every results folder: the options that made it, for --resume
 EPILOG = """Optimizer modes:
   canonical  every library performs the same RMSprop arithmetic (lr, rho, eps of the experiment;
@@ -115,6 +121,7 @@ def parser() -> Parser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one library may train (default 3600)")
     p.add_argument("--out", default="results", help="folder that receives this run's results folder")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 archive, folder or npz")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help=PROGRESS_HELP)
     p.add_argument("--resume", metavar="FOLDER",
                    help="finish an interrupted run: the same options as that run (read from its folder), only "
                         "the jobs it did not finish; no other arguments")
@@ -130,7 +137,7 @@ def options_of(args) -> TrainOptions:
         max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain,
         target_ci=args.target_ci, init=args.init,
         executor=args.executor, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
-        timeout=args.timeout, out=args.out, data=args.data)
+        timeout=args.timeout, out=args.out, data=args.data, progress=args.progress)
 
 
 def parse(argv: list) -> tuple:

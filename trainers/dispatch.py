@@ -3,6 +3,7 @@
 the analysis package's part."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -98,9 +99,11 @@ def jobs_of(plan: Plan, names: list, tmp: Path) -> list:
     jobs = []
     for run in plan.runs:
         for name in names:
-            jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag))
+            job = Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, epochs=plan.epochs,
+                      images=plan.images)
+            jobs.append(job)
             if plan.mode == "benchmark" and plan.options.plain:  # alternate harness and plain runs
-                jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, plain=True))
+                jobs.append(dataclasses.replace(job, plain=True))
     return jobs
 
 
@@ -182,9 +185,9 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
             return pending - done
         done.add(group[0].run)
         if o.executor == "dask":
-            finished = run_dask(group, plan.threads, o.timeout, folder, o.scheduler, o.workers)
+            finished = run_dask(group, plan.threads, o.timeout, folder, o.scheduler, o.workers, o.progress)
         else:
-            finished = run_local(group, plan.threads, o.timeout, folder)
+            finished = run_local(group, plan.threads, o.timeout, folder, o.progress)
         for job, raw in finished:
             _finished(folder, job, raw, ledger, outcome)
         if measure:

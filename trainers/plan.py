@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workers.progress import MODES as PROGRESS_MODES
 from workers.records import Typed
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class TrainOptions(Typed):
     timeout: float = 3600.0
     out: str = "results"
     data: str | None = None
+    progress: str = "auto"  # PROGRESS_MODES (workers.progress): how stderr shows each library's training
 
     def check(self) -> None:
         """BadInput naming the first option that cannot work (the data, model and libraries are checked by
@@ -67,7 +69,7 @@ class TrainOptions(Typed):
         if not self.libraries:
             yield "name the libraries to train ('all', 'fast-paths' or names)"
         for name, allowed in (("optimizer", OPTIMIZERS), ("dropout", DROPOUTS), ("init", INITS),
-                              ("executor", EXECUTORS)):
+                              ("executor", EXECUTORS), ("progress", PROGRESS_MODES)):
             if getattr(self, name) not in allowed:
                 yield f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
         for name in ("epochs", "train_images", "batch_size", "max_batches", "threads", "seeds", "workers", "repeat"):
