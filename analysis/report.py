@@ -213,42 +213,83 @@ def judge_lines(runs: dict) -> list:
 
 
 def plots(run: TrainingResults, folder: Path) -> list:
+    """curves.png and speed.png of the run's libraries, in the results folder."""
     import matplotlib
-    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    for (key, title), ax in zip((("train_loss", "training loss"), ("val_loss", "validation loss"),
-                                 ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")),
-                                axes.flat):
-        for name, row in run.libraries.items():
-            epochs = row.record.epochs
-            if epochs:
-                ax.plot([e.epoch + 1 for e in epochs], [getattr(e, key) for e in epochs], marker="o", label=name)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{run.experiment}, {run.config['optimizer']['mode']} RMSprop")
-    fig.tight_layout()
-    written.append(_save(fig, folder / "curves.png"))
-
-    timed = {n: r.summary for n, r in run.libraries.items() if r.summary.first_epoch_images_per_s}
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    x = np.arange(len(timed))
-    ax.bar(x - 0.2, [s.images_per_s or 0 for s in timed.values()], 0.4, label="steady state")
-    ax.bar(x + 0.2, [s.first_epoch_images_per_s for s in timed.values()], 0.4, label="first epoch")
-    ax.set_xticks(x, list(timed), rotation=20)
-    ax.set_ylabel("training images / s")
-    ax.set_title(f"Training speed, {run.environment['threads']} thread(s)")
-    ax.legend()
-    fig.tight_layout()
-    written.append(_save(fig, folder / "speed.png"))
+    written = [_save(curves_figure(run.libraries, f"{run.experiment}, {run.config['optimizer']['mode']} RMSprop"),
+                     folder / "curves.png"),
+               _save(speed_figure(run.libraries, run.environment["threads"]), folder / "speed.png")]
     plt.close("all")
     return written
+
+
+def step_curve(row: TrainingRow) -> tuple:
+    """(x, loss) of every optimizer step, x in epochs: epoch + (step + 1) / that epoch's steps, so epoch k's
+    last step lands on k + 1, where its validation point is."""
+    per_epoch = {}
+    for s in row.record.steps:
+        per_epoch[s.epoch] = per_epoch.get(s.epoch, 0) + 1
+    return ([s.epoch + (s.step + 1) / per_epoch[s.epoch] for s in row.record.steps],
+            [s.loss for s in row.record.steps])
+
+
+def curves_figure(libraries: dict, title: str):
+    """Loss: every step's training loss as a thin line per library, validation loss at each epoch's end on top;
+    accuracy: training accuracy per epoch (dashed) and validation accuracy (filled markers). Epochs on x."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(12, 4.8))
+    last = 1
+    for i, (name, row) in enumerate(libraries.items()):
+        color, epochs = f"C{i % 10}", row.record.epochs
+        if row.record.steps:
+            loss.plot(*step_curve(row), color=color, linewidth=0.9, alpha=0.85, label=name)
+        if epochs:
+            ends = [e.epoch + 1 for e in epochs]
+            last = max(last, ends[-1])
+            loss.plot(ends, [e.val_loss for e in epochs], "o", color=color, markeredgecolor="black", markersize=6,
+                      zorder=3)
+            acc.plot(ends, [e.train_acc for e in epochs], "--", marker="o", fillstyle="none", color=color)
+            acc.plot(ends, [e.val_acc for e in epochs], "o", color=color, markeredgecolor="black", markersize=6,
+                     zorder=3, label=name)
+    loss.set_title("loss: line = each training step, ● = validation at the epoch's end", fontsize=10)
+    acc.set_title("accuracy: ○ dashed = training (epoch), ● = validation", fontsize=10)
+    for ax in (loss, acc):
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0, last * 1.03)  # room for the markers on the last epoch's end
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    loss.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def speed_figure(libraries: dict, threads: int):
+    """Images/s per library, steady state beside the first epoch; "n/a" where a library has no steady state
+    (it trained one epoch)."""
+    import matplotlib.pyplot as plt
+
+    timed = {n: r.summary for n, r in libraries.items() if r.summary and r.summary.first_epoch_images_per_s}
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    x, summaries = np.arange(len(timed)), list(timed.values())
+    steady = [i for i, s in enumerate(summaries) if s.images_per_s]
+    if steady:
+        ax.bar(x[steady] - 0.2, [summaries[i].images_per_s for i in steady], 0.4, color="C0", label="steady state")
+    for i in sorted(set(range(len(timed))) - set(steady)):
+        ax.text(x[i] - 0.2, 0, "steady\nn/a", ha="center", va="bottom", fontsize=9)
+    ax.bar(x + 0.2, [s.first_epoch_images_per_s for s in summaries], 0.4, color="C1", label="first epoch")
+    ax.set_xticks(x, list(timed), rotation=20)
+    ax.set_xlim(-0.6, len(timed) - 0.4)  # the steady slots, bar or n/a, inside even where no bar stands
+    ax.set_ylabel("training images / s")
+    ax.set_title(f"Training speed, {threads} thread(s); steady state = median of epochs 2 and later "
+                 f"(n/a: one epoch)", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

@@ -270,28 +270,40 @@ def markdown(run: dict) -> list:
 
 
 def plots(run: dict, folder: Path) -> list:
-    """curves.png: each library's mean validation accuracy and loss per epoch, with the min–max band over seeds."""
+    """curves.png: curves_figure of the sweep."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path = report._save(curves_figure(run), folder / "curves.png")
+    plt.close("all")
+    return [path]
+
+
+def curves_figure(run: dict):
+    """Each library's mean validation accuracy and loss per epoch, the min–max over seeds as a band and a bar at
+    every epoch (a one-epoch sweep has no band), on whole-epoch ticks."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, metric in zip(axes, ("val_acc", "val_loss")):
-        for name in run["sweep"]:
+        for i, name in enumerate(run["sweep"]):
             curves = [[e[metric] for e in rows[name]["record"]["epochs"]] for rows in run["runs"].values()
                       if name in rows and rows[name]["status"] == "ok"]
             curves = [c for c in curves if len(c) == run["config"]["epochs"]]
             if not curves:
                 continue
-            values = np.array(curves)
+            values, color = np.array(curves), f"C{i % 10}"
             x = np.arange(1, values.shape[1] + 1)
-            ax.plot(x, values.mean(0), marker="o", label=name)
-            ax.fill_between(x, values.min(0), values.max(0), alpha=0.15)
+            ax.plot(x, values.mean(0), marker="o", color=color, label=name)
+            ax.fill_between(x, values.min(0), values.max(0), color=color, alpha=0.15)
+            ax.vlines(x, values.min(0), values.max(0), color=color, alpha=0.6)
         ax.set_title(f"{METRIC_WORDS[metric].replace('final ', '')} (mean, band = min–max over seeds)")
         ax.set_xlabel("epoch")
+        ax.set_xlim(0, run["config"]["epochs"] * 1.03)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = report._save(fig, folder / "curves.png")
-    plt.close("all")
-    return [path]
+    return fig

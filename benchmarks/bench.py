@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import stats
 from workers import number, results
 
 
@@ -30,10 +31,100 @@ def _steady(epoch_s: list):
     return statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None
 
 
-def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks: list, plain: dict) -> dict:
+def harness_epochs(rows: list) -> list:
+    """[(wall, cpu, steal, pressure)] of every steady epoch (after the first) of the rows' records."""
+    return [(e["train_s"], e.get("cpu_s"), e.get("steal_s"), e.get("pressure_s"))
+            for row in rows for e in row["record"]["epochs"][1:]]
+
+
+def _plain_epochs(results: list) -> list:
+    def column(p, key):
+        return p.get(key) or [None] * len(p["epoch_s"])
+    return [epoch for p in results for epoch in list(zip(p["epoch_s"], column(p, "epoch_cpu_s"),
+                                                         column(p, "epoch_steal_s"),
+                                                         column(p, "epoch_pressure_s")))[1:]]
+
+
+def undisturbed(epochs: list, cores: int, rules: dict) -> tuple:
+    """(the epochs that count, how many were left out, how many were disturbed)."""
+    flags = [stats.disturbed(wall, steal, pressure, cores, rules) for wall, _, steal, pressure in epochs]
+    return (*stats.kept(epochs, flags, rules["minimum_epochs"]), stats.count(flags))
+
+
+def precision(rows: list, plain: list, images_per_epoch: int, flops: dict, peak_per_cpu_s, cores: int,
+              rules: dict) -> dict:
+    """Per-epoch figures with 95 % intervals: images/s, harness/plain in wall and in CPU time, % of peak per busy
+    core; disturbed epochs left out (benchmarks.stats)."""
+    harness, left_out, disturbed = undisturbed(harness_epochs(rows), cores, rules)
+    loop, plain_left_out, plain_disturbed = undisturbed(_plain_epochs(plain), cores, rules)
+    wall, cpu = [e[0] for e in harness], [e[1] for e in harness if e[1]]
+    cpu_median = float(np.median(cpu)) if cpu else None
+    per_core = (100 * images_per_epoch * flops["training"] / cpu_median / 1e9 / peak_per_cpu_s
+                if cpu_median and peak_per_cpu_s else None)
+    return {"epochs": len(harness) + left_out, "disturbed": disturbed, "left_out": left_out,
+            "plain_epochs": len(loop) + plain_left_out, "plain_disturbed": plain_disturbed,
+            "plain_left_out": plain_left_out,
+            "images_per_s_ci": stats.median_interval([images_per_epoch / t for t in wall]),
+            "cpu_epoch_s": cpu_median, "percent_of_peak_per_core": per_core,
+            "overhead_wall": stats.ratio_interval(wall, [e[0] for e in loop]),
+            "overhead_cpu": stats.ratio_interval(cpu, [e[1] for e in loop if e[1]])}
+
+
+def half_width(interval: dict) -> float | None:
+    """An interval's half-width relative to its central value (None without an interval)."""
+    if interval.get("low") is None:
+        return None
+    return (interval["high"] - interval["low"]) / 2 / interval["ratio"]
+
+
+def widest(runs: dict, plain: dict, names: list, cores: int) -> tuple:
+    """(library, clock, relative half-width) of the least precise harness/plain ratio so far, each library taking
+    the more precise of its wall and CPU intervals; half-width None while a library has no interval."""
+    rules, found = stats.policy(), []
+    for name in names:
+        rows = [r[name] for r in runs.values() if name in r and r[name]["status"] == "ok"]
+        loop = [p[name] for p in plain.values() if name in p and p[name]["status"] == "ok"]
+        if len(rows) < rules["minimum_runs"] or len(loop) < rules["minimum_runs"]:
+            return name, None, None
+        figures = precision(rows, loop, 1, {"training": 0.0}, None, cores, rules)
+        widths = [(half_width(figures[f"overhead_{clock}"]), clock) for clock in ("wall", "cpu")]
+        widths = [(w, clock) for w, clock in widths if w is not None]
+        if not widths:
+            return name, None, None
+        width, clock = min(widths)
+        found.append((width, name, clock))
+    width, name, clock = max(found)
+    return name, clock, width
+
+
+def run_peaks(peaks: list, keys: list) -> dict:
+    """{run key: the machine's peak at that run's moment}: the mean of the measurements just before and just after
+    it (trainers.dispatch measures between runs); runs without one get none."""
+    after = {p.get("after_run"): p["gflops"] for p in peaks}
+    found = {}
+    for previous, key in zip([None, *keys], keys):
+        around = [after[k] for k in (previous, key) if k in after]
+        if len(around) == 2:
+            found[key] = sum(around) / 2
+    return found
+
+
+def same_moment_percent(rows: dict, images_per_epoch: int, flops: dict, peaks: dict) -> dict:
+    """% of the same-moment peak of each run's median steady epoch ({run key: row}): median and min-max."""
+    percent = [100 * images_per_epoch / _steady([e["train_s"] for e in row["record"]["epochs"]]) * flops["training"]
+               / 1e9 / peaks[key] for key, row in rows.items()
+               if key in peaks and row["status"] == "ok" and len(row["record"]["epochs"]) > 1]
+    return _spread(percent)
+
+
+def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks: list, plain: dict,
+              cores: int = 1) -> dict:
     """plain: {run key: {library: workers.plain.run_plain result}}; the harness/plain ratio compares
     median steady epoch times (the same boundaries: one epoch's training steps)."""
     peak = max((p["gflops"] for p in peaks), default=None)
+    moments = run_peaks(peaks, list(runs))
+    per_cpu_peak = max((p["gflops_per_cpu_s"] for p in peaks if p.get("gflops_per_cpu_s")), default=None)
+    rules = stats.policy()
     libraries = {}
     for name in names:
         rows = [rows[name] for rows in runs.values() if name in rows and rows[name]["status"] == "ok"]
@@ -52,9 +143,15 @@ def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks
         entry["plain_steady_epoch_s"] = _spread([t for t in plain_steady if t])
         harness_median, plain_median = entry["steady_epoch_s"]["median"], entry["plain_steady_epoch_s"]["median"]
         entry["overhead_ratio"] = harness_median / plain_median if harness_median and plain_median else None
+        plain_ok = [p[name] for p in plain.values() if name in p and p[name]["status"] == "ok"]
+        entry.update(precision(rows, plain_ok, images_per_epoch, flops, per_cpu_peak, cores, rules))
+        entry["percent_of_same_moment_peak"] = same_moment_percent(
+            {key: rows_of_run[name] for key, rows_of_run in runs.items() if name in rows_of_run}, images_per_epoch,
+            flops, moments)
         libraries[name] = entry
     return {"flops_per_image": {"forward": flops["forward"], "training": flops["training"]},
-            "peak": {"gflops": peak, "measurements": peaks}, "libraries": libraries}
+            "peak": {"gflops": peak, "measurements": peaks, "per_run": moments,
+                     "spread": _spread([p["gflops"] for p in peaks])}, "libraries": libraries}
 
 
 def _median_range(spread: dict, spec: str) -> str:
@@ -76,14 +173,54 @@ def markdown(run: dict) -> list:
                  number(e["percent_of_peak"], ".1f"), number(e["peak_rss_mib"]["max"], ".0f"),
                  number(e["plain_steady_epoch_s"]["median"], ".2f"), number(e["overhead_ratio"], ".3f")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", *precision_markdown(b["libraries"])]
     measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
     lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
                   f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: the "
                   f"fastest float32 matrix product (numpy, PyTorch, TensorFlow; 2048² and 4096²) at "
-                  f"{run['config']['threads']} thread(s), measured before and after the runs: {measured} GFLOP/s; "
-                  f"% of peak uses the higher. Peak RSS: the largest over the runs. Harness / plain: median steady "
-                  f"epoch of the harness over that of the library's plain tutorial-style loop (benchmarks/plain), "
-                  f"run alternately with it on the same job; 1.000 = no overhead."]
+                  f"{run['config']['threads']} thread(s), measured before the runs and after each: {measured} "
+                  f"GFLOP/s (spread {_median_range(peak['spread'], '.0f')}); the first table's % of peak uses the "
+                  f"highest, the second's each run's own moment. Peak RSS: the largest over the runs. Harness / "
+                  f"plain: median steady epoch of the harness over that of the library's plain tutorial-style loop "
+                  f"(benchmarks/plain), run alternately with it on the same job; 1.000 = no overhead."]
+    return lines
+
+
+def _interval(figure: dict, spec: str, key: str = "median") -> str:
+    if figure.get(key) is None:
+        return "-"
+    bounds = f" [{figure['low']:{spec}}, {figure['high']:{spec}}]" if figure.get("low") is not None else ""
+    return f"{figure[key]:{spec}}{bounds}"
+
+
+def precision_markdown(libraries: dict) -> list:
+    """Epoch-level figures with 95 % intervals, disturbed epochs left out (benchmarks.stats)."""
+    rules = stats.policy()
+    lines = ["Per epoch, with 95 % intervals (bootstrap over the steady epochs of all runs; disturbed epochs left "
+             "out, see below):", "",
+             "| library | steady epochs used (disturbed) | images/s median [95 % CI] | harness / plain, wall [95 % CI] "
+             "| harness / plain, CPU time [95 % CI] | CPU s per epoch | % of same-moment peak, median (min–max) "
+             "| % of peak per busy core |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in libraries.items():
+        if "epochs" not in e:
+            continue
+        used = f"{e['epochs'] - e['left_out']} of {e['epochs']} ({e['disturbed']})" + (
+            " all kept: too few undisturbed" if e["disturbed"] > e["left_out"] else "")
+        used += f"; plain {e['plain_epochs'] - e['plain_left_out']} of {e['plain_epochs']} ({e['plain_disturbed']})"
+        lines.append(f"| {name} | {used} | {_interval(e['images_per_s_ci'], '.0f')} "
+                     f"| {_interval(e['overhead_wall'], '.3f', 'ratio')} | {_interval(e['overhead_cpu'], '.3f', 'ratio')} "
+                     f"| {number(e['cpu_epoch_s'], '.2f')} | {_median_range(e['percent_of_same_moment_peak'], '.1f')} "
+                     f"| {number(e['percent_of_peak_per_core'], '.1f')} |")
+    lines += ["", f"An epoch is disturbed when some runnable task waited for a CPU more than "
+                  f"{100 * rules['pressure_share']:.0f} % of its wall time (/proc/pressure/cpu) or the hypervisor stole "
+                  f"more than {100 * rules['steal_share']:.0f} % of the machine's CPU time (/proc/stat); such epochs "
+                  f"are left out while at least {rules['minimum_epochs']} remain (benchmarks/policy.json). CPU time is "
+                  f"the worker's user + system time over the epoch's training steps, all threads: what other processes "
+                  f"disturb least. % of same-moment peak: each run's images/s against the mean of the peaks measured "
+                  f"just before and just after it. % of peak per busy core: the training's GFLOP per CPU-second (all "
+                  f"threads) over the matmul's, both measured in CPU time and so both indifferent to how busy the "
+                  f"machine was."]
     return lines
 
 
@@ -94,9 +231,12 @@ def plot(run: dict, folder: Path) -> Path:
 
     libs = run["benchmark"]["libraries"]
     names = [n for n, e in libs.items() if e["images_per_s"]["median"]]
-    med = np.array([libs[n]["images_per_s"]["median"] for n in names])
-    low = med - np.array([libs[n]["images_per_s"]["min"] for n in names])
-    high = np.array([libs[n]["images_per_s"]["max"] for n in names]) - med
+    # the 95 % interval of the median over epochs where there is one, else the min-max over runs
+    figures = [libs[n]["images_per_s_ci"] if libs[n].get("images_per_s_ci", {}).get("low") is not None else
+               {"median": libs[n]["images_per_s"]["median"], "low": libs[n]["images_per_s"]["min"],
+                "high": libs[n]["images_per_s"]["max"]} for n in names]
+    med = np.array([f["median"] for f in figures])
+    low, high = med - np.array([f["low"] for f in figures]), np.array([f["high"] for f in figures]) - med
     fig, ax = plt.subplots(figsize=(10, 4.8))
     bars = ax.bar(names, med, yerr=[low, high], capsize=4)
     for bar, n in zip(bars, names):
@@ -104,7 +244,7 @@ def plot(run: dict, folder: Path) -> Path:
         if pct is not None:
             ax.annotate(f"{pct:.0f}% of peak", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         xytext=(0, 12), textcoords="offset points", ha="center", fontsize=8)
-    ax.set_ylabel("training images / s (median; bars: min–max)")
+    ax.set_ylabel("training images / s (median, 95 % interval)")
     ax.set_title(f"{len(run['runs'])} fresh-process runs per library, {run['config']['threads']} thread(s)")
     ax.tick_params(axis="x", rotation=15)
     ax.grid(axis="y", alpha=0.3)

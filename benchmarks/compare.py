@@ -1,8 +1,12 @@
 """`python -m benchmarks.compare BASELINE CANDIDATE`: two benchmark results folders side by side.
 
-Per library: median images/s of each, their ratio, and a verdict. A library counts as a regression (or an
-improvement) only when the two runs' min–max ranges do not overlap; inside the spread it is 'same'.
-Exit 0 no regression, 1 any regression, 2 bad input. --json PATH also writes the comparison as JSON.
+Per library: the candidate's median steady epoch over the baseline's, in CPU time where both runs recorded it
+(what other processes disturb least) else in wall time, with its interval (bootstrap over the undisturbed steady
+epochs of all runs, benchmarks.stats; 95 % for the whole table, Bonferroni over the libraries compared). A library
+is a regression when the whole interval lies above 1 + minimum_change (benchmarks/policy.json: changes smaller than
+that are the machine's drift between runs, not the code's), an improvement when it lies below 1 - minimum_change,
+else the same; the interval's half-width is the smallest change the two runs could have detected. Images/s medians are
+shown beside it. Exit 0 no regression, 1 any regression, 2 bad input. --json PATH also writes the comparison.
 """
 from __future__ import annotations
 
@@ -29,32 +33,63 @@ def load(folder: Path) -> dict:
     return doc
 
 
+def _epochs(doc: dict, name: str) -> list:
+    """The (wall, cpu) seconds of `name`'s undisturbed steady epochs over all runs (benchmarks.bench)."""
+    from benchmarks import bench, stats
+
+    rows = [rows[name] for rows in doc["runs"].values() if name in rows and rows[name]["status"] == "ok"]
+    epochs, _, _ = bench.undisturbed(bench.harness_epochs(rows), doc["environment"]["cores"], stats.policy())
+    return [(wall, cpu) for wall, cpu, _, _ in epochs]
+
+
+def _library(base: dict, cand: dict, name: str, confidence: float, rules: dict) -> dict:
+    from benchmarks import stats
+
+    a, b = _epochs(base, name), _epochs(cand, name)
+    clock = "cpu" if all(cpu for _, cpu in a + b) else "wall"
+    a, b = ([e[1 if clock == "cpu" else 0] for e in epochs] for epochs in (a, b))
+    speed = {"baseline": base["benchmark"]["libraries"][name]["images_per_s"],
+             "candidate": cand["benchmark"]["libraries"][name]["images_per_s"]}
+    if len(a) < 2 or len(b) < 2:
+        return {"verdict": "missing", "clock": clock, "time_ratio": None, "detectable": None, **speed}
+    ratio = stats.ratio_interval(b, a, confidence)
+    change = rules["minimum_change"]
+    verdict = "regression" if ratio["low"] > 1 + change else "improvement" if ratio["high"] < 1 - change else "same"
+    return {"verdict": verdict, "clock": clock, "time_ratio": ratio,
+            "detectable": (ratio["high"] - ratio["low"]) / 2, **speed}
+
+
 def compare(base: dict, cand: dict) -> dict:
-    rows = {}
-    for name in [n for n in base["benchmark"]["libraries"] if n in cand["benchmark"]["libraries"]]:
-        a = base["benchmark"]["libraries"][name]["images_per_s"]
-        b = cand["benchmark"]["libraries"][name]["images_per_s"]
-        if a["median"] is None or b["median"] is None:
-            rows[name] = {"verdict": "missing", "baseline": a, "candidate": b, "ratio": None}
-            continue
-        verdict = "regression" if b["max"] < a["min"] else "improvement" if b["min"] > a["max"] else "same"
-        rows[name] = {"verdict": verdict, "ratio": b["median"] / a["median"], "baseline": a, "candidate": b}
+    from benchmarks import stats
+
+    names = [n for n in base["benchmark"]["libraries"] if n in cand["benchmark"]["libraries"]]
+    rules = stats.policy()
+    confidence = 1 - (1 - stats.CONFIDENCE) / max(1, len(names))  # Bonferroni: 5 % false alarms per comparison
+    rows = {name: _library(base, cand, name, confidence, rules) for name in names}
     settings = [k for k in ("threads", "epochs", "batch_size") if base["config"].get(k) != cand["config"].get(k)]
-    return {"libraries": rows, "different_settings": settings,
+    return {"libraries": rows, "confidence": confidence, "minimum_change": rules["minimum_change"],
+            "different_settings": settings,
             "only_in_baseline": sorted(set(base["benchmark"]["libraries"]) - set(cand["benchmark"]["libraries"])),
             "only_in_candidate": sorted(set(cand["benchmark"]["libraries"]) - set(base["benchmark"]["libraries"]))}
 
 
 def markdown(result: dict, base_name: str, cand_name: str) -> str:
-    lines = [f"Images/s, median (min–max): baseline `{base_name}` vs candidate `{cand_name}`", "",
-             "| library | baseline | candidate | candidate / baseline | verdict |", "|---|---|---|---|---|"]
+    confidence = f"{100 * result['confidence']:.1f} %"
+    lines = [f"Baseline `{base_name}` vs candidate `{cand_name}`: candidate / baseline median steady epoch time with "
+             f"its {confidence} interval (> 1: slower; {confidence} = 95 % for the whole table, Bonferroni over "
+             f"{len(result['libraries'])} libraries), and images/s median (min–max over runs). A regression: the "
+             f"interval lies wholly above 1 + {result['minimum_change']:g}.", "",
+             "| library | clock | epoch time ratio [interval] | smallest detectable change | baseline images/s "
+             "| candidate images/s | verdict |", "|---|---|---|---|---|---|---|"]
     for name, r in result["libraries"].items():
-        a, b = r["baseline"], r["candidate"]
         def cell(s):
             return "-" if s["median"] is None else f"{s['median']:.0f} ({s['min']:.0f}–{s['max']:.0f})"
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        t = r["time_ratio"]
+        ratio = "-" if t is None else f"{t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}]"
+        detectable = "-" if r["detectable"] is None else f"±{100 * r['detectable']:.1f} %"
         verdict = r["verdict"].upper() if r["verdict"] == "regression" else r["verdict"]
-        lines.append(f"| {name} | {cell(a)} | {cell(b)} | {ratio} | {verdict} |")
+        lines.append(f"| {name} | {r['clock']} | {ratio} | {detectable} | {cell(r['baseline'])} "
+                     f"| {cell(r['candidate'])} | {verdict} |")
     if result["different_settings"]:
         lines += ["", "Warning: the runs differ in " + ", ".join(result["different_settings"]) + "."]
     for key, words in (("only_in_baseline", "only in the baseline"), ("only_in_candidate", "only in the candidate")):

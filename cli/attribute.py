@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cli import EXIT_OK, Parser, description, fail, train
 from trainers.plan import BadInput, TrainOptions
+from workers.progress import MODES as PROGRESS_MODES
 
 
 def parser() -> Parser:
@@ -35,6 +36,7 @@ def parser() -> Parser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one training job may take")
     p.add_argument("--out", default="results", help="folder that receives the sweeps' and the report's folders")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 archive, folder or npz")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="as in cli.train (default auto)")
     p.add_argument("--reuse", nargs="+", default=[], metavar="MODE=FOLDER",
                    help="results folder of an earlier sweep of that BatchNorm mode (canonical, native, momentum, "
                         "epsilon, running-variance), used instead of training it; several folders of one mode (other "
@@ -58,7 +60,8 @@ def sweep_options(args, spec) -> dict:
 
     base = TrainOptions(libraries=args.libraries or ["all"], experiment=args.experiment, model=args.model, seeds=args.seeds,
                         epochs=args.epochs, train_images=args.train_images, max_batches=args.max_batches,
-                        dropout="off", threads=args.threads, timeout=args.timeout, out=args.out, data=args.data)
+                        dropout="off", threads=args.threads, timeout=args.timeout, out=args.out, data=args.data,
+                        progress=args.progress)
     options = {"canonical": base, "native": dataclasses.replace(base, batchnorm="native")}
     for mode in batchnorm.DEPARTURES:
         having = [n for n in select(base.libraries)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cli import EXIT_OK, Parser, description, fail, train
 from trainers.plan import BadInput, TrainOptions
+from workers.progress import MODES as PROGRESS_MODES
 
 
 def parser() -> Parser:
@@ -36,6 +37,7 @@ def parser() -> Parser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one training job may take")
     p.add_argument("--out", default="results", help="folder that receives the sweeps' and the report's folders")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 archive, folder or npz")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="as in cli.train (default auto)")
     p.add_argument("--reuse", nargs=3, metavar=("NATIVE", "CANONICAL", "IDENTICAL"),
                    help="results folders of the three sweeps from earlier runs, instead of training")
     return p
@@ -48,7 +50,7 @@ def sweep_options(args) -> dict:
     base = TrainOptions(libraries=["all"], experiment="seed-2017", seeds=args.seeds, epochs=args.epochs,
                         max_batches=args.max_batches, executor=args.executor, scheduler=args.scheduler,
                         workers=args.workers, threads=args.threads, timeout=args.timeout, out=args.out,
-                        data=args.data)
+                        data=args.data, progress=args.progress)
     return {key: dataclasses.replace(base, optimizer=optimizer, dropout=dropout)
             for key, (optimizer, dropout) in SWEEPS.items()}
 

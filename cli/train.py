@@ -20,7 +20,13 @@ from trainers import dispatch
 from trainers import plan as planning
 from trainers.plan import BadInput, TrainOptions
 from workers import lifeline, results
+from workers.progress import LINE_EVERY_S
+from workers.progress import MODES as PROGRESS_MODES
 
+PROGRESS_HELP = ("how stderr shows each library's training: bar = a progress bar per library; lines = a line when a "
+                 "library starts, one per epoch (steps, loss, validation accuracy, seconds, images/s), one at most "
+                 f"every {LINE_EVERY_S:.0f} s within an epoch, one when it ends, for log files; off = only the start "
+                 "and end lines; auto = bar when stderr is a terminal, else lines (default auto)")
 INVOCATION = "invocation.json"  # in every results folder: the options that made it, for --resume
 EPILOG = """Optimizer modes:
   canonical  every library performs the same RMSprop arithmetic (lr, rho, eps of the experiment;
@@ -39,6 +45,14 @@ Interrupted (Ctrl-C, SIGTERM): the workers are stopped, the results folder keeps
 job and is marked INTERRUPTED; `--resume FOLDER` runs only the missing jobs.
 Exit status: 0 all libraries trained, 1 any library failed (its row says why), 2 bad input,
 130/143 interrupted by SIGINT/SIGTERM."""
+
+
+def _percent(text: str) -> float:
+    """argparse type: '3%' or '3' -> 0.03."""
+    try:
+        return float(text.strip().rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 3%, got {text!r}") from None
 
 
 def parser() -> Parser:
@@ -85,6 +99,9 @@ def parser() -> Parser:
                    help="benchmark: train every library N times with the same seed, each in a fresh process; the "
                         "report gives median and spread of epoch times and images/s, first epoch apart, GFLOP/s "
                         "and %% of this machine's measured matrix-multiply peak, peak memory (default 1)")
+    p.add_argument("--target-ci", type=_percent, metavar="PCT",
+                   help="with --repeat N: stop repeating once every library's harness/plain ratio has a 95 %% "
+                        "interval within +-PCT (wall or CPU time, whichever is narrower; e.g. 3%%); N is the cap")
     p.add_argument("--no-plain", action="store_true",
                    help="with --repeat: skip the plain tutorial-style loops (benchmarks/plain) that measure the "
                         "harness's overhead")
@@ -104,6 +121,7 @@ def parser() -> Parser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one library may train (default 3600)")
     p.add_argument("--out", default="results", help="folder that receives this run's results folder")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 archive, folder or npz")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help=PROGRESS_HELP)
     p.add_argument("--resume", metavar="FOLDER",
                    help="finish an interrupted run: the same options as that run (read from its folder), only "
                         "the jobs it did not finish; no other arguments")
@@ -116,9 +134,10 @@ def options_of(args) -> TrainOptions:
         batchnorm=args.batchnorm, augment=args.augment,
         epochs=args.epochs, train_images=args.train_images,
         batch_size=args.batch_size, seed=args.seed, dropout="off" if args.no_dropout else args.dropout,
-        max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain, init=args.init,
+        max_batches=args.max_batches, seeds=args.seeds, repeat=args.repeat, plain=not args.no_plain,
+        target_ci=args.target_ci, init=args.init,
         executor=args.executor, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
-        timeout=args.timeout, out=args.out, data=args.data)
+        timeout=args.timeout, out=args.out, data=args.data, progress=args.progress)
 
 
 def parse(argv: list) -> tuple:
@@ -189,7 +208,8 @@ def execute(plan: planning.Plan, folder: Path | None = None, argv: list | None =
         results.write_json(folder / gate.VERIFICATION, verified.to_json())
     print(f"results folder: {folder}", file=sys.stderr)
     passed, refused = gate.verdicts(verified, plan.names)
-    outcome = dispatch.run(plan, folder, passed, refused, _peak(plan) if plan.mode == "benchmark" else None)
+    outcome = dispatch.run(plan, folder, passed, refused, _peak(plan) if plan.mode == "benchmark" else None,
+                           _enough(plan) if plan.options.target_ci else None)
     return finish(plan, folder, outcome)
 
 
@@ -197,6 +217,25 @@ def _peak(plan: planning.Plan):
     from benchmarks import bench
 
     return lambda: bench.machine_peak(plan.threads)
+
+
+def _enough(plan: planning.Plan):
+    """--target-ci: after each run, whether every library's harness/plain interval is narrow enough (said on
+    stderr)."""
+    from benchmarks import bench
+
+    def enough(outcome) -> bool:
+        runs, plain = ({key: {name: row.to_json() for name, row in rows.items()} for key, rows in which.items()}
+                       for which in (outcome.runs, outcome.plain))
+        name, clock, width = bench.widest(runs, plain, plan.names, os.cpu_count() or 1)
+        target = plan.options.target_ci
+        if width is None:
+            print(f"--target-ci ±{100 * target:g} %: {name} has no interval yet", file=sys.stderr, flush=True)
+            return False
+        print(f"--target-ci ±{100 * target:g} %: widest harness/plain interval ±{100 * width:.1f} % ({name}, "
+              f"{clock} time)" + ("; enough runs" if width <= target else ""), file=sys.stderr, flush=True)
+        return width <= target
+    return enough
 
 
 def benchmark_report(plan, outcome, folder: Path) -> tuple:
@@ -209,7 +248,7 @@ def benchmark_report(plan, outcome, folder: Path) -> tuple:
     run.plain = outcome.plain
     doc = run.to_json()
     run.benchmark = bench.summarize(doc["runs"], plan.names, plan.images, flops.model_flops(plan.spec), outcome.peaks,
-                                    doc["plain"])
+                                    doc["plain"], run.environment["cores"])
     doc = run.to_json()
     bench.plot(doc, folder)
     return run, "\n".join(report.heading(run) + bench.markdown(doc)) + "\n"

@@ -69,10 +69,15 @@ def test_repeat_refuses_settings_that_would_not_be_a_benchmark():
 
 
 def _slowed(doc: dict, name: str, factor: float) -> dict:
+    """The run with `name` `factor` times as fast: every epoch's wall and CPU time divided by it."""
     slowed = json.loads(json.dumps(doc))
     spread = slowed["benchmark"]["libraries"][name]["images_per_s"]
     for key in ("median", "min", "max", "q1", "q3"):
         spread[key] *= factor
+    for rows in slowed["runs"].values():
+        for epoch in rows[name]["record"]["epochs"]:
+            epoch["train_s"] /= factor
+            epoch["cpu_s"] /= factor
     return slowed
 
 
@@ -95,3 +100,21 @@ def test_compare_refuses_a_folder_that_is_not_a_benchmark(tmp_path):
 
     (tmp_path / "results.json").write_text(json.dumps({"libraries": {}}))
     assert_one_line_error(run_cli("benchmarks.compare", tmp_path, tmp_path), "not a benchmark")
+
+
+def test_target_ci_stops_repeating_once_the_intervals_are_narrow_enough(tmp_path):
+    """--target-ci: a loose target is met at the policy's minimum of runs, and the runs not needed are not made."""
+    proc, folder, run = run_training(tmp_path, "pytorch", "--repeat", "4", "--target-ci", "99%", "--epochs", "4",
+                                     "--max-batches", "2", "--threads", "1", "--no-dropout")
+    assert proc.returncode == 0, proc.stderr
+    assert set(run["runs"]) == {"repeat1", "repeat2"} and "enough runs" in proc.stderr
+    e = run["benchmark"]["libraries"]["pytorch"]
+    assert e["overhead_cpu"]["low"] <= e["overhead_cpu"]["ratio"] <= e["overhead_cpu"]["high"]
+    assert len(run["benchmark"]["peak"]["measurements"]) == 3  # before the runs and after each
+
+
+def test_target_ci_is_refused_without_a_cap_in_one_line():
+    from tests.conftest import assert_one_line_error
+
+    assert_one_line_error(run_cli("cli.train", "pytorch", "--target-ci", "3%"), "--target-ci needs --repeat N")
+    assert_one_line_error(run_cli("cli.train", "pytorch", "--repeat", "3", "--target-ci", "abc"), "percentage")

@@ -153,11 +153,11 @@ def test_the_plan_refuses_unknown_libraries_and_experiments():
 
 def test_explain_builds_the_options_the_train_command_would_parse():
     args = explain.parser().parse_args(["--seeds", "3", "--epochs", "1", "--max-batches", "2", "--threads", "1",
-                                        "--out", "somewhere"])
+                                        "--out", "somewhere", "--progress", "lines"])
     sweeps = explain.sweep_options(args)
     assert list(sweeps) == ["native", "canonical", "identical"]
     common = ["all", "--experiment", "seed-2017", "--seeds", "3", "--epochs", "1", "--max-batches", "2",
-              "--threads", "1", "--out", "somewhere"]
+              "--threads", "1", "--out", "somewhere", "--progress", "lines"]
     for key, argv in (("native", ["--optimizer", "native"]), ("canonical", []), ("identical", ["--dropout",
                                                                                                "identical"])):
         assert sweeps[key] == train.options_of(train.parser().parse_args(common + argv)), key

@@ -85,13 +85,13 @@ def probe(environments: list) -> dict:
     return out
 
 
-def train(library: str, files: dict, steps_total: int, threads: int, timeout: float) -> dict:
+def train(library: str, files: dict, threads: int, timeout: float) -> dict:
     """Runs on a worker: one training job (trainers.executors.train_remote) in the worker's checkout."""
     if find_project() is None:  # a worker that joined after the run's probe
         raise RuntimeError(f"worker on {socket.gethostname()} cannot import this project")
     from trainers.executors import train_remote
 
-    return train_remote(library, files, steps_total, threads, timeout)
+    return train_remote(library, files, threads, timeout)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 the analysis package's part."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -98,9 +99,11 @@ def jobs_of(plan: Plan, names: list, tmp: Path) -> list:
     jobs = []
     for run in plan.runs:
         for name in names:
-            jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag))
+            job = Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, epochs=plan.epochs,
+                      images=plan.images)
+            jobs.append(job)
             if plan.mode == "benchmark" and plan.options.plain:  # alternate harness and plain runs
-                jobs.append(Job(name, run.key, tmp / f"seed-{run.seed}", plan.steps_total, run.tag, plain=True))
+                jobs.append(dataclasses.replace(job, plain=True))
     return jobs
 
 
@@ -116,11 +119,13 @@ def write_job_files(plan: Plan, seed: int, folder: Path) -> None:
     harness.write_job(folder, spec, plan.arrays, order, config)
 
 
-def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None) -> Outcome:
+def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, enough=None) -> Outcome:
     """Train `names` in every run of the plan; `rejected` ({library: row}) are the libraries the gate refused,
     their rows kept as they are. Jobs already in the folder's ledger are not run again. `measure()`, when
     given, is called before and after the jobs (a benchmark's machine peak). An interruption stops every
-    worker; the outcome then says which jobs are missing and gives them 'interrupted' rows."""
+    worker; the outcome then says which jobs are missing and gives them 'interrupted' rows. `enough(outcome)`,
+    when given, is asked after each run (a benchmark with --target-ci): once it says so, the runs not started are
+    dropped from the outcome."""
     outcome = Outcome({r.key: dict(rejected) for r in plan.runs}, {r.key: {} for r in plan.runs})
     for name, row in rejected.items():
         print(f"{name}: not trained ({row.reason})", file=sys.stderr)
@@ -128,7 +133,10 @@ def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None) -> 
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         jobs = jobs_of(plan, names, Path(tmp))
         try:
-            _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure)
+            skipped = _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure, enough)
+            for key in skipped:
+                del outcome.runs[key], outcome.plain[key]
+            jobs = [job for job in jobs if job.run not in skipped]
         except lifeline.Interrupted as exc:
             stopped = lifeline.stop_all()
             outcome.interrupted = exc
@@ -156,7 +164,9 @@ def _resume(jobs: list, ledger: Ledger, outcome: Outcome) -> list:
     return todo
 
 
-def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure) -> None:
+def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure,
+              enough=None) -> set:
+    """Run the jobs not in the ledger; the keys of the runs `enough` made unnecessary."""
     from trainers.executors import run_dask, run_local
 
     todo = _resume(jobs, ledger, outcome)
@@ -165,23 +175,36 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
         if run.key in pending:
             write_job_files(plan, run.seed, tmp / f"seed-{run.seed}")
     if measure:
-        outcome.peaks.append(measure())
+        outcome.peaks.append({**measure(), "after_run": None})
     o = plan.options
-    if o.executor == "dask":
-        finished = run_dask(todo, plan.threads, o.timeout, folder, o.scheduler, o.workers)
-    else:
-        finished = run_local(todo, plan.threads, o.timeout, folder)
-    for job, raw in finished:
-        trained = raw.pop(TRAINED, None)
-        row = typed_row(job, raw)
-        if trained is not None and row.status == "ok":
-            row.model = write_model(folder, job, trained)
-        ledger.save(job, row)
-        outcome.add(job, row)
-        if row.status != "ok":
-            print(f"{job.label}: {row.status} — {row.reason}", file=sys.stderr)
-    if measure:
-        outcome.peaks.append(measure())
+    # a benchmark measures the machine's peak between its runs too, so that each run has a same-moment peak
+    groups = [[job for job in todo if job.run == run.key] for run in plan.runs] if measure else [todo]
+    done = {job.run for job in jobs} - pending
+    for group in filter(None, groups):
+        if enough is not None and enough(outcome):
+            return pending - done
+        done.add(group[0].run)
+        if o.executor == "dask":
+            finished = run_dask(group, plan.threads, o.timeout, folder, o.scheduler, o.workers, o.progress)
+        else:
+            finished = run_local(group, plan.threads, o.timeout, folder, o.progress)
+        for job, raw in finished:
+            _finished(folder, job, raw, ledger, outcome)
+        if measure:
+            outcome.peaks.append({**measure(), "after_run": group[0].run})
+    return set()
+
+
+def _finished(folder: Path, job, raw: dict, ledger: Ledger, outcome: Outcome) -> None:
+    """A job's row: typed, its trained model written, saved in the ledger."""
+    trained = raw.pop(TRAINED, None)
+    row = typed_row(job, raw)
+    if trained is not None and row.status == "ok":
+        row.model = write_model(folder, job, trained)
+    ledger.save(job, row)
+    outcome.add(job, row)
+    if row.status != "ok":
+        print(f"{job.label}: {row.status} — {row.reason}", file=sys.stderr)
 
 
 def write_model(folder: Path, job, files: dict) -> str | None:

@@ -16,9 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from builders import resolve
+from workers import progress
 from workers.plain import run_plain
 from workers.training import train_one
 
@@ -39,6 +38,8 @@ class Job:
     steps_total: int
     tag: str = ""  # how labels and log names tell this run from the library's others; "" when it has one run
     plain: bool = False  # the library's plain tutorial loop (benchmarks.plain) instead of the harness
+    epochs: int = 0  # for the progress lines; 0: not said
+    images: int = 0  # training images per epoch, for the progress lines' images/s; 0: not said
 
     @property
     def label(self) -> str:
@@ -50,28 +51,30 @@ class Job:
         return f"{name}.plain.stderr.log" if self.plain else f"{name}.stderr.log"
 
 
-def run_local(jobs: list, threads: int, timeout: float, log_dir: Path):
-    """Yield (job, row) for each job, trained one at a time on this machine with a progress bar each."""
+def run_local(jobs: list, threads: int, timeout: float, log_dir: Path, shown: str = "auto"):
+    """Yield (job, row) for each job, trained one at a time on this machine, its progress shown as `shown`
+    (workers.progress.MODES) says."""
     for job in jobs:
         env = resolve(job.library)[1]
         if job.plain:
             print(f"{job.label}: plain loop", file=sys.stderr, flush=True)
             yield job, run_plain(job.library, env, job.folder, threads, timeout, log_dir / job.log_name)
             continue
-        row = train_one(job.library, env, job.folder, job.steps_total, threads, timeout, log_dir / job.log_name,
-                        label=job.label)
+        work = progress.Work(job.steps_total, job.epochs, job.images)
+        row = train_one(job.library, env, job.folder, threads, timeout, log_dir / job.log_name,
+                        progress.training(shown, job.label, work))
         row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
         yield job, row
 
 
-def train_remote(library: str, files: dict, steps_total: int, threads: int, timeout: float) -> dict:
+def train_remote(library: str, files: dict, threads: int, timeout: float) -> dict:
     """Runs on a Dask worker: materialise the job folder, train, return the row with the worker's stderr."""
     with tempfile.TemporaryDirectory(prefix="dask-train-") as tmp:
         folder = Path(tmp)
         for name, data in files.items():
             (folder / name).write_bytes(data)
         log = folder / "worker.stderr.log"
-        row = train_one(library, resolve(library)[1], folder, steps_total, threads, timeout, log, progress=False)
+        row = train_one(library, resolve(library)[1], folder, threads, timeout, log)
         row["log"] = log.read_text(errors="replace")[-LOG_LIMIT:] if log.exists() else ""
     row["executor"] = {"kind": "dask", "host": socket.gethostname(), "shared": True}
     return row
@@ -157,9 +160,10 @@ def start_local_cluster(workers: int):
                         memory_limit=0, silence_logs=logging.ERROR)
 
 
-def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: str | None, workers: int):
+def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: str | None, workers: int,
+             shown: str = "auto"):
     """Yield (job, row) as the cluster at `address` finishes them (a local cluster of `workers`
-    processes when address is None)."""
+    processes when address is None), each shown as it finishes as `shown` (workers.progress.MODES) says."""
     from distributed import Client, as_completed
 
     from trainers import cluster as remote
@@ -176,12 +180,12 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
                     if digest not in shipped:
                         shipped[digest] = client.scatter(data, broadcast=True, hash=False)
                     files[path.name] = shipped[digest]
-                future = client.submit(train, job.library, files, job.steps_total, threads, timeout,
+                future = client.submit(train, job.library, files, threads, timeout,
                                        key=f"train-{job.library}-{job.tag.replace(' ', '') or 'run'}", pure=False)
                 futures[future] = job
             print(f"dask: {len(jobs)} jobs on {client.scheduler.address} "
                   f"({len(client.scheduler_info()['workers'])} workers)", file=sys.stderr, flush=True)
-            with tqdm(total=len(jobs), desc="jobs", unit="job", dynamic_ncols=True) as bar:
+            with progress.Jobs(shown, len(jobs)) as bar:
                 for future in as_completed(futures):
                     job = futures[future]
                     try:
@@ -189,8 +193,7 @@ def run_dask(jobs: list, threads: int, timeout: float, log_dir: Path, address: s
                     except Exception as exc:  # noqa: BLE001  a remote error of any type: the job has no row of its own
                         row = _lost(job, exc)
                     (log_dir / job.log_name).write_text(row.pop("log", ""))
-                    bar.update(1)
-                    bar.set_postfix_str(f"{job.label}: {row['status']}", refresh=True)
+                    bar.finished(job.label, row["status"])
                     yield job, row
     finally:
         if cluster is not None:

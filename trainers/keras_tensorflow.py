@@ -12,6 +12,7 @@ from builders import layouts
 from spec import ops
 from spec.training import LOSS_CLIP, ends_in_logits
 from trainers import masks
+from workers import clock
 
 NAME = "keras-tensorflow"
 
@@ -205,16 +206,17 @@ def train(spec, data, config, report):
         sizes = [len(b) for b in data.batches(epoch, bs)]
         callback = _step_reporter(keras, report, epoch, sizes)
 
-        started = time.perf_counter()
+        started = clock.mark()
         history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0,
                             callbacks=[*setter, callback, *dumper])
-        train_s = time.perf_counter() - started
+        cost = clock.span(started)  # wall, CPU, steal and pressure seconds of the training steps
+        train_s = cost["wall_s"]
 
         started = time.perf_counter()
         val = model.evaluate(x_val, y_val, batch_size=bs, verbose=0, return_dict=True)
         eval_s = time.perf_counter() - started
         report.epoch(epoch, train_s, history.history["loss"][-1], history.history["accuracy"][-1], eval_s,
-                     val["loss"], val["accuracy"])
+                     val["loss"], val["accuracy"], cost=cost)
     if hasattr(model, "jax_state_sync"):  # JAX's fit carries the values outside the variables until synced
         model.jax_state_sync()
     report.trained(_canonical_tensors(spec, {key: keras.ops.convert_to_numpy(variable)

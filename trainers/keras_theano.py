@@ -12,6 +12,7 @@ from builders import layouts
 from spec import ops
 from spec.training import ends_in_logits
 from trainers import masks
+from workers import clock
 
 NAME = "keras-theano"
 
@@ -238,16 +239,17 @@ def train(spec, data, config, report):
         y = to_categorical(data.y_train[idx], classes).astype(np.float32)
         callback = _step_reporter(keras, report, epoch)
 
-        started = time.perf_counter()
+        started = clock.mark()
         history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0,
                             callbacks=[*setter, callback, *dumper])
-        train_s = time.perf_counter() - started
+        cost = clock.span(started)  # wall, CPU, steal and pressure seconds of the training steps
+        train_s = cost["wall_s"]
 
         started = time.perf_counter()
         val_loss, val_acc = model.evaluate(data.x_val, y_val, batch_size=bs, verbose=0)
         eval_s = time.perf_counter() - started
         logs = history.history
-        report.epoch(epoch, train_s, logs["loss"][-1], logs["accuracy"][-1], eval_s, val_loss, val_acc)
+        report.epoch(epoch, train_s, logs["loss"][-1], logs["accuracy"][-1], eval_s, val_loss, val_acc, cost=cost)
     from keras import backend as K
 
     report.trained(_canonical(spec, {(node.name, param): K.get_value(variable) for node in spec.parametric()

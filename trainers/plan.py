@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workers.progress import MODES as PROGRESS_MODES
 from workers.records import Typed
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class TrainOptions(Typed):
     seeds: int = 1
     repeat: int = 1
     plain: bool = True  # with repeat > 1: also time the plain tutorial-style loops
+    target_ci: float | None = None  # with repeat > 1: stop once every harness/plain interval is this narrow
     init: str = "fixed"
     augment: bool = False  # the experiment's random crop and flip, drawn by the harness
     batchnorm: str = "canonical"  # spec.batchnorm.MODES
@@ -54,6 +56,7 @@ class TrainOptions(Typed):
     timeout: float = 3600.0
     out: str = "results"
     data: str | None = None
+    progress: str = "auto"  # PROGRESS_MODES (workers.progress): how stderr shows each library's training
 
     def check(self) -> None:
         """BadInput naming the first option that cannot work (the data, model and libraries are checked by
@@ -66,7 +69,7 @@ class TrainOptions(Typed):
         if not self.libraries:
             yield "name the libraries to train ('all', 'fast-paths' or names)"
         for name, allowed in (("optimizer", OPTIMIZERS), ("dropout", DROPOUTS), ("init", INITS),
-                              ("executor", EXECUTORS)):
+                              ("executor", EXECUTORS), ("progress", PROGRESS_MODES)):
             if getattr(self, name) not in allowed:
                 yield f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
         for name in ("epochs", "train_images", "batch_size", "max_batches", "threads", "seeds", "workers", "repeat"):
@@ -79,6 +82,9 @@ class TrainOptions(Typed):
             yield f"--timeout must be a positive number of seconds, not {self.timeout:g}"
         if self.repeat > 1 and self.seeds > 1:
             yield "--repeat and --seeds do not combine: a benchmark repeats one seed"
+        if self.target_ci is not None and not (self.repeat > 1 and self.plain and 0 < self.target_ci < 1):
+            yield ("--target-ci needs --repeat N (the most runs to make, at least 2), the plain loops, and a "
+                   "percentage between 0 and 100")
         if self.repeat > 1 and self.executor == "dask":
             yield "--repeat needs --executor local: timings from several jobs at once are not a benchmark"
         if self.scheduler and self.executor != "dask":

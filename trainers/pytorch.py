@@ -9,6 +9,7 @@ import builders.pytorch as builder
 from spec import ops
 from spec.training import LOSS_CLIP, ends_in_logits
 from trainers import masks
+from workers import clock
 
 NAME = "pytorch"
 
@@ -135,7 +136,7 @@ def train(spec, data, config, report) -> None:
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
         model.train()
-        started = time.perf_counter()
+        started = clock.mark()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             x = builder.inputs(torch.from_numpy(np.ascontiguousarray(data.images(epoch, idx))), **options)
             y = y_train[torch.from_numpy(idx)]
@@ -158,7 +159,8 @@ def train(spec, data, config, report) -> None:
             loss_sum += batch_loss * n
             correct += int((p.detach().argmax(1) == y).sum())
             seen += n
-        train_s = time.perf_counter() - started
+        cost = clock.span(started)  # wall, CPU, steal and pressure seconds of the training steps
+        train_s = cost["wall_s"]
 
         model.eval()
         started = time.perf_counter()
@@ -171,7 +173,7 @@ def train(spec, data, config, report) -> None:
                 val_correct += int((p.argmax(1) == y).sum())
         eval_s = time.perf_counter() - started
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, eval_s,
-                     val_loss / len(y_val), val_correct / len(y_val))
+                     val_loss / len(y_val), val_correct / len(y_val), cost=cost)
     report.trained(trained(spec, model))
 
 

@@ -13,6 +13,7 @@ import builders.tensorflow as builder
 from builders import layouts
 from spec.training import ends_in_logits
 from trainers import masks, tf_shared
+from workers import clock
 
 NAME = "tensorflow"
 
@@ -134,7 +135,7 @@ def train(spec, data, config, report) -> None:
     batch_size = config["batch_size"]
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
-        started = time.perf_counter()
+        started = clock.mark()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             x, y = tf.constant(data.images(epoch, idx, layouts.nchw_to_nhwc)), tf.constant(data.y_train[idx])
             dropout_masks = step_masks(global_step, len(idx))
@@ -151,10 +152,11 @@ def train(spec, data, config, report) -> None:
             loss_sum += batch_loss * n
             correct += int(n_correct)
             seen += n
-        train_s = time.perf_counter() - started
+        cost = clock.span(started)  # wall, CPU, steal and pressure seconds of the training steps
+        train_s = cost["wall_s"]
 
         started = time.perf_counter()
         val_loss, val_acc = tf_shared.evaluate(tf, eval_step, x_val, data.y_val, batch_size)
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, time.perf_counter() - started,
-                     val_loss, val_acc)
+                     val_loss, val_acc, cost=cost)
     report.trained(_canonical_tensors(spec, keys + list(state), [v.numpy() for v in variables + list(state.values())]))

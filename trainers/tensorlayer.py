@@ -20,6 +20,7 @@ from builders import layouts
 from spec import ops
 from spec.training import ends_in_logits
 from trainers import masks, tf_shared
+from workers import clock
 
 NAME = "tensorlayer"
 
@@ -119,7 +120,7 @@ def train(spec, data, config, report) -> None:
     for epoch in range(config["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
         model.train()
-        started = time.perf_counter()
+        started = clock.mark()
         for step, idx in enumerate(data.batches(epoch, batch_size)):
             dropout_masks = step_masks(global_step, len(idx))
             x = tf.constant(data.images(epoch, idx, layouts.nchw_to_nhwc))
@@ -135,11 +136,12 @@ def train(spec, data, config, report) -> None:
             loss_sum += batch_loss * n
             correct += int(n_correct)
             seen += n
-        train_s = time.perf_counter() - started
+        cost = clock.span(started)  # wall, CPU, steal and pressure seconds of the training steps
+        train_s = cost["wall_s"]
 
         model.eval()
         started = time.perf_counter()
         val_loss, val_acc = tf_shared.evaluate(tf, eval_step, x_val, data.y_val, batch_size)
         report.epoch(epoch, train_s, loss_sum / seen, correct / seen, time.perf_counter() - started,
-                     val_loss, val_acc)
+                     val_loss, val_acc, cost=cost)
     report.trained({key: convert(weight.numpy()) for weight, key, convert in _canonical_params(spec, model, False)})

@@ -37,6 +37,7 @@ from builders import layouts
 from spec import ops
 from spec.training import LOSS_CLIP, ends_in_logits
 from trainers import masks
+from workers import clock
 
 NAME = "tflearn"
 
@@ -257,10 +258,11 @@ def train(spec, data, config, report) -> None:
             sizes = [len(idx) for idx in data.batches(epoch, batch_size)]
             x, y = data.images(epoch, order, layouts.nchw_to_nhwc), eye[data.y_train[order]]
             with contextlib.redirect_stdout(quiet):  # tflearn prints its run id and progress to stdout
-                started = time.perf_counter()
+                started = clock.mark()
                 model.fit(x, y, n_epoch=1, batch_size=batch_size, shuffle=False, show_metric=False,
                           snapshot_epoch=False, snapshot_step=None, callbacks=callbacks)
-                train_s = time.perf_counter() - started
+                cost = clock.span(started)  # wall, CPU, steal and pressure seconds of the training steps
+                train_s = cost["wall_s"]
             if callback.step != len(sizes):
                 raise RuntimeError(f"tflearn ran {callback.step} steps, the epoch has {len(sizes)} batches")
 
@@ -276,7 +278,7 @@ def train(spec, data, config, report) -> None:
                 val_correct += float(correct)
             eval_s = time.perf_counter() - started
             report.epoch(epoch, train_s, callback.loss_sum / callback.seen, callback.correct / callback.seen,
-                         eval_s, val_loss / len(x_val), val_correct / len(x_val))
+                         eval_s, val_loss / len(x_val), val_correct / len(x_val), cost=cost)
     everything = _canonical_params(spec, built) + _canonical_params(spec, built, trainable=False)
     values = session.run([variable for variable, _, _ in everything])
     report.trained({key: convert(value) for value, (_, key, convert) in zip(values, everything)})

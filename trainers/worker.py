@@ -24,6 +24,8 @@ from trainers import LIBRARIES
 from workers import ExitCode, lifeline, results
 from workers.training import event_line, result_path, tensors_path, trained_path
 
+CLOCK_FIELDS = ("cpu_s", "steal_s", "pressure_s")  # workers.clock's figures beside train_s in an epoch's record
+
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -70,11 +72,13 @@ class Reporter:
         self.trained_params = {name: np.asarray(value, dtype=np.float32) for name, value in params.items()}
 
     def epoch(self, epoch: int, train_s: float, train_loss: float, train_acc: float, eval_s: float,
-              val_loss: float, val_acc: float) -> None:
+              val_loss: float, val_acc: float, cost: dict | None = None) -> None:
         """One epoch: wall time of its training steps alone, training loss/accuracy as the library
-        computed them during training, then evaluation time and validation loss/accuracy."""
+        computed them during training, then evaluation time and validation loss/accuracy. cost: the training
+        steps' workers.clock span (CPU, steal and pressure seconds beside the wall time)."""
         row = dict(epoch=epoch, train_s=train_s, train_loss=float(train_loss), train_acc=float(train_acc),
-                   eval_s=eval_s, val_loss=float(val_loss), val_acc=float(val_acc))
+                   eval_s=eval_s, val_loss=float(val_loss), val_acc=float(val_acc),
+                   **{key: (cost or {}).get(key) for key in CLOCK_FIELDS})
         self.record["epochs"].append(row)
         self._emit({"type": "epoch", **row})
         if not math.isfinite(row["train_loss"]):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from envs import reexec_in_main
 from spec import batchnorm
+from workers import progress
 from workers.status import ExitCode
 
 EXIT_PASS, EXIT_MISMATCH, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
@@ -101,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
                          "classes (probabilities, or logits, which get the softmax inside the loss); BatchNorm trains "
                          "in ONNX's training mode and its running statistics are judged after every step")
     st.add_argument("--converted", default=None, metavar="PATH", help=CONVERTED_HELP)
+    st.add_argument("--progress", choices=progress.MODES, default="auto",
+                    help="how stderr shows each library's training, as in cli.train: bar, lines (for log files), off "
+                         "(only start and end lines) or auto = bar on a terminal, else lines (default auto)")
     desc = sub.add_parser("describe", help="show the layers the importer reads from an ONNX model")
     desc.add_argument("model", help=f"{MODEL_KINDS} (converted into a temporary file)")
     sv = sub.add_parser("survey", help="forward equivalence over many models: one verdict per model and library",
@@ -257,7 +261,7 @@ def _steps(args, converted) -> int:
     if converted:
         cifar_model(args.model)
     report = steps.run(args.libraries, args.steps, args.optimizer, data_path=args.data, model=args.model,
-                       batchnorm_mode=args.batchnorm)
+                       batchnorm_mode=args.batchnorm, shown=args.progress)
     print(steps.table(report))
     if args.json:
         results.write_json(args.json, {**report, **({"converted": converted.to_json()} if converted else {})})

@@ -21,7 +21,7 @@ from spec import batchnorm, experiments, ops, training
 from spec.onnx_import import import_model
 from spec.reference64 import Reference
 from verify.compare import TOLERANCES
-from workers import Status
+from workers import Status, progress
 from workers.training import tensors_path, train_one
 
 
@@ -250,11 +250,12 @@ def verdict(steps: list, policy: dict, native: bool) -> dict:
 
 
 def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2017", data_path=None,
-        timeout: float = 1800, log=sys.stderr, model=None, batchnorm_mode: str = "canonical") -> dict:
+        timeout: float = 1800, log=sys.stderr, model=None, batchnorm_mode: str = "canonical",
+        shown: str = "auto") -> dict:
     """`model`: an ONNX file to train in place of the experiment's (same input shape and classes). batchnorm_mode
     (spec.batchnorm.MODES): each library is judged against the reference with the BatchNorm semantics it was asked
     to train (its native momentum, epsilon or running-variance estimator where the mode says), so a pass in a native
-    mode shows the library does what its native row declares."""
+    mode shows the library does what its native row declares. `shown`: workers.progress.MODES."""
     experiment = experiments.load(experiment_name)
     spec = training.without_dropout(import_model(model or experiments.model_path(experiment)))
     arrays = training.datasets(cifar10.find(data_path, **training.needs(experiment)), experiment)
@@ -278,8 +279,9 @@ def run(libraries: list, n_steps: int, mode: str, experiment_name: str = "seed-2
         job = Path(tmp)
         training.write_job(job, spec, arrays, order, config)
         for library in libraries:
-            row = train_one(library, resolve(library)[1], job, epochs * per_epoch if epochs > 1 else n_steps, 2,
-                            timeout, job / f"{library}.stderr.log")
+            work = progress.Work(epochs * per_epoch if epochs > 1 else n_steps, epochs, len(order[0]))
+            row = train_one(library, resolve(library)[1], job, 2, timeout, job / f"{library}.stderr.log",
+                            progress.training(shown, library, work, log))
             entry = {"status": row["status"], "reason": row["reason"], "optimizer": row["record"]["optimizer"],
                      "losses": [s["loss"] for s in row["record"]["steps"][:n_steps]]}
             path = tensors_path(job, library)

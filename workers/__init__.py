@@ -2,7 +2,8 @@
 
     status     Status (the word a row's outcome takes) and ExitCode (every process's exit codes)
     spawn      run(): the one function that starts a worker, waits for it and classifies its exit
-    training   the training worker's protocol: its events, its files, train_one() with a progress bar
+    training   the training worker's protocol: its events, its files, train_one()
+    progress   how training shows on stderr (--progress auto|bar|lines|off): bars, or lines fit for log files
     plain      the plain tutorial-loop worker (benchmarks.plain) and its JSON result line
     lifeline   workers never outlive the run that started them
     results    result files are complete or absent (write_atomic, write_json, write_figure)

@@ -137,6 +137,9 @@ class Epoch(Typed):
     eval_s: float
     val_loss: float
     val_acc: float
+    cpu_s: float | None = field(default=None, metadata=OMIT_NONE)  # workers.clock, over the same steps as train_s
+    steal_s: float | None = field(default=None, metadata=OMIT_NONE)
+    pressure_s: float | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass
@@ -230,6 +233,9 @@ class PlainRow(Typed):
     epoch_s: list[float] | None = field(default=None, metadata=OMIT_NONE)
     final_loss: float | None = field(default=None, metadata=OMIT_NONE)
     final_loss_of: str | None = field(default=None, metadata=OMIT_NONE)
+    epoch_cpu_s: list[float] | None = field(default=None, metadata=OMIT_NONE)  # workers.clock, per epoch
+    epoch_steal_s: list[float | None] | None = field(default=None, metadata=OMIT_NONE)
+    epoch_pressure_s: list[float | None] | None = field(default=None, metadata=OMIT_NONE)
 
     def __post_init__(self):
         _one_of(self.status, PLAIN_STATUSES, "status")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers import spawn
+from workers import progress, spawn
 from workers.status import Status
 
 MODULE = "trainers.worker"
@@ -44,40 +44,38 @@ def empty_record() -> dict:
     return {"optimizer": None, "steps": [], "epochs": []}
 
 
-def train_one(library: str, env: str, job: Path, steps_total: int, threads: int, timeout: float, log: Path,
-              progress: bool = True, label: str = "") -> dict:
+def train_one(library: str, env: str, job: Path, threads: int, timeout: float, log: Path,
+              shown: progress.Silent | None = None) -> dict:
     """Train `library` (in environment `env`) on the job folder; returns its row: status, reason, record
-    (optimizer, steps, epochs, ...) and wall_s. The worker's stderr goes to `log`; `progress` shows a bar
-    labelled `label` (default the library)."""
-    from tqdm import tqdm  # the orchestrator's environment only
-
+    (optimizer, steps, epochs, ...) and wall_s. The worker's stderr goes to `log`; its events go to `shown`
+    (workers.progress.training; None shows nothing)."""
     record = empty_record()
-    with tqdm(total=steps_total, desc=f"{label or library:<21}", unit="step", leave=True, dynamic_ncols=True,
-              disable=not progress) as bar:
+    with shown or progress.Silent() as reporter:
         def on_line(line: str) -> None:
             if line.startswith(EVENT_PREFIX):
-                _record_event(record, json.loads(line[len(EVENT_PREFIX):]), bar)
+                _record_event(record, json.loads(line[len(EVENT_PREFIX):]), reporter)
 
         outcome = spawn.run(MODULE, [library, job], env, timeout, log, on_line, threads)
-    trained = None
-    if outcome.status == Status.OK:
-        try:
-            record = _read_record(result_path(job, library))
-            trained = {name: (trained_path(job, library) / name).read_bytes() for name in TRAINED_FILES}
-        except (ValueError, OSError) as exc:  # the events streamed so far stay in the row
-            outcome = outcome.malformed(exc)
+        trained = None
+        if outcome.status == Status.OK:
+            try:
+                record = _read_record(result_path(job, library))
+                trained = {name: (trained_path(job, library) / name).read_bytes() for name in TRAINED_FILES}
+            except (ValueError, OSError) as exc:  # the events streamed so far stay in the row
+                outcome = outcome.malformed(exc)
+        reporter.end(str(outcome.status), outcome.wall_s)
     row = {"status": outcome.status, "reason": outcome.reason, "record": record, "wall_s": outcome.wall_s}
     return row if trained is None else {**row, TRAINED: trained}
 
 
-def _record_event(record: dict, event: dict, bar) -> None:
+def _record_event(record: dict, event: dict, reporter: progress.Silent) -> None:
     kind = event.pop("type")
     if kind == "step":
         record["steps"].append(event)
-        bar.update(1)
-        bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+        reporter.step(event)
     elif kind == "epoch":
         record["epochs"].append(event)
+        reporter.epoch(event)
     elif kind == "optimizer":
         record["optimizer"] = event
 

@@ -7,7 +7,8 @@ sets threads with the knobs the harness trainer uses, and trains config["epochs"
 order with the harness trainer's own optimizer and loss helpers (identical arithmetic) in the library's tutorial
 idiom and nothing else: no per-step events, conversions, callbacks, tensor dumps or harness dropout masks.
 It prints one JSON line to stdout:
-    {"library": ..., "epoch_s": [...], "final_loss": ..., "final_loss_of": "last batch" | "last epoch (mean)"}
+    {"library": ..., "epoch_s": [...], "epoch_cpu_s": [...], "epoch_steal_s": [...], "epoch_pressure_s": [...],
+     "final_loss": ..., "final_loss_of": "last batch" | "last epoch (mean)"}
 epoch_s: each epoch's training alone (the same boundaries as the harness trainer's train_s). final_loss: the last
 batch's loss where the idiom hands it out for free; the fit-based Keras loops get only fit's History, whose
 loss is the epoch's batch-size-weighted mean (compare it with the harness's record["epochs"][-1]["train_loss"]).
@@ -25,11 +26,14 @@ LIBRARIES = {name: (_MODULES[resolve(name)[0]], resolve(name)[2]) for name in NA
 
 
 class EpochTimes(list):
-    """Seconds of each epoch's training; final_loss: the loss the run ended on, as a float, and
-    final_loss_of: "last batch" or "last epoch (mean)"."""
+    """Seconds of each epoch's training; spans: each epoch's workers.clock span (CPU, steal and pressure seconds
+    too) where the loop measured them; final_loss: the loss the run ended on, as a float, and final_loss_of: "last
+    batch" or "last epoch (mean)"."""
 
     def __init__(self, seconds=(), final_loss=float("nan"), final_loss_of="last batch"):
-        super().__init__(float(s) for s in seconds)
+        spans = [s for s in seconds if isinstance(s, dict)]
+        super().__init__(float(s["wall_s"] if isinstance(s, dict) else s) for s in seconds)
+        self.spans = spans if len(spans) == len(self) else []
         self.final_loss, self.final_loss_of = float(final_loss), final_loss_of
 
 

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, whatever failed
         print(f"{library}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return ExitCode.FAILED
-    print(json.dumps({"library": library, "epoch_s": list(epochs), "final_loss": epochs.final_loss,
+    costs = {f"epoch_{key}": [span[key] for span in epochs.spans] for key in ("cpu_s", "steal_s", "pressure_s")}
+    print(json.dumps({"library": library, "epoch_s": list(epochs), **costs, "final_loss": epochs.final_loss,
                       "final_loss_of": epochs.final_loss_of}))
     sys.stdout.flush()
     return ExitCode.OK

@@ -2,14 +2,13 @@
 verbose=0) once per epoch on that epoch's arrays in the harness's order; no callbacks."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import masks
 from trainers.keras_tensorflow import loss, optimizer, setup
+from workers import clock
 
 
 def train(spec, data, config) -> EpochTimes:
@@ -26,7 +25,7 @@ def train(spec, data, config) -> EpochTimes:
         idx = data.order[epoch]
         x = layouts.nchw_to_nhwc(data.x_train[idx])
         y = keras.utils.to_categorical(data.y_train[idx], classes).astype(np.float32)
-        started = time.perf_counter()
+        started = clock.mark()
         history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(clock.span(started))
     return EpochTimes(seconds, history.history["loss"][-1], "last epoch (mean)")

@@ -2,13 +2,12 @@
 verbose=0) once per epoch on that epoch's NCHW (channels_first) arrays in the harness's order; no callbacks."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from benchmarks.plain import EpochTimes, NullReport
 from trainers import masks
 from trainers.keras_theano import optimizer, setup
+from workers import clock
 
 
 def train(spec, data, config) -> EpochTimes:
@@ -29,7 +28,7 @@ def train(spec, data, config) -> EpochTimes:
         idx = data.order[epoch]
         x = np.ascontiguousarray(data.x_train[idx])  # NCHW, the builder's channels_first
         y = to_categorical(data.y_train[idx], classes).astype(np.float32)
-        started = time.perf_counter()
+        started = clock.mark()
         history = model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(clock.span(started))
     return EpochTimes(seconds, history.history["loss"][-1], "last epoch (mean)")

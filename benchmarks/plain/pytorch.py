@@ -1,14 +1,13 @@
 """PyTorch, the tutorial loop: for x, y in batches: zero_grad, loss = crit(model(x), y), backward, step."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 import builders.pytorch as builder
 from benchmarks.plain import EpochTimes, NullReport
 from trainers import masks
 from trainers.pytorch import build_options, loss, optimizer, setup
+from workers import clock
 
 
 def train(spec, data, config) -> EpochTimes:
@@ -26,7 +25,7 @@ def train(spec, data, config) -> EpochTimes:
     seconds = []
     for epoch in range(config["epochs"]):
         model.train()
-        started = time.perf_counter()
+        started = clock.mark()
         for idx in data.batches(epoch, batch_size):
             idx = torch.from_numpy(idx)
             x, y = builder.inputs(x_train[idx], **options), y_train[idx]
@@ -34,5 +33,5 @@ def train(spec, data, config) -> EpochTimes:
             batch = criterion(forward(x), y)
             batch.backward()
             rmsprop.step()
-        seconds.append(time.perf_counter() - started)
+        seconds.append(clock.span(started))
     return EpochTimes(seconds, batch.item(), "last batch")

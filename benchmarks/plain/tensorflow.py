@@ -2,13 +2,12 @@
 builder's tf.Module, RMSprop by the harness trainer's fused kernel (ResourceApplyRMSProp), NHWC."""
 from __future__ import annotations
 
-import time
-
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from builders.tensorflow import parameters
 from trainers import tf_shared
 from trainers.tensorflow import optimizer, setup
+from workers import clock
 
 
 def train(spec, data, config) -> EpochTimes:
@@ -27,8 +26,8 @@ def train(spec, data, config) -> EpochTimes:
     batch_size = config["batch_size"]
     seconds = []
     for epoch in range(config["epochs"]):
-        started = time.perf_counter()
+        started = clock.mark()
         for idx in data.batches(epoch, batch_size):
             loss = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
-        seconds.append(time.perf_counter() - started)
+        seconds.append(clock.span(started))
     return EpochTimes(seconds, float(loss), "last batch")

@@ -2,12 +2,11 @@
 model.trainable_weights and tf.optimizers.RMSprop (tensorlayer has none of its own), NHWC."""
 from __future__ import annotations
 
-import time
-
 from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import masks, tf_shared
 from trainers.tensorlayer import optimizer, setup
+from workers import clock
 
 
 def train(spec, data, config) -> EpochTimes:
@@ -29,8 +28,8 @@ def train(spec, data, config) -> EpochTimes:
     seconds = []
     for epoch in range(config["epochs"]):
         model.train()
-        started = time.perf_counter()
+        started = clock.mark()
         for idx in data.batches(epoch, batch_size):
             loss = train_step(tf.constant(x_train[idx]), tf.constant(data.y_train[idx]))
-        seconds.append(time.perf_counter() - started)
+        seconds.append(clock.span(started))
     return EpochTimes(seconds, float(loss), "last batch")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-import time
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from benchmarks.plain import EpochTimes, NullReport
 from builders import layouts
 from trainers import masks
 from trainers.tflearn import NATIVE_CLIP_NORM, carried_weights, loss_and_correct, optimizer, setup
+from workers import clock
 
 
 def _last_raw_loss(tf, logdir: str) -> float:
@@ -64,9 +64,9 @@ def train(spec, data, config) -> EpochTimes:
         for epoch in range(config["epochs"]):
             order = data.order[epoch]
             x, y = x_train[order], eye[data.y_train[order]]
-            started = time.perf_counter()
+            started = clock.mark()
             model.fit(x, y, n_epoch=1, batch_size=batch_size, shuffle=False, show_metric=False,
                       snapshot_epoch=False, snapshot_step=None)
-            seconds.append(time.perf_counter() - started)
+            seconds.append(clock.span(started))
         final_loss = _last_raw_loss(tf, logs.name)
     return EpochTimes(seconds, final_loss, "last batch")

@@ -1,0 +1,59 @@
+"""benchmarks.stats, bench.precision and benchmarks.compare on synthetic runs whose truth is known: intervals that
+cover it, disturbed epochs left out, a planted 5 % slowdown flagged in the one library it was planted in."""
+import numpy as np
+
+from benchmarks import bench, compare, stats
+
+LIBS = ("a", "b", "c")
+
+
+def _epochs(rng, seconds: float, n: int, noise: float, pressure: float = 0.0) -> list:
+    walls = seconds * np.exp(noise * rng.standard_normal(n))
+    return [{"epoch": k, "train_s": float(w), "train_loss": 2.0, "train_acc": 0.1, "eval_s": 0.1, "val_loss": 2.0,
+             "val_acc": 0.1, "cpu_s": float(1.9 * w), "steal_s": 0.0, "pressure_s": pressure * float(w)}
+            for k, w in enumerate(walls)]
+
+
+def _doc(seed: int, slower: dict | None = None, runs: int = 3, epochs: int = 9, noise: float = 0.02) -> dict:
+    """A benchmark results document: every library `runs` fresh runs of `epochs` epochs of about 1 s (times
+    `slower[library]`), lognormal noise."""
+    rng = np.random.default_rng(seed)
+    doc = {"environment": {"cores": 2}, "config": {"threads": 2, "epochs": epochs, "batch_size": 128},
+           "runs": {f"repeat{r + 1}": {lib: {"status": "ok", "record": {"epochs": _epochs(
+               rng, (slower or {}).get(lib, 1.0), epochs, noise)}} for lib in LIBS} for r in range(runs)}}
+    doc["benchmark"] = {"libraries": {lib: {"images_per_s": {"median": 1.0, "min": 1.0, "max": 1.0}}
+                                      for lib in LIBS}}
+    return doc
+
+
+def test_a_ratio_interval_covers_the_true_ratio_and_narrows_with_more_epochs():
+    rng = np.random.default_rng(1)
+    wide = stats.ratio_interval(list(1.05 * np.exp(0.03 * rng.standard_normal(6))),
+                                list(np.exp(0.03 * rng.standard_normal(6))))
+    narrow = stats.ratio_interval(list(1.05 * np.exp(0.03 * rng.standard_normal(60))),
+                                  list(np.exp(0.03 * rng.standard_normal(60))))
+    assert narrow["low"] <= 1.05 <= narrow["high"] and wide["low"] <= 1.05 <= wide["high"]
+    assert narrow["high"] - narrow["low"] < (wide["high"] - wide["low"]) / 2
+    assert stats.ratio_interval([1.0], [1.0])["low"] is None  # one epoch is no interval
+
+
+def test_disturbed_epochs_are_left_out_and_counted():
+    rng = np.random.default_rng(2)
+    calm, busy = _epochs(rng, 1.0, 8, 0.01), _epochs(rng, 1.6, 3, 0.01, pressure=0.9)
+    rows = [{"status": "ok", "record": {"epochs": [calm[0], *calm[1:], *busy]}}]
+    plain = [{"epoch_s": [e["train_s"] for e in calm], "epoch_cpu_s": [e["cpu_s"] for e in calm]}]
+    got = bench.precision(rows, plain, 1000, {"training": 1e9}, 100.0, 2, stats.policy())
+    assert (got["epochs"], got["disturbed"], got["left_out"]) == (10, 3, 3)
+    assert got["overhead_wall"]["low"] <= 1.0 <= got["overhead_wall"]["high"]  # the busy epochs are not counted
+    assert got["overhead_cpu"]["ratio"] is not None
+
+
+def test_two_identical_runs_compare_the_same_and_a_planted_5_percent_slowdown_is_flagged_alone():
+    base, again = _doc(3), _doc(4)
+    assert {n: r["verdict"] for n, r in compare.compare(base, again)["libraries"].items()} == dict.fromkeys(
+        LIBS, "same")
+    slowed = compare.compare(base, _doc(5, slower={"b": 1.05}))["libraries"]
+    assert {n: r["verdict"] for n, r in slowed.items()} == {"a": "same", "b": "regression", "c": "same"}
+    assert slowed["b"]["clock"] == "cpu" and slowed["b"]["detectable"] < 0.05
+    faster = compare.compare(_doc(6, slower={"c": 1.05}), base)["libraries"]
+    assert faster["c"]["verdict"] == "improvement"
