@@ -38,7 +38,12 @@ def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(re
         # fresh processes of the same job: the same arithmetic, so the same losses
         losses = [[s["loss"] for s in rows[name]["record"]["steps"]] for rows in run["runs"].values()]
         assert losses[0] == pytest.approx(losses[1], rel=1e-6)
-    assert len(run["benchmark"]["peak"]["measurements"]) == 2
+    peak = run["benchmark"]["peak"]
+    assert len(peak["measurements"]) == 3 and set(peak["per_run"]) == {"repeat1", "repeat2"}  # before, after each
+    for name in LIBRARIES:
+        e = run["benchmark"]["libraries"][name]
+        assert e["percent_of_same_moment_peak"]["n"] == 2 and e["percent_of_peak_per_core"] > 0
+        assert e["epochs"] == 2 and e["overhead_cpu"]["ratio"] > 0 and e["images_per_s_ci"]["low"] > 0
     names = {p.name for p in folder.iterdir()}
     assert {"results.json", "results.md", "benchmark.png", "pytorch.repeat1.stderr.log",
             "keras-theano.repeat2.plain.stderr.log"} <= names
