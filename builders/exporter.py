@@ -14,10 +14,9 @@ import importlib
 import importlib.metadata
 import sys
 import time
-import traceback
 from pathlib import Path
 
-from builders import LIBRARIES, Unsupported, layouts
+from builders import LIBRARIES, layouts
 from spec.ir import ModelSpec
 from workers import ExitCode, lifeline, results
 
@@ -154,16 +153,9 @@ def main(argv=None) -> int:
         pairs = ", ".join(f"{lib} {e}" for lib, found in EXPORTERS.items() for e in found)
         print(f"usage: python -m builders.exporter LIBRARY EXPORTER JOB_DIR ({pairs})", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    try:
-        run(argv[0], argv[1], Path(argv[2]))
-    except Unsupported as exc:
-        print(f"unsupported: {exc}", file=sys.stderr)
-        return ExitCode.UNSUPPORTED
-    except Exception as exc:  # the orchestrator shows the last line: the exporter's complaint
-        traceback.print_exc()
-        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        return ExitCode.FAILED
-    return ExitCode.OK
+    from builders.worker import exit_status
+
+    return exit_status(lambda: run(argv[0], argv[1], Path(argv[2])))  # the last line: the exporter's complaint
 
 
 if __name__ == "__main__":

@@ -62,12 +62,18 @@ def main(argv=None) -> int:
     if len(argv) != 2 or argv[0] not in NAMES:
         print(f"usage: python -m builders.worker {{{','.join(NAMES)}}} JOB_DIR", file=sys.stderr)
         return ExitCode.BAD_INPUT
+    return exit_status(lambda: run(argv[0], Path(argv[1])))
+
+
+def exit_status(action) -> int:
+    """Run action(); OK, UNSUPPORTED saying why, or FAILED with the traceback and then the error's one line (the
+    orchestrator shows the last line; the traceback helps debugging)."""
     try:
-        run(argv[0], Path(argv[1]))
+        action()
     except Unsupported as exc:
         print(f"unsupported: {exc}", file=sys.stderr)
         return ExitCode.UNSUPPORTED
-    except Exception as exc:  # the orchestrator shows the last line; the traceback helps debugging
+    except Exception as exc:  # noqa: BLE001  any failure of a library is this worker's one line
         traceback.print_exc()
         print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return ExitCode.FAILED
