@@ -122,7 +122,7 @@ def write_job_files(plan: Plan, seed: int, folder: Path) -> None:
 def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, enough=None) -> Outcome:
     """Train `names` in every run of the plan; `rejected` ({library: row}) are the libraries the gate refused,
     their rows kept as they are. Jobs already in the folder's ledger are not run again. `measure()`, when
-    given, is called before and after the jobs (a benchmark's machine peak). An interruption stops every
+    given, is called before the jobs and after each run's (a benchmark's machine peak). An interruption stops every
     worker; the outcome then says which jobs are missing and gives them 'interrupted' rows. `enough(outcome)`,
     when given, is asked after each run (a benchmark with --target-ci): once it says so, the runs not started are
     dropped from the outcome."""
@@ -213,7 +213,7 @@ def write_model(folder: Path, job, files: dict) -> str | None:
     from spec import onnx_export
     from spec.ir import ModelSpec
 
-    name = f"{job.library}.{job.tag.replace(' ', '')}" if job.tag else job.library
+    name = job.stem
     path = folder / MODELS / f"{name}.onnx"
     try:
         with tempfile.TemporaryDirectory(prefix="trained-") as tmp:

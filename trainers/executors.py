@@ -46,9 +46,13 @@ class Job:
         return f"{self.library} {self.tag}" if self.tag else self.library
 
     @property
+    def stem(self) -> str:
+        """The library, and the run where it has several: what the job's files in the results folder are named."""
+        return f"{self.library}.{self.tag.replace(' ', '')}" if self.tag else self.library
+
+    @property
     def log_name(self) -> str:
-        name = f"{self.library}.{self.tag.replace(' ', '')}" if self.tag else self.library
-        return f"{name}.plain.stderr.log" if self.plain else f"{name}.stderr.log"
+        return f"{self.stem}.plain.stderr.log" if self.plain else f"{self.stem}.stderr.log"
 
 
 def run_local(jobs: list, threads: int, timeout: float, log_dir: Path, shown: str = "auto"):
