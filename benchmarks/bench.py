@@ -45,18 +45,58 @@ def _plain_epochs(results: list) -> list:
                                                          column(p, "epoch_pressure_s")))[1:]]
 
 
+def of_library(runs: dict, name: str) -> dict:
+    """{run key: the library's row} of the runs where it finished ok (harness rows or plain-loop results)."""
+    return {key: rows[name] for key, rows in runs.items() if name in rows and rows[name]["status"] == "ok"}
+
+
+def side_by_side(rows: dict, plain: dict) -> dict:
+    """{run key: [(harness epoch, plain epoch)]} of the runs whose plain loop took turns with the harness epoch by
+    epoch (workers.turns): each steady epoch beside the other side's epoch of the same number, measured right after
+    it."""
+    return {key: list(zip(harness_epochs([row]), _plain_epochs([plain[key]]))) for key, row in rows.items()
+            if plain.get(key, {}).get("turns") == "epoch"}
+
+
 def undisturbed(epochs: list, cores: int, rules: dict) -> tuple:
     """(the epochs that count, how many were left out, how many were disturbed)."""
     flags = [stats.disturbed(wall, steal, pressure, cores, rules) for wall, _, steal, pressure in epochs]
     return (*stats.kept(epochs, flags, rules["minimum_epochs"]), stats.count(flags))
 
 
-def precision(rows: list, plain: list, images_per_epoch: int, flops: dict, peak_per_cpu_s, cores: int,
+def undisturbed_pairs(runs: dict, cores: int, rules: dict) -> dict:
+    """The runs' pairs without those where either side was disturbed (all kept when too few would remain)."""
+    every = [(key, pair) for key, pairs in runs.items() for pair in pairs]
+    flags = [any(stats.disturbed(e[0], e[2], e[3], cores, rules) for e in pair) for _, pair in every]
+    found = {key: [] for key in runs}
+    for key, pair in stats.kept(every, flags, rules["minimum_epochs"])[0]:
+        found[key].append(pair)
+    return found
+
+
+def overhead(rows: dict, plain: dict, cores: int, rules: dict) -> dict:
+    """harness/plain in wall and CPU time with 95 % intervals: where the runs took turns, each run's median ratio
+    of side-by-side epochs, the runs the replicates (paired: how many runs); else the ratio of the two sides'
+    median epochs, epochs resampled (paired 0)."""
+    runs = undisturbed_pairs(side_by_side(rows, plain), cores, rules)
+    if sum(map(len, runs.values())) >= rules["minimum_epochs"]:
+        def ratio(clock):
+            return stats.paired_ratio_interval([[(h[clock], p[clock]) for h, p in pairs if h[clock] and p[clock]]
+                                                for pairs in runs.values()])
+        return {"paired": sum(1 for pairs in runs.values() if pairs), "overhead_wall": ratio(0),
+                "overhead_cpu": ratio(1)}
+    harness = undisturbed(harness_epochs(list(rows.values())), cores, rules)[0]
+    loop = undisturbed(_plain_epochs(list(plain.values())), cores, rules)[0]
+    return {"paired": 0, "overhead_wall": stats.ratio_interval([e[0] for e in harness], [e[0] for e in loop]),
+            "overhead_cpu": stats.ratio_interval([e[1] for e in harness if e[1]], [e[1] for e in loop if e[1]])}
+
+
+def precision(rows: dict, plain: dict, images_per_epoch: int, flops: dict, peak_per_cpu_s, cores: int,
               rules: dict) -> dict:
-    """Per-epoch figures with 95 % intervals: images/s, harness/plain in wall and in CPU time, % of peak per busy
-    core; disturbed epochs left out (benchmarks.stats)."""
-    harness, left_out, disturbed = undisturbed(harness_epochs(rows), cores, rules)
-    loop, plain_left_out, plain_disturbed = undisturbed(_plain_epochs(plain), cores, rules)
+    """Per-epoch figures with 95 % intervals: images/s, harness/plain in wall and in CPU time (overhead), % of peak
+    per busy core; disturbed epochs left out (benchmarks.stats). rows, plain: {run key: row} of one library."""
+    harness, left_out, disturbed = undisturbed(harness_epochs(list(rows.values())), cores, rules)
+    loop, plain_left_out, plain_disturbed = undisturbed(_plain_epochs(list(plain.values())), cores, rules)
     wall, cpu = [e[0] for e in harness], [e[1] for e in harness if e[1]]
     cpu_median = float(np.median(cpu)) if cpu else None
     per_core = (100 * images_per_epoch * flops["training"] / cpu_median / 1e9 / peak_per_cpu_s
@@ -65,9 +105,7 @@ def precision(rows: list, plain: list, images_per_epoch: int, flops: dict, peak_
             "plain_epochs": len(loop) + plain_left_out, "plain_disturbed": plain_disturbed,
             "plain_left_out": plain_left_out,
             "images_per_s_ci": stats.median_interval([images_per_epoch / t for t in wall]),
-            "cpu_epoch_s": cpu_median, "percent_of_peak_per_core": per_core,
-            "overhead_wall": stats.ratio_interval(wall, [e[0] for e in loop]),
-            "overhead_cpu": stats.ratio_interval(cpu, [e[1] for e in loop if e[1]])}
+            "cpu_epoch_s": cpu_median, "percent_of_peak_per_core": per_core, **overhead(rows, plain, cores, rules)}
 
 
 def half_width(interval: dict) -> float | None:
@@ -82,11 +120,10 @@ def widest(runs: dict, plain: dict, names: list, cores: int) -> tuple:
     the more precise of its wall and CPU intervals; half-width None while a library has no interval."""
     rules, found = stats.policy(), []
     for name in names:
-        rows = [r[name] for r in runs.values() if name in r and r[name]["status"] == "ok"]
-        loop = [p[name] for p in plain.values() if name in p and p[name]["status"] == "ok"]
+        rows, loop = of_library(runs, name), of_library(plain, name)
         if len(rows) < rules["minimum_runs"] or len(loop) < rules["minimum_runs"]:
             return name, None, None
-        figures = precision(rows, loop, 1, {"training": 0.0}, None, cores, rules)
+        figures = overhead(rows, loop, cores, rules)
         widths = [(half_width(figures[f"overhead_{clock}"]), clock) for clock in ("wall", "cpu")]
         widths = [(w, clock) for w, clock in widths if w is not None]
         if not widths:
@@ -143,8 +180,10 @@ def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks
         entry["plain_steady_epoch_s"] = _spread([t for t in plain_steady if t])
         harness_median, plain_median = entry["steady_epoch_s"]["median"], entry["plain_steady_epoch_s"]["median"]
         entry["overhead_ratio"] = harness_median / plain_median if harness_median and plain_median else None
-        plain_ok = [p[name] for p in plain.values() if name in p and p[name]["status"] == "ok"]
-        entry.update(precision(rows, plain_ok, images_per_epoch, flops, per_cpu_peak, cores, rules))
+        entry.update(precision(of_library(runs, name), of_library(plain, name), images_per_epoch, flops,
+                               per_cpu_peak, cores, rules))
+        if entry["paired"]:  # both tables say the same: the side-by-side figure
+            entry["overhead_ratio"] = entry["overhead_wall"]["ratio"]
         entry["percent_of_same_moment_peak"] = same_moment_percent(
             {key: rows_of_run[name] for key, rows_of_run in runs.items() if name in rows_of_run}, images_per_epoch,
             flops, moments)
@@ -182,7 +221,8 @@ def markdown(run: dict) -> list:
                   f"GFLOP/s (spread {_median_range(peak['spread'], '.0f')}); the first table's % of peak uses the "
                   f"highest, the second's each run's own moment. Peak RSS: the largest over the runs. Harness / "
                   f"plain: median steady epoch of the harness over that of the library's plain tutorial-style loop "
-                  f"(benchmarks/plain), run alternately with it on the same job; 1.000 = no overhead."]
+                  f"(benchmarks/plain), run beside it on the same job, the two processes taking turns epoch by epoch "
+                  f"(workers/turns.py); 1.000 = no overhead."]
     return lines
 
 
@@ -196,8 +236,8 @@ def _interval(figure: dict, spec: str, key: str = "median") -> str:
 def precision_markdown(libraries: dict) -> list:
     """Epoch-level figures with 95 % intervals, disturbed epochs left out (benchmarks.stats)."""
     rules = stats.policy()
-    lines = ["Per epoch, with 95 % intervals (bootstrap over the steady epochs of all runs; disturbed epochs left "
-             "out, see below):", "",
+    lines = ["Per epoch, with 95 % intervals (images/s: bootstrap over the steady epochs of all runs; harness / plain: "
+             "see below; disturbed epochs left out):", "",
              "| library | steady epochs used (disturbed) | images/s median [95 % CI] | harness / plain, wall [95 % CI] "
              "| harness / plain, CPU time [95 % CI] | CPU s per epoch | % of same-moment peak, median (min–max) "
              "| % of peak per busy core |",
@@ -208,11 +248,18 @@ def precision_markdown(libraries: dict) -> list:
         used = f"{e['epochs'] - e['left_out']} of {e['epochs']} ({e['disturbed']})" + (
             " all kept: too few undisturbed" if e["disturbed"] > e["left_out"] else "")
         used += f"; plain {e['plain_epochs'] - e['plain_left_out']} of {e['plain_epochs']} ({e['plain_disturbed']})"
+        if e.get("paired"):
+            used += f"; {e['paired']} runs side by side"
         lines.append(f"| {name} | {used} | {_interval(e['images_per_s_ci'], '.0f')} "
                      f"| {_interval(e['overhead_wall'], '.3f', 'ratio')} | {_interval(e['overhead_cpu'], '.3f', 'ratio')} "
                      f"| {number(e['cpu_epoch_s'], '.2f')} | {_median_range(e['percent_of_same_moment_peak'], '.1f')} "
                      f"| {number(e['percent_of_peak_per_core'], '.1f')} |")
-    lines += ["", f"An epoch is disturbed when some runnable task waited for a CPU more than "
+    lines += ["", "Harness / plain: where the two took turns epoch by epoch (workers/turns.py), each run's median ratio "
+                  "of its side-by-side epochs (the machine's drift cancels within a pair), and the geometric mean of "
+                  "the runs with a t interval over runs: each process has a speed of its own (±5 % here between "
+                  "processes of one program, whatever their epochs), so runs, not epochs, are the replicates. "
+                  "Otherwise the ratio of the two sides' median epochs, epochs resampled.",
+              "", f"An epoch is disturbed when some runnable task waited for a CPU more than "
                   f"{100 * rules['pressure_share']:.0f} % of its wall time (/proc/pressure/cpu) or the hypervisor stole "
                   f"more than {100 * rules['steal_share']:.0f} % of the machine's CPU time (/proc/stat); such epochs "
                   f"are left out while at least {rules['minimum_epochs']} remain (benchmarks/policy.json). CPU time is "

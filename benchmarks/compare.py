@@ -1,12 +1,16 @@
 """`python -m benchmarks.compare BASELINE CANDIDATE`: two benchmark results folders side by side.
 
-Per library: the candidate's median steady epoch over the baseline's, in CPU time where both runs recorded it
-(what other processes disturb least) else in wall time, with its interval (bootstrap over the undisturbed steady
-epochs of all runs, benchmarks.stats; 95 % for the whole table, Bonferroni over the libraries compared). A library
-is a regression when the whole interval lies above 1 + minimum_change (benchmarks/policy.json: changes smaller than
-that are the machine's drift between runs, not the code's), an improvement when it lies below 1 - minimum_change,
-else the same; the interval's half-width is the smallest change the two runs could have detected. Images/s medians are
-shown beside it. Exit 0 no regression, 1 any regression, 2 bad input. --json PATH also writes the comparison.
+Per library, what the verdict judges: the harness's cost, i.e. each run's harness/plain ratio of epochs measured
+side by side (workers.turns), candidate over baseline, the runs the replicates (a Welch t interval on the logarithms;
+95 % for the whole table, Bonferroni over the libraries compared). The plain loop ran at the same moment as the
+harness, so whatever the machine did between the two benchmarks cancels: a change in the harness's code shows, a
+change of the machine does not. Where either benchmark lacks side-by-side epochs (a Dask run), the verdict falls
+back on the raw epoch time ratio (CPU time where both recorded it; epochs resampled), which is shown for every
+library beside it and includes the machine's drift: a slower library or machine shows there. A library is a
+regression when the judged interval lies wholly above 1 + minimum_change (benchmarks/policy.json), an improvement
+when it lies below 1 - minimum_change, else the same; the interval's half-width is the smallest change the two
+benchmarks could have detected. Exit 0 no regression, 1 any regression, 2 bad input. --json PATH also writes the
+comparison.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from workers import ExitCode
+from workers import ExitCode, number
 
 
 class BadInput(Exception):
@@ -42,21 +46,42 @@ def _epochs(doc: dict, name: str) -> list:
     return [(wall, cpu) for wall, cpu, _, _ in epochs]
 
 
+def _overheads(doc: dict, name: str) -> list:
+    """Each run's harness/plain wall-time ratio of side-by-side epochs (empty where the runs did not take turns)."""
+    from benchmarks import bench, stats
+
+    rows, plain = bench.of_library(doc["runs"], name), bench.of_library(doc.get("plain", {}), name)
+    runs = bench.undisturbed_pairs(bench.side_by_side(rows, plain), doc["environment"]["cores"], stats.policy())
+    return stats.run_ratios([[(h[0], p[0]) for h, p in pairs] for pairs in runs.values()])
+
+
+def _verdict(interval: dict, change: float) -> str:
+    if interval["low"] is None:
+        return "missing"
+    return "regression" if interval["low"] > 1 + change else "improvement" if interval["high"] < 1 - change else "same"
+
+
 def _library(base: dict, cand: dict, name: str, confidence: float, rules: dict) -> dict:
+    """The harness's time relative to its library's plain loop, candidate over baseline (what the machine's drift
+    between the two runs cancels from); where either run lacks side-by-side epochs, the raw epoch time ratio."""
     from benchmarks import stats
 
     a, b = _epochs(base, name), _epochs(cand, name)
     clock = "cpu" if all(cpu for _, cpu in a + b) else "wall"
     a, b = ([e[1 if clock == "cpu" else 0] for e in epochs] for epochs in (a, b))
-    speed = {"baseline": base["benchmark"]["libraries"][name]["images_per_s"],
-             "candidate": cand["benchmark"]["libraries"][name]["images_per_s"]}
-    if len(a) < 2 or len(b) < 2:
-        return {"verdict": "missing", "clock": clock, "time_ratio": None, "detectable": None, **speed}
-    ratio = stats.ratio_interval(b, a, confidence)
-    change = rules["minimum_change"]
-    verdict = "regression" if ratio["low"] > 1 + change else "improvement" if ratio["high"] < 1 - change else "same"
-    return {"verdict": verdict, "clock": clock, "time_ratio": ratio,
-            "detectable": (ratio["high"] - ratio["low"]) / 2, **speed}
+    found = {"baseline": base["benchmark"]["libraries"][name]["images_per_s"],
+             "candidate": cand["benchmark"]["libraries"][name]["images_per_s"], "clock": clock,
+             "time_ratio": stats.ratio_interval(b, a, confidence) if len(a) > 1 and len(b) > 1 else None}
+    before, after = _overheads(base, name), _overheads(cand, name)
+    relative = stats.change_interval(before, after, confidence)
+    found["overhead_change"] = relative if relative["low"] is not None else None
+    found["overhead"] = {"baseline": stats.geometric_mean(before), "candidate": stats.geometric_mean(after)}
+    judged = found["overhead_change"] or found["time_ratio"]
+    if judged is None:
+        return {**found, "verdict": "missing", "judged_by": None, "detectable": None}
+    return {**found, "verdict": _verdict(judged, rules["minimum_change"]),
+            "judged_by": "overhead" if found["overhead_change"] else "time",
+            "detectable": (judged["high"] - judged["low"]) / 2}
 
 
 def compare(base: dict, cand: dict) -> dict:
@@ -73,22 +98,30 @@ def compare(base: dict, cand: dict) -> dict:
             "only_in_candidate": sorted(set(cand["benchmark"]["libraries"]) - set(base["benchmark"]["libraries"]))}
 
 
+def _interval(figure: dict | None) -> str:
+    return "-" if figure is None else f"{figure['ratio']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
+
+
 def markdown(result: dict, base_name: str, cand_name: str) -> str:
     confidence = f"{100 * result['confidence']:.1f} %"
-    lines = [f"Baseline `{base_name}` vs candidate `{cand_name}`: candidate / baseline median steady epoch time with "
-             f"its {confidence} interval (> 1: slower; {confidence} = 95 % for the whole table, Bonferroni over "
-             f"{len(result['libraries'])} libraries), and images/s median (min–max over runs). A regression: the "
-             f"interval lies wholly above 1 + {result['minimum_change']:g}.", "",
-             "| library | clock | epoch time ratio [interval] | smallest detectable change | baseline images/s "
-             "| candidate images/s | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [f"Baseline `{base_name}` vs candidate `{cand_name}`, {confidence} intervals (95 % for the whole table, "
+             f"Bonferroni over {len(result['libraries'])} libraries). Judged by the harness's cost: each run's "
+             f"harness/plain ratio of epochs measured side by side, candidate over baseline, runs the replicates "
+             f"(the machine's drift between the two benchmarks cancels); where either lacks side-by-side epochs, by the "
+             f"raw epoch time ratio (drift included). A regression: the interval lies wholly above "
+             f"1 + {result['minimum_change']:g}; the smallest detectable change is its half-width.", "",
+             "| library | harness / plain, baseline → candidate | change of harness / plain [interval] "
+             "| raw epoch time ratio [interval] | smallest detectable change | baseline images/s | candidate images/s "
+             "| verdict |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["libraries"].items():
         def cell(s):
             return "-" if s["median"] is None else f"{s['median']:.0f} ({s['min']:.0f}–{s['max']:.0f})"
-        t = r["time_ratio"]
-        ratio = "-" if t is None else f"{t['ratio']:.3f} [{t['low']:.3f}, {t['high']:.3f}]"
+        o = r["overhead"]
+        overhead = " → ".join(number(o[k], ".3f") for k in ("baseline", "candidate"))
         detectable = "-" if r["detectable"] is None else f"±{100 * r['detectable']:.1f} %"
         verdict = r["verdict"].upper() if r["verdict"] == "regression" else r["verdict"]
-        lines.append(f"| {name} | {r['clock']} | {ratio} | {detectable} | {cell(r['baseline'])} "
+        lines.append(f"| {name} | {overhead} | {_interval(r['overhead_change'])} "
+                     f"| {_interval(r['time_ratio'])} ({r['clock']}) | {detectable} | {cell(r['baseline'])} "
                      f"| {cell(r['candidate'])} | {verdict} |")
     if result["different_settings"]:
         lines += ["", "Warning: the runs differ in " + ", ".join(result["different_settings"]) + "."]

@@ -70,3 +70,49 @@ def ratio_interval(numerator: list, denominator: list, confidence: float = CONFI
     low, high = _interval((numerator, denominator),
                           lambda a, b, axis: np.median(a, axis=axis) / np.median(b, axis=axis), confidence)
     return {"ratio": float(np.median(numerator) / np.median(denominator)), "low": low, "high": high}
+
+
+def run_ratios(runs: list) -> list:
+    """Each run's median ratio of its side-by-side pairs ([[(numerator, denominator), ...] per run])."""
+    return [float(np.median([a / b for a, b in pairs])) for pairs in runs if pairs]
+
+
+def paired_ratio_interval(runs: list, confidence: float = CONFIDENCE) -> dict:
+    """{ratio, low, high, runs}: numerator over denominator of epochs measured side by side (workers.turns), runs
+    [[(numerator, denominator), ...] per run]. Each run's ratio is the median of its pairs' ratios (the machine's
+    drift cancels within a pair); the runs are the replicates, since each process has its own speed (memory layout,
+    thread placement) that no number of its epochs averages out: the geometric mean of the run ratios with a t
+    interval over runs (low/high None with one run)."""
+    ratios = run_ratios(runs)
+    if not ratios:
+        return {"ratio": None, "low": None, "high": None, "runs": 0}
+    logs, centre = np.log(ratios), geometric_mean(ratios)
+    if len(ratios) < 2:
+        return {"ratio": centre, "low": None, "high": None, "runs": 1}
+    from scipy import stats
+
+    half = stats.t.ppf(0.5 + confidence / 2, len(ratios) - 1) * logs.std(ddof=1) / np.sqrt(len(ratios))
+    return {"ratio": centre, "low": float(np.exp(logs.mean() - half)), "high": float(np.exp(logs.mean() + half)),
+            "runs": len(ratios)}
+
+
+def geometric_mean(values: list) -> float | None:
+    return float(np.exp(np.mean(np.log(values)))) if len(values) else None
+
+
+def change_interval(before: list, after: list, confidence: float = CONFIDENCE) -> dict:
+    """{ratio, low, high}: the geometric mean of `after` over that of `before` (positive figures, one per run) with a
+    Welch t interval on their logarithms; low/high None unless each has two figures."""
+    a, b = np.log(before), np.log(after)
+    if len(a) < 1 or len(b) < 1:
+        return {"ratio": None, "low": None, "high": None}
+    ratio = float(np.exp(b.mean() - a.mean()))
+    if len(a) < 2 or len(b) < 2:
+        return {"ratio": ratio, "low": None, "high": None}
+    from scipy import stats
+
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
+    half = stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(va + vb)
+    return {"ratio": ratio, "low": float(np.exp(b.mean() - a.mean() - half)),
+            "high": float(np.exp(b.mean() - a.mean() + half))}

@@ -40,8 +40,8 @@ def test_a_ratio_interval_covers_the_true_ratio_and_narrows_with_more_epochs():
 def test_disturbed_epochs_are_left_out_and_counted():
     rng = np.random.default_rng(2)
     calm, busy = _epochs(rng, 1.0, 8, 0.01), _epochs(rng, 1.6, 3, 0.01, pressure=0.9)
-    rows = [{"status": "ok", "record": {"epochs": [calm[0], *calm[1:], *busy]}}]
-    plain = [{"epoch_s": [e["train_s"] for e in calm], "epoch_cpu_s": [e["cpu_s"] for e in calm]}]
+    rows = {"repeat1": {"status": "ok", "record": {"epochs": [calm[0], *calm[1:], *busy]}}}
+    plain = {"repeat1": {"epoch_s": [e["train_s"] for e in calm], "epoch_cpu_s": [e["cpu_s"] for e in calm]}}
     got = bench.precision(rows, plain, 1000, {"training": 1e9}, 100.0, 2, stats.policy())
     assert (got["epochs"], got["disturbed"], got["left_out"]) == (10, 3, 3)
     assert got["overhead_wall"]["low"] <= 1.0 <= got["overhead_wall"]["high"]  # the busy epochs are not counted
@@ -57,3 +57,55 @@ def test_two_identical_runs_compare_the_same_and_a_planted_5_percent_slowdown_is
     assert slowed["b"]["clock"] == "cpu" and slowed["b"]["detectable"] < 0.05
     faster = compare.compare(_doc(6, slower={"c": 1.05}), base)["libraries"]
     assert faster["c"]["verdict"] == "improvement"
+
+
+def _side_by_side_doc(seed: int, runs: int = 10, epochs: int = 4, machine: float = 1.0, harness: dict | None = None,
+                      process: float = 0.01, noise: float = 0.01) -> dict:
+    """A benchmark whose harness and plain loops took turns epoch by epoch: each process has a speed of its own
+    (lognormal, `process`), each epoch its noise, a drift shared by the two sides of a run; the machine `machine`
+    times slower for both; harness[library]: the harness alone that much slower."""
+    rng = np.random.default_rng(seed)
+    doc = {"environment": {"cores": 2}, "config": {"threads": 2, "epochs": epochs, "batch_size": 128},
+           "runs": {}, "plain": {}}
+    for r in range(runs):
+        key, drift = f"repeat{r + 1}", machine * np.exp(0.05 * rng.standard_normal(epochs))
+        doc["runs"][key], doc["plain"][key] = {}, {}
+        for lib in LIBS:
+            h = (harness or {}).get(lib, 1.0) * drift * np.exp(process * rng.standard_normal()
+                                                               + noise * rng.standard_normal(epochs))
+            p = drift * np.exp(process * rng.standard_normal() + noise * rng.standard_normal(epochs))
+            doc["runs"][key][lib] = {"status": "ok", "record": {"epochs": [
+                {"train_s": float(w), "cpu_s": float(1.9 * w), "steal_s": 0.0, "pressure_s": 0.0} for w in h]}}
+            doc["plain"][key][lib] = {"status": "ok", "epoch_s": [float(w) for w in p],
+                                      "epoch_cpu_s": [float(1.9 * w) for w in p], "turns": "epoch"}
+    doc["benchmark"] = {"libraries": {lib: {"images_per_s": {"median": 1.0, "min": 1.0, "max": 1.0}}
+                                      for lib in LIBS}}
+    return doc
+
+
+def test_side_by_side_intervals_take_runs_as_the_replicates():
+    """Processes differ by 5 %: an interval over runs covers the truth about 95 % of the time; pooling every pair
+    (the control) pretends the epochs of one process are independent and misses it far more often."""
+    covered, pooled = 0, 0
+    for seed in range(40):
+        doc = _side_by_side_doc(seed, runs=6, process=0.05)
+        rows, plain = bench.of_library(doc["runs"], "a"), bench.of_library(doc["plain"], "a")
+        figure = bench.overhead(rows, plain, 2, stats.policy())
+        assert figure["paired"] == 6
+        covered += figure["overhead_wall"]["low"] <= 1.0 <= figure["overhead_wall"]["high"]
+        pairs = [h[0] / p[0] for run in bench.side_by_side(rows, plain).values() for h, p in run]
+        naive = stats.median_interval(pairs)
+        pooled += naive["low"] <= 1.0 <= naive["high"]
+    assert covered >= 34 and pooled <= 30
+
+
+def test_compare_judges_the_harness_cost_so_the_machine_drift_between_benchmarks_cancels():
+    base = _side_by_side_doc(10)
+    slower_machine = compare.compare(base, _side_by_side_doc(11, machine=1.10))["libraries"]
+    assert {n: r["verdict"] for n, r in slower_machine.items()} == dict.fromkeys(LIBS, "same")
+    assert all(r["judged_by"] == "overhead" for r in slower_machine.values())
+    assert all(r["time_ratio"]["low"] > 1.05 for r in slower_machine.values())  # the control: raw time sees the drift
+    planted = compare.compare(base, _side_by_side_doc(12, machine=0.95, harness={"b": 1.05}))["libraries"]
+    assert {n: r["verdict"] for n, r in planted.items()} == {"a": "same", "b": "regression", "c": "same"}
+    assert planted["b"]["detectable"] < 0.03
+    assert planted["b"]["overhead_change"]["low"] <= 1.05 <= planted["b"]["overhead_change"]["high"]

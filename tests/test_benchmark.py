@@ -35,6 +35,8 @@ def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(re
             assert e[key]["n"] == 2 and e[key]["min"] <= e[key]["median"] <= e[key]["max"], key
         assert e["gflops"] > 0 and e["percent_of_peak"] > 0 and e["peak_rss_mib"]["max"] > 100
         assert e["plain_steady_epoch_s"]["n"] == 2 and e["overhead_ratio"] > 0
+        # each plain loop took turns with its harness run, epoch by epoch (workers.turns), as its worker reports
+        assert [rows[name]["turns"] for rows in run["plain"].values()] == ["epoch", "epoch"]
         # fresh processes of the same job: the same arithmetic, so the same losses
         losses = [[s["loss"] for s in rows[name]["record"]["steps"]] for rows in run["runs"].values()]
         assert losses[0] == pytest.approx(losses[1], rel=1e-6)
@@ -108,14 +110,23 @@ def test_compare_refuses_a_folder_that_is_not_a_benchmark(tmp_path):
 
 
 def test_target_ci_stops_repeating_once_the_intervals_are_narrow_enough(tmp_path):
-    """--target-ci: a loose target is met at the policy's minimum of runs, and the runs not needed are not made."""
+    """--target-ci: asked before each run once two are made, the runs stop at the first answer within the target,
+    and the runs not needed are not made."""
+    import re
+
     proc, folder, run = run_training(tmp_path, "pytorch", "--repeat", "4", "--target-ci", "99%", "--epochs", "4",
                                      "--max-batches", "2", "--threads", "1", "--no-dropout")
     assert proc.returncode == 0, proc.stderr
-    assert set(run["runs"]) == {"repeat1", "repeat2"} and "enough runs" in proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("--target-ci") and "widest" in line]
+    widths = [float(re.search(r"±([0-9.]+) %", line).group(1)) for line in said]
+    met = [i for i, width in enumerate(widths) if width <= 99]
+    made = 2 + met[0] if met else 4
+    assert set(run["runs"]) == {f"repeat{k + 1}" for k in range(made)}
+    assert ("enough runs" in said[met[0]]) if met else (len(widths) == 2 and "enough runs" not in proc.stderr)
     e = run["benchmark"]["libraries"]["pytorch"]
     assert e["overhead_cpu"]["low"] <= e["overhead_cpu"]["ratio"] <= e["overhead_cpu"]["high"]
-    assert len(run["benchmark"]["peak"]["measurements"]) == 3  # before the runs and after each
+    assert e["paired"] == made and e["overhead_wall"]["runs"] == made  # side-by-side epochs, runs the replicates
+    assert len(run["benchmark"]["peak"]["measurements"]) == made + 1  # before the runs and after each
 
 
 def test_target_ci_is_refused_without_a_cap_in_one_line():

@@ -8,16 +8,18 @@ nothing of this project, and `check_cluster` refuses a cluster whose workers can
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import socket
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from builders import resolve
-from workers import progress
+from workers import progress, turns
 from workers.plain import run_plain
 from workers.training import train_one
 
@@ -57,18 +59,53 @@ class Job:
 
 def run_local(jobs: list, threads: int, timeout: float, log_dir: Path, shown: str = "auto"):
     """Yield (job, row) for each job, trained one at a time on this machine, its progress shown as `shown`
-    (workers.progress.MODES) says."""
-    for job in jobs:
-        env = resolve(job.library)[1]
-        if job.plain:
+    (workers.progress.MODES) says. A harness job followed by its own plain loop runs side by side with it, the two
+    taking turns epoch by epoch (workers.turns): one trains while the other waits."""
+    queue = list(jobs)
+    while queue:
+        job = queue.pop(0)
+        if not job.plain and queue and queue[0] == dataclasses.replace(job, plain=True):
+            yield from _taking_turns(job, queue.pop(0), threads, timeout, log_dir, shown)
+        elif job.plain:
             print(f"{job.label}: plain loop", file=sys.stderr, flush=True)
-            yield job, run_plain(job.library, env, job.folder, threads, timeout, log_dir / job.log_name)
-            continue
-        work = progress.Work(job.steps_total, job.epochs, job.images)
-        row = train_one(job.library, env, job.folder, threads, timeout, log_dir / job.log_name,
-                        progress.training(shown, job.label, work))
-        row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
-        yield job, row
+            yield job, _plain(job, threads, timeout, log_dir)
+        else:
+            yield job, _harness(job, threads, timeout, log_dir, shown)
+
+
+def _plain(job: Job, threads: int, timeout: float, log_dir: Path, extra: dict | None = None) -> dict:
+    return run_plain(job.library, resolve(job.library)[1], job.folder, threads, timeout, log_dir / job.log_name,
+                     extra)
+
+
+def _harness(job: Job, threads: int, timeout: float, log_dir: Path, shown: str, extra: dict | None = None) -> dict:
+    work = progress.Work(job.steps_total, job.epochs, job.images)
+    row = train_one(job.library, resolve(job.library)[1], job.folder, threads, timeout, log_dir / job.log_name,
+                    progress.training(shown, job.label, work), extra)
+    row["executor"] = {"kind": "local", "host": socket.gethostname(), "shared": False}
+    return row
+
+
+def _taking_turns(job: Job, plain: Job, threads: int, timeout: float, log_dir: Path, shown: str):
+    """The harness job and its plain loop in two processes at once, one epoch at a time each, the harness first."""
+    print(f"{plain.label}: plain loop, taking turns with the harness epoch by epoch", file=sys.stderr, flush=True)
+    rows = {}
+    with turns.Referee(["harness", "plain"]) as referee:
+        def plain_side():
+            try:
+                rows["plain"] = _plain(plain, threads, timeout, log_dir, referee.env("plain"))
+            finally:
+                referee.gone("plain")
+
+        side = threading.Thread(target=plain_side, name=f"plain {plain.label}", daemon=True)
+        side.start()
+        try:
+            row = _harness(job, threads, timeout, log_dir, shown, referee.env("harness"))
+        finally:
+            referee.gone("harness")
+        side.join()
+    yield job, row
+    yield plain, rows.get("plain", {"status": "crashed", "reason": "the plain loop's thread ended without a result"})
 
 
 def train_remote(library: str, files: dict, threads: int, timeout: float) -> dict:

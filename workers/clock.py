@@ -6,12 +6,17 @@ processes disturbs least), the machine's steal time (what the hypervisor gave ot
 CPU pressure stall time (how long some runnable task waited for a CPU; /proc/pressure/cpu "some"), all in
 seconds. Steal and pressure are None where the kernel does not report them. Standard library only: the clock runs
 in every worker environment.
+
+In a benchmark whose harness and plain loop take turns (workers.turns), mark() waits for this process's turn and
+span() passes it on once the time is read: the clock's boundaries are the turns' boundaries.
 """
 from __future__ import annotations
 
 import os
 import time
 from typing import NamedTuple
+
+from workers.turns import TURN
 
 STAT, PRESSURE = "/proc/stat", "/proc/pressure/cpu"
 
@@ -43,14 +48,20 @@ def _pressure_s() -> float | None:
         return None
 
 
-def mark() -> Mark:
+def _now() -> Mark:
     times = os.times()
     return Mark(time.perf_counter(), times.user + times.system, _steal_s(), _pressure_s())
 
 
+def mark() -> Mark:
+    TURN.take()
+    return _now()
+
+
 def span(start: Mark) -> dict:
     """{wall_s, cpu_s, steal_s, pressure_s} from `start` to now."""
-    now = mark()
+    now = _now()
+    TURN.pass_on()
 
     def delta(a, b):
         return None if a is None or b is None else b - a

@@ -11,10 +11,11 @@ from workers.status import Status
 MODULE = "benchmarks.plain"
 
 
-def run_plain(library: str, env: str, job: Path, threads: int, timeout: float, log: Path) -> dict:
+def run_plain(library: str, env: str, job: Path, threads: int, timeout: float, log: Path,
+              extra: dict | None = None) -> dict:
     """{"status": "ok", "wall_s": ..., "epoch_s": [...], "final_loss": ..., ...} or {"status": ..., "reason": ...}."""
     lines = []
-    outcome = spawn.run(MODULE, [library, job], env, timeout, log, lines.append, threads)
+    outcome = spawn.run(MODULE, [library, job], env, timeout, log, lines.append, threads, extra)
     if outcome.status == Status.OK:
         try:
             result = json.loads(([line for line in lines if line.strip()] or ["null"])[-1])

@@ -236,6 +236,7 @@ class PlainRow(Typed):
     epoch_cpu_s: list[float] | None = field(default=None, metadata=OMIT_NONE)  # workers.clock, per epoch
     epoch_steal_s: list[float | None] | None = field(default=None, metadata=OMIT_NONE)
     epoch_pressure_s: list[float | None] | None = field(default=None, metadata=OMIT_NONE)
+    turns: str | None = field(default=None, metadata=OMIT_NONE)  # "epoch": took turns with the harness (workers.turns)
 
     def __post_init__(self):
         _one_of(self.status, PLAIN_STATUSES, "status")

@@ -35,10 +35,10 @@ class Outcome:
         return dataclasses.replace(self, status=Status.CRASHED, reason=f"worker wrote a malformed result ({what})")
 
 
-def worker_env(threads: int | None = None) -> dict:
+def worker_env(threads: int | None = None, extra: dict | None = None) -> dict:
     """The environment of every worker: the project importable, quiet TensorFlow, fixed hashing, the parent's
-    pid (workers die with it), and with `threads` the thread variables the numeric libraries read."""
-    env = dict(os.environ)
+    pid (workers die with it), with `threads` the thread variables the numeric libraries read, and `extra`."""
+    env = {**os.environ, **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(envs.ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONHASHSEED"] = "0"
@@ -48,20 +48,21 @@ def worker_env(threads: int | None = None) -> dict:
 
 
 def run(module: str, args: list, env: str, timeout: float, log: Path | None = None,
-        on_line: Callable[[str], None] | None = None, threads: int | None = None) -> Outcome:
+        on_line: Callable[[str], None] | None = None, threads: int | None = None, extra: dict | None = None) -> Outcome:
     """Run `python -m module *args` in environment `env` (envs.ensure) from the project root and classify its
     exit. stderr goes to `log` (a temporary file when None); stdout goes there too, or, with `on_line`, each
-    of its lines (without the newline) to on_line while the worker runs. An interruption (any exception while
+    of its lines (without the newline) to on_line while the worker runs; `extra`: variables added to the worker's
+    environment (workers.turns). An interruption (any exception while
     waiting) kills the worker and is re-raised."""
     if log is None:
         with tempfile.TemporaryDirectory(prefix="worker-") as tmp:
-            return run(module, args, env, timeout, Path(tmp) / "worker.log", on_line, threads)
+            return run(module, args, env, timeout, Path(tmp) / "worker.log", on_line, threads, extra)
     started = time.perf_counter()
     try:
         python = envs.ensure(env)
         with open(log, "w") as handle:
             proc = lifeline.spawn([str(python), "-m", module, *map(str, args)], cwd=envs.ROOT,
-                                  env=worker_env(threads), stdout=subprocess.PIPE if on_line else handle,
+                                  env=worker_env(threads, extra), stdout=subprocess.PIPE if on_line else handle,
                                   stderr=handle if on_line else subprocess.STDOUT, text=True, errors="replace")
     except (envs.EnvError, OSError) as exc:  # an environment missing, broken or unbuildable
         return Outcome(Status.FAILED, f"cannot start the worker: {exc}")

@@ -45,17 +45,17 @@ def empty_record() -> dict:
 
 
 def train_one(library: str, env: str, job: Path, threads: int, timeout: float, log: Path,
-              shown: progress.Silent | None = None) -> dict:
+              shown: progress.Silent | None = None, extra: dict | None = None) -> dict:
     """Train `library` (in environment `env`) on the job folder; returns its row: status, reason, record
     (optimizer, steps, epochs, ...) and wall_s. The worker's stderr goes to `log`; its events go to `shown`
-    (workers.progress.training; None shows nothing)."""
+    (workers.progress.training; None shows nothing); `extra`: variables added to its environment (workers.turns)."""
     record = empty_record()
     with shown or progress.Silent() as reporter:
         def on_line(line: str) -> None:
             if line.startswith(EVENT_PREFIX):
                 _record_event(record, json.loads(line[len(EVENT_PREFIX):]), reporter)
 
-        outcome = spawn.run(MODULE, [library, job], env, timeout, log, on_line, threads)
+        outcome = spawn.run(MODULE, [library, job], env, timeout, log, on_line, threads, extra)
         trained = None
         if outcome.status == Status.OK:
             try:

@@ -8,10 +8,11 @@ order with the harness trainer's own optimizer and loss helpers (identical arith
 idiom and nothing else: no per-step events, conversions, callbacks, tensor dumps or harness dropout masks.
 It prints one JSON line to stdout:
     {"library": ..., "epoch_s": [...], "epoch_cpu_s": [...], "epoch_steal_s": [...], "epoch_pressure_s": [...],
-     "final_loss": ..., "final_loss_of": "last batch" | "last epoch (mean)"}
+     "final_loss": ..., "final_loss_of": "last batch" | "last epoch (mean)", "turns": "epoch" | null}
 epoch_s: each epoch's training alone (the same boundaries as the harness trainer's train_s). final_loss: the last
 batch's loss where the idiom hands it out for free; the fit-based Keras loops get only fit's History, whose
 loss is the epoch's batch-size-weighted mean (compare it with the harness's record["epochs"][-1]["train_loss"]).
+turns: "epoch" when every epoch took its turn with the harness's (workers.turns), else null.
 
 Each module benchmarks.plain.<module> defines train(spec, data, config) -> EpochTimes (a list of epoch seconds
 carrying .final_loss and .final_loss_of).

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from workers import ExitCode, lifeline
+from workers.turns import TURN
 
 
 def main(argv=None) -> int:
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
         return ExitCode.FAILED
     costs = {f"epoch_{key}": [span[key] for span in epochs.spans] for key in ("cpu_s", "steal_s", "pressure_s")}
     print(json.dumps({"library": library, "epoch_s": list(epochs), **costs, "final_loss": epochs.final_loss,
-                      "final_loss_of": epochs.final_loss_of}))
+                      "final_loss_of": epochs.final_loss_of, "turns": "epoch" if TURN.kept else None}))
     sys.stdout.flush()
     return ExitCode.OK
 
