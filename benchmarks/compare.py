@@ -7,10 +7,10 @@ harness, so whatever the machine did between the two benchmarks cancels: a chang
 change of the machine does not. Where either benchmark lacks side-by-side epochs (a Dask run), the verdict falls
 back on the raw epoch time ratio (CPU time where both recorded it; epochs resampled), which is shown for every
 library beside it and includes the machine's drift: a slower library or machine shows there. A library is a
-regression when the judged interval lies wholly above 1 + minimum_change (benchmarks/policy.json), an improvement
-when it lies below 1 - minimum_change, else the same; the interval's half-width is the smallest change the two
-benchmarks could have detected. Exit 0 no regression, 1 any regression, 2 bad input. --json PATH also writes the
-comparison.
+regression when the judged interval lies wholly above 1 and its estimate above 1 + minimum_change
+(benchmarks/policy.json): significant and larger than what is not worth a verdict; an improvement likewise below;
+else the same. The interval's half-width is the smallest change the two benchmarks could have detected.
+Exit 0 no regression, 1 any regression, 2 bad input. --json PATH also writes the comparison.
 """
 from __future__ import annotations
 
@@ -58,7 +58,10 @@ def _overheads(doc: dict, name: str) -> list:
 def _verdict(interval: dict, change: float) -> str:
     if interval["low"] is None:
         return "missing"
-    return "regression" if interval["low"] > 1 + change else "improvement" if interval["high"] < 1 - change else "same"
+    """Significant and relevant: the interval excludes 1 and the estimate lies beyond the minimum change."""
+    if interval["low"] > 1 and interval["ratio"] > 1 + change:
+        return "regression"
+    return "improvement" if interval["high"] < 1 and interval["ratio"] < 1 - change else "same"
 
 
 def _library(base: dict, cand: dict, name: str, confidence: float, rules: dict) -> dict:
@@ -108,8 +111,9 @@ def markdown(result: dict, base_name: str, cand_name: str) -> str:
              f"Bonferroni over {len(result['libraries'])} libraries). Judged by the harness's cost: each run's "
              f"harness/plain ratio of epochs measured side by side, candidate over baseline, runs the replicates "
              f"(the machine's drift between the two benchmarks cancels); where either lacks side-by-side epochs, by the "
-             f"raw epoch time ratio (drift included). A regression: the interval lies wholly above "
-             f"1 + {result['minimum_change']:g}; the smallest detectable change is its half-width.", "",
+             f"raw epoch time ratio (drift included). A regression: the interval lies wholly above 1 and the "
+             f"estimate above 1 + {result['minimum_change']:g}; the smallest detectable change is the interval's "
+             f"half-width.", "",
              "| library | harness / plain, baseline → candidate | change of harness / plain [interval] "
              "| raw epoch time ratio [interval] | smallest detectable change | baseline images/s | candidate images/s "
              "| verdict |", "|---|---|---|---|---|---|---|---|"]

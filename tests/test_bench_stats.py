@@ -109,3 +109,18 @@ def test_compare_judges_the_harness_cost_so_the_machine_drift_between_benchmarks
     assert {n: r["verdict"] for n, r in planted.items()} == {"a": "same", "b": "regression", "c": "same"}
     assert planted["b"]["detectable"] < 0.03
     assert planted["b"]["overhead_change"]["low"] <= 1.05 <= planted["b"]["overhead_change"]["high"]
+
+
+def test_compare_rarely_alarms_on_identical_benchmarks_and_finds_a_planted_5_percent_harness_slowdown():
+    """40 pairs of benchmarks like this machine's (16 runs then 8, per-process speeds within 1 %): at most a few false
+    alarms over 200 library comparisons (the candidate's machine 5 % slower in half of them), and a 5 % harness
+    slowdown planted in one library flagged in most pairs."""
+    alarms, found = 0, 0
+    for seed in range(40):
+        base = _side_by_side_doc(100 + seed, runs=16, epochs=3)
+        same = compare.compare(base, _side_by_side_doc(200 + seed, runs=8, epochs=3, machine=1.05))["libraries"]
+        alarms += sum(r["verdict"] != "same" for r in same.values())
+        planted = compare.compare(base, _side_by_side_doc(300 + seed, runs=8, epochs=3, harness={"b": 1.05}))
+        found += planted["libraries"]["b"]["verdict"] == "regression"
+        alarms += sum(planted["libraries"][n]["verdict"] != "same" for n in ("a", "c"))
+    assert alarms <= 4 and found >= 36
