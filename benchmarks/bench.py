@@ -220,9 +220,10 @@ def markdown(run: dict) -> list:
                   f"{run['config']['threads']} thread(s), measured before the runs and after each: {measured} "
                   f"GFLOP/s (spread {_median_range(peak['spread'], '.0f')}); the first table's % of peak uses the "
                   f"highest, the second's each run's own moment. Peak RSS: the largest over the runs. Harness / "
-                  f"plain: median steady epoch of the harness over that of the library's plain tutorial-style loop "
+                  f"plain: the harness's steady epochs over those of the library's plain tutorial-style loop "
                   f"(benchmarks/plain), run beside it on the same job, the two processes taking turns epoch by epoch "
-                  f"(workers/turns.py); 1.000 = no overhead."]
+                  f"(workers/turns.py): the second table's wall-time figure (without side-by-side runs, the ratio of "
+                  f"the two medians); 1.000 = no overhead."]
     return lines
 
 
