@@ -56,9 +56,9 @@ def _overheads(doc: dict, name: str) -> list:
 
 
 def _verdict(interval: dict, change: float) -> str:
+    """Significant and relevant: the interval excludes 1 and the estimate lies beyond the minimum change."""
     if interval["low"] is None:
         return "missing"
-    """Significant and relevant: the interval excludes 1 and the estimate lies beyond the minimum change."""
     if interval["low"] > 1 and interval["ratio"] > 1 + change:
         return "regression"
     return "improvement" if interval["high"] < 1 and interval["ratio"] < 1 - change else "same"
