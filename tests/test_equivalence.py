@@ -65,7 +65,9 @@ def test_legitimate_float32_drift_past_the_fixed_bound_is_within_numerics(report
 
 def test_a_saturated_softmax_that_float32_cannot_settle_is_not_a_mismatch(tmp_path):
     # onnx's light AlexNet: equal weight columns, logits near 5e11 that tie exactly in onnxruntime (a uniform
-    # softmax) and break by an ulp in Theano's gemm (a saturated one); the fixed bound called this a MISMATCH
+    # softmax) and, on some machines, break by an ulp in Theano's gemm (a saturated one), which the fixed bound
+    # called a MISMATCH. Whether they break depends on the BLAS kernel the CPU gets (they tied on CI's machine),
+    # so the saturation itself is planted in test_compare; here the real run passes, judged by its envelope.
     from pathlib import Path
 
     import onnx.backend.test
@@ -76,5 +78,6 @@ def test_a_saturated_softmax_that_float32_cannot_settle_is_not_a_mismatch(tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     row = json.loads(out.read_text())["libraries"]["keras-theano"]
     softmax = row["layers"][-1]
-    assert softmax["kind"] == "softmax" and softmax["scaled"] > 1, softmax  # far beyond any fixed bound
+    assert softmax["kind"] == "softmax" and softmax["envelope"] is not None, softmax
     assert softmax["numerics"] == "within numerics" and row["output"]["argmax_disagree_decided"] == 0
+    assert row["output"]["atol"] >= 0.5  # an output float32 cannot settle is not held to its digits
