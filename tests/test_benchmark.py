@@ -119,15 +119,27 @@ def test_target_ci_stops_repeating_once_the_intervals_are_narrow_enough(tmp_path
     proc, folder, run = run_training(tmp_path, "pytorch", "--repeat", "4", "--target-ci", "99%", "--epochs", "4",
                                      "--max-batches", "2", "--threads", "1", "--no-dropout")
     assert proc.returncode == 0, proc.stderr
-    said = [line for line in proc.stderr.splitlines() if line.startswith("--target-ci") and "widest" in line]
-    widths = [float(re.search(r"±([0-9.]+) %", line).group(1)) for line in said]
-    met = [i for i, width in enumerate(widths) if width <= 99]
-    made = 2 + met[0] if met else 4
+    # one ask before each run; before the first two (minimum_runs 2) there is no interval, and after them there may
+    # be none yet either (too few undisturbed epochs on a busy machine: CI, 2026-12-03)
+    asks = [line for line in proc.stderr.splitlines() if line.startswith("--target-ci")]
+    assert all("no interval yet" in line for line in asks[:2]), asks
+    met = [i for i, line in enumerate(asks) if "enough runs" in line]
+    made = met[0] if met else 4
+    assert len(asks) == (made + 1 if met else 4), asks
     assert set(run["runs"]) == {f"repeat{k + 1}" for k in range(made)}
-    assert ("enough runs" in said[met[0]]) if met else (len(widths) == 2 and "enough runs" not in proc.stderr)
+    for line in asks[2:]:  # the verdict agrees with the width it printed (to its one printed decimal)
+        if "widest" in line:
+            width = float(re.search(r"±([0-9.]+) %", line).group(1))
+            assert (width <= 99.05) if "enough runs" in line else (width >= 98.95), line
     e = run["benchmark"]["libraries"]["pytorch"]
-    assert e["overhead_cpu"]["low"] <= e["overhead_cpu"]["ratio"] <= e["overhead_cpu"]["high"]
-    assert e["paired"] == made and e["overhead_wall"]["runs"] == made  # side-by-side epochs, runs the replicates
+    # side-by-side epochs, runs the replicates; a run whose every epoch was disturbed is no replicate
+    assert e["overhead_wall"]["runs"] == e["paired"] <= made
+    if met:  # the report has the interval the stop was judged on
+        assert e["paired"] >= 2
+        assert any(e[f"overhead_{c}"]["low"] is not None for c in ("wall", "cpu"))
+        for clock in ("wall", "cpu"):
+            figure = e[f"overhead_{clock}"]
+            assert figure["low"] is None or figure["low"] <= figure["ratio"] <= figure["high"]
     assert len(run["benchmark"]["peak"]["measurements"]) == made + 1  # before the runs and after each
 
 
