@@ -10,6 +10,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED_MODEL = ROOT / "spec" / "seed_cnn.onnx"
 
 
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the longest-first order below, not its own
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    from tests import durations
+
+    items[:] = durations.longest_first(items, durations.load())
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
     """The test CNNs of tests/model_zoo.py, written once per session: name -> path."""
