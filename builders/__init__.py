@@ -7,6 +7,7 @@ to_canonical) and has one `op_<kind>` function per op kind of the registry (`spe
 Library imports happen inside those functions, so this package can be imported anywhere.
 Layout conversions and library quirks live in the builder of that library and nowhere else.
 """
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,12 @@ def resolve(name: str) -> tuple:
 
 
 def cache_dir(name: str) -> Path:
-    """The project's own folder (.cache/<name>, created) for what a library compiles and can reuse in later
-    runs: Theano's C modules, XLA executables, TorchInductor kernels."""
-    path = Path(__file__).resolve().parents[1] / ".cache" / name
+    """The folder (<cache root>/<name>, created) for what a library compiles and can reuse in later runs and other
+    checkouts: Theano's C modules, XLA executables, TorchInductor kernels. The root is $XV_CACHE_DIR, else
+    $XDG_CACHE_HOME/onnx-xverify, else ~/.cache/onnx-xverify: per user, not per checkout, because a cold Theano
+    cache cost up to two minutes of g++ per model and every fresh clone (CI's included) paid it again."""
+    root = os.environ.get("XV_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnx-xverify"
+    path = Path(root).expanduser() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -20,7 +20,7 @@ DASK = Path(sys.executable).with_name("dask")  # the main environment's own `das
 START_S = 90  # for a scheduler or its workers to come up on a busy machine
 RUN_S = 600  # for one small training run
 RUN = ["pytorch", "--epochs", "1", "--max-batches", "2", "--threads", "1"]
-LINKED = (".envs", ".cache")  # a checkout's environments and compile caches, shared with this one
+LINKED = (".envs",)  # a checkout's environments, shared with this one (the compile caches are per user already)
 
 
 def _checkout(target: Path, environments: bool = True) -> Path:
