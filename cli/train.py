@@ -209,7 +209,7 @@ def execute(plan: planning.Plan, folder: Path | None = None, argv: list | None =
     print(f"results folder: {folder}", file=sys.stderr)
     passed, refused = gate.verdicts(verified, plan.names)
     outcome = dispatch.run(plan, folder, passed, refused, _peak(plan) if plan.mode == "benchmark" else None,
-                           _enough(plan) if plan.options.target_ci else None)
+                           _still_wanted(plan, passed) if plan.options.target_ci else None)
     return finish(plan, folder, outcome)
 
 
@@ -219,23 +219,31 @@ def _peak(plan: planning.Plan):
     return lambda: bench.machine_peak(plan.threads)
 
 
-def _enough(plan: planning.Plan):
-    """--target-ci: after each run, whether every library's harness/plain interval is narrow enough (said on
-    stderr)."""
+def _still_wanted(plan: planning.Plan, names: list):
+    """--target-ci: before each run, those of `names` (the libraries that passed the gate) whose harness/plain
+    interval is not yet narrow enough (said on stderr); the run trains only those, and none left ends the runs."""
     from benchmarks import bench
 
-    def enough(outcome) -> bool:
+    def wanted(outcome) -> list:
         runs, plain = ({key: {name: row.to_json() for name, row in rows.items()} for key, rows in which.items()}
                        for which in (outcome.runs, outcome.plain))
-        name, clock, width = bench.widest(runs, plain, plan.names, os.cpu_count() or 1)
-        target = plan.options.target_ci
-        if width is None:
-            print(f"--target-ci ±{100 * target:g} %: {name} has no interval yet", file=sys.stderr, flush=True)
-            return False
-        print(f"--target-ci ±{100 * target:g} %: widest harness/plain interval ±{100 * width:.1f} % ({name}, "
-              f"{clock} time)" + ("; enough runs" if width <= target else ""), file=sys.stderr, flush=True)
-        return width <= target
-    return enough
+        found = bench.widths(runs, plain, names, os.cpu_count() or 1)
+        target, left = plan.options.target_ci, bench.unsettled(found, plan.options.target_ci)
+        lacking = [name for name, (width, _) in found.items() if width is None]
+        if not found:
+            return []
+        if lacking:
+            said = f"{lacking[0]} has no interval yet"
+        else:
+            width, name, clock = max((width, name, clock) for name, (width, clock) in found.items())
+            said = f"widest harness/plain interval ±{100 * width:.1f} % ({name}, {clock} time)"
+        if not left:
+            said += "; enough runs"
+        elif len(left) < len(found):
+            said += f"; the next run trains only {', '.join(left)} (the others are within ±{100 * target:g} %)"
+        print(f"--target-ci ±{100 * target:g} %: {said}", file=sys.stderr, flush=True)
+        return left
+    return wanted
 
 
 def benchmark_report(plan, outcome, folder: Path) -> tuple:

@@ -143,6 +143,29 @@ def test_target_ci_stops_repeating_once_the_intervals_are_narrow_enough(tmp_path
     assert len(run["benchmark"]["peak"]["measurements"]) == made + 1  # before the runs and after each
 
 
+def test_target_ci_trains_again_only_the_libraries_still_wanted(tmp_path):
+    """The runs after an ask train only the libraries it names (the others' intervals were within the target); an
+    empty answer ends the runs, and nothing skipped is reported as missing."""
+    from trainers import dispatch
+    from trainers import plan as planning
+    from trainers.plan import TrainOptions
+
+    both = ["pytorch", "pytorch+channels_last"]
+    plan = planning.make(TrainOptions(both, repeat=3, epochs=2, max_batches=2, threads=1, dropout="off"))
+    asks, answers = [], [both, ["pytorch"], []]
+
+    def wanted(outcome):
+        asks.append({key: list(rows) for key, rows in outcome.runs.items() if rows})
+        return answers[len(asks) - 1]
+
+    outcome = dispatch.run(plan, tmp_path, plan.names, {}, measure=lambda: {"gflops": 1.0}, wanted=wanted)
+    assert asks == [{}, {"repeat1": both}, {"repeat1": both, "repeat2": ["pytorch"]}]
+    for rows in (outcome.runs, outcome.plain):
+        assert {key: list(by_name) for key, by_name in rows.items()} == {"repeat1": both, "repeat2": ["pytorch"]}
+        assert all(row.status == "ok" for by_name in rows.values() for row in by_name.values())
+    assert not outcome.missing and len(outcome.peaks) == 3  # before the runs and after each run made
+
+
 def test_target_ci_is_refused_without_a_cap_in_one_line():
     from tests.conftest import assert_one_line_error
 

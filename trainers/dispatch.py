@@ -119,13 +119,13 @@ def write_job_files(plan: Plan, seed: int, folder: Path) -> None:
     harness.write_job(folder, spec, plan.arrays, order, config)
 
 
-def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, enough=None) -> Outcome:
+def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, wanted=None) -> Outcome:
     """Train `names` in every run of the plan; `rejected` ({library: row}) are the libraries the gate refused,
     their rows kept as they are. Jobs already in the folder's ledger are not run again. `measure()`, when
     given, is called before the jobs and after each run's (a benchmark's machine peak). An interruption stops every
-    worker; the outcome then says which jobs are missing and gives them 'interrupted' rows. `enough(outcome)`,
-    when given, is asked after each run (a benchmark with --target-ci): once it says so, the runs not started are
-    dropped from the outcome."""
+    worker; the outcome then says which jobs are missing and gives them 'interrupted' rows. `wanted(outcome)`,
+    when given, is asked before each run (a benchmark with --target-ci) which libraries still need runs: the run
+    trains only those, and once none are left the runs not started are dropped from the outcome."""
     outcome = Outcome({r.key: dict(rejected) for r in plan.runs}, {r.key: {} for r in plan.runs})
     for name, row in rejected.items():
         print(f"{name}: not trained ({row.reason})", file=sys.stderr)
@@ -133,10 +133,10 @@ def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, eno
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         jobs = jobs_of(plan, names, Path(tmp))
         try:
-            skipped = _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure, enough)
-            for key in skipped:
+            skipped = _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure, wanted)
+            jobs = [job for job in jobs if job not in skipped]
+            for key in {job.run for job in skipped} - {job.run for job in jobs}:  # runs left with no job at all
                 del outcome.runs[key], outcome.plain[key]
-            jobs = [job for job in jobs if job.run not in skipped]
         except lifeline.Interrupted as exc:
             stopped = lifeline.stop_all()
             outcome.interrupted = exc
@@ -165,8 +165,8 @@ def _resume(jobs: list, ledger: Ledger, outcome: Outcome) -> list:
 
 
 def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure,
-              enough=None) -> set:
-    """Run the jobs not in the ledger; the keys of the runs `enough` made unnecessary."""
+              wanted=None) -> list:
+    """Run the jobs not in the ledger; the jobs `wanted` made unnecessary."""
     from trainers.executors import run_dask, run_local
 
     todo = _resume(jobs, ledger, outcome)
@@ -179,11 +179,16 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
     o = plan.options
     # a benchmark measures the machine's peak between its runs too, so that each run has a same-moment peak
     groups = [[job for job in todo if job.run == run.key] for run in plan.runs] if measure else [todo]
-    done = {job.run for job in jobs} - pending
-    for group in filter(None, groups):
-        if enough is not None and enough(outcome):
-            return pending - done
-        done.add(group[0].run)
+    groups, skipped = [group for group in groups if group], []
+    for i, group in enumerate(groups):
+        if wanted is not None:
+            libraries = set(wanted(outcome))
+            if not libraries:
+                return skipped + [job for later in groups[i:] for job in later]
+            skipped += [job for job in group if job.library not in libraries]
+            group = [job for job in group if job.library in libraries]
+            if not group:  # resumed: this run's other jobs are in the ledger
+                continue
         if o.executor == "dask":
             finished = run_dask(group, plan.threads, o.timeout, folder, o.scheduler, o.workers, o.progress)
         else:
@@ -192,7 +197,7 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
             _finished(folder, job, raw, ledger, outcome)
         if measure:
             outcome.peaks.append({**measure(), "after_run": group[0].run})
-    return set()
+    return skipped
 
 
 def _finished(folder: Path, job, raw: dict, ledger: Ledger, outcome: Outcome) -> None:
