@@ -131,16 +131,16 @@ def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, wan
         print(f"{name}: not trained ({row.reason})", file=sys.stderr)
     ledger = Ledger(folder)
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
-        jobs = jobs_of(plan, names, Path(tmp))
+        jobs, skipped = jobs_of(plan, names, Path(tmp)), []
         try:
-            skipped = _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure, wanted)
-            jobs = [job for job in jobs if job not in skipped]
-            for key in {job.run for job in skipped} - {job.run for job in jobs}:  # runs left with no job at all
+            _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure, wanted, skipped)
+            for key in {job.run for job in skipped} - {job.run for job in jobs if job not in skipped}:  # no job left
                 del outcome.runs[key], outcome.plain[key]
         except lifeline.Interrupted as exc:
             stopped = lifeline.stop_all()
             outcome.interrupted = exc
             print(f"\n{exc}: stopped {stopped} worker(s); writing what finished", file=sys.stderr, flush=True)
+        jobs = [job for job in jobs if job not in skipped]  # not wanted: neither missing nor interrupted
     for job in jobs:
         if not outcome.has(job):
             outcome.missing.append(job.label + (" (plain loop)" if job.plain else ""))
@@ -165,8 +165,8 @@ def _resume(jobs: list, ledger: Ledger, outcome: Outcome) -> list:
 
 
 def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure,
-              wanted=None) -> list:
-    """Run the jobs not in the ledger; the jobs `wanted` made unnecessary."""
+              wanted=None, skipped: list | None = None) -> None:
+    """Run the jobs not in the ledger; the jobs `wanted` made unnecessary go to `skipped` as they are decided."""
     from trainers.executors import run_dask, run_local
 
     todo = _resume(jobs, ledger, outcome)
@@ -179,12 +179,13 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
     o = plan.options
     # a benchmark measures the machine's peak between its runs too, so that each run has a same-moment peak
     groups = [[job for job in todo if job.run == run.key] for run in plan.runs] if measure else [todo]
-    groups, skipped = [group for group in groups if group], []
+    groups, skipped = [group for group in groups if group], [] if skipped is None else skipped
     for i, group in enumerate(groups):
         if wanted is not None:
             libraries = set(wanted(outcome))
             if not libraries:
-                return skipped + [job for later in groups[i:] for job in later]
+                skipped += [job for later in groups[i:] for job in later]
+                return
             skipped += [job for job in group if job.library not in libraries]
             group = [job for job in group if job.library in libraries]
             if not group:  # resumed: this run's other jobs are in the ledger
@@ -197,7 +198,6 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
             _finished(folder, job, raw, ledger, outcome)
         if measure:
             outcome.peaks.append({**measure(), "after_run": group[0].run})
-    return skipped
 
 
 def _finished(folder: Path, job, raw: dict, ledger: Ledger, outcome: Outcome) -> None:
