@@ -229,9 +229,9 @@ def _still_wanted(plan: planning.Plan, names: list):
                        for which in (outcome.runs, outcome.plain))
         found = bench.widths(runs, plain, names, os.cpu_count() or 1)
         target, left = plan.options.target_ci, bench.unsettled(found, plan.options.target_ci)
-        lacking = [name for name, (width, _) in found.items() if width is None]
         if not found:
             return []
+        lacking = [name for name, (width, _) in found.items() if width is None]
         if lacking:
             said = f"{lacking[0]} has no interval yet"
         else:

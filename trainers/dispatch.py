@@ -134,13 +134,13 @@ def run(plan: Plan, folder: Path, names: list, rejected: dict, measure=None, wan
         jobs, skipped = jobs_of(plan, names, Path(tmp)), []
         try:
             _run_jobs(plan, folder, Path(tmp), jobs, ledger, outcome, measure, wanted, skipped)
-            for key in {job.run for job in skipped} - {job.run for job in jobs if job not in skipped}:  # no job left
-                del outcome.runs[key], outcome.plain[key]
         except lifeline.Interrupted as exc:
             stopped = lifeline.stop_all()
             outcome.interrupted = exc
             print(f"\n{exc}: stopped {stopped} worker(s); writing what finished", file=sys.stderr, flush=True)
         jobs = [job for job in jobs if job not in skipped]  # not wanted: neither missing nor interrupted
+        for key in {job.run for job in skipped} - {job.run for job in jobs}:  # runs left with no job at all
+            del outcome.runs[key], outcome.plain[key]
     for job in jobs:
         if not outcome.has(job):
             outcome.missing.append(job.label + (" (plain loop)" if job.plain else ""))
@@ -165,7 +165,7 @@ def _resume(jobs: list, ledger: Ledger, outcome: Outcome) -> list:
 
 
 def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, outcome: Outcome, measure,
-              wanted=None, skipped: list | None = None) -> None:
+              wanted, skipped: list) -> None:
     """Run the jobs not in the ledger; the jobs `wanted` made unnecessary go to `skipped` as they are decided."""
     from trainers.executors import run_dask, run_local
 
@@ -179,7 +179,7 @@ def _run_jobs(plan: Plan, folder: Path, tmp: Path, jobs: list, ledger: Ledger, o
     o = plan.options
     # a benchmark measures the machine's peak between its runs too, so that each run has a same-moment peak
     groups = [[job for job in todo if job.run == run.key] for run in plan.runs] if measure else [todo]
-    groups, skipped = [group for group in groups if group], [] if skipped is None else skipped
+    groups = [group for group in groups if group]
     for i, group in enumerate(groups):
         if wanted is not None:
             libraries = set(wanted(outcome))
