@@ -64,14 +64,23 @@ def undisturbed(epochs: list, cores: int, rules: dict) -> tuple:
     return (*stats.kept(epochs, flags, rules["minimum_epochs"]), stats.count(flags))
 
 
+def _pair_disturbed(pair: tuple, cores: int, rules: dict) -> bool:
+    return any(stats.disturbed(e[0], e[2], e[3], cores, rules) for e in pair)
+
+
 def undisturbed_pairs(runs: dict, cores: int, rules: dict) -> dict:
     """The runs' pairs without those where either side was disturbed (all kept when too few would remain)."""
     every = [(key, pair) for key, pairs in runs.items() for pair in pairs]
-    flags = [any(stats.disturbed(e[0], e[2], e[3], cores, rules) for e in pair) for _, pair in every]
+    flags = [_pair_disturbed(pair, cores, rules) for _, pair in every]
     found = {key: [] for key in runs}
     for key, pair in stats.kept(every, flags, rules["minimum_epochs"])[0]:
         found[key].append(pair)
     return found
+
+
+def clean_runs(runs: dict, cores: int, rules: dict) -> int:
+    """How many runs of side_by_side() have a pair of epochs neither of which was disturbed."""
+    return sum(any(not _pair_disturbed(pair, cores, rules) for pair in pairs) for pairs in runs.values())
 
 
 def overhead(rows: dict, plain: dict, cores: int, rules: dict) -> dict:
@@ -117,12 +126,16 @@ def half_width(interval: dict) -> float | None:
 
 def widths(runs: dict, plain: dict, names: list, cores: int) -> dict:
     """{library: (relative half-width, clock)} of each harness/plain ratio so far, the more precise of its wall and
-    CPU intervals; (None, None) while a library has no interval."""
+    CPU intervals; (None, None) while a library has no interval to judge: fewer than minimum_runs runs, or, where
+    the two sides took turns, fewer than minimum_runs runs with an undisturbed pair of epochs (an interval that had
+    to keep disturbed epochs says how busy the machine was, not what the harness costs)."""
     rules, found = stats.policy(), {}
     for name in names:
         rows, loop = of_library(runs, name), of_library(plain, name)
         found[name] = (None, None)
-        if len(rows) >= rules["minimum_runs"] and len(loop) >= rules["minimum_runs"]:
+        pairs = side_by_side(rows, loop)
+        replicates = clean_runs(pairs, cores, rules) if pairs else min(len(rows), len(loop))
+        if replicates >= rules["minimum_runs"]:
             figures = overhead(rows, loop, cores, rules)
             measured = [(half_width(figures[f"overhead_{clock}"]), clock) for clock in ("wall", "cpu")]
             found[name] = min(((w, clock) for w, clock in measured if w is not None), default=(None, None))

@@ -222,7 +222,7 @@ def _peak(plan: planning.Plan):
 def _still_wanted(plan: planning.Plan, names: list):
     """--target-ci: before each run, those of `names` (the libraries that passed the gate) whose harness/plain
     interval is not yet narrow enough (said on stderr); the run trains only those, and none left ends the runs."""
-    from benchmarks import bench
+    from benchmarks import bench, stats
 
     def wanted(outcome) -> list:
         runs, plain = ({key: {name: row.to_json() for name, row in rows.items()} for key, rows in which.items()}
@@ -233,7 +233,8 @@ def _still_wanted(plan: planning.Plan, names: list):
             return []
         lacking = [name for name, (width, _) in found.items() if width is None]
         if lacking:
-            said = f"{lacking[0]} has no interval yet"
+            said = (f"{lacking[0]} has no interval yet (it needs {stats.policy()['minimum_runs']} runs with "
+                    "undisturbed epochs)")
         else:
             width, name, clock = max((width, name, clock) for name, (width, clock) in found.items())
             said = f"widest harness/plain interval ±{100 * width:.1f} % ({name}, {clock} time)"
