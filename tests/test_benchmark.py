@@ -171,3 +171,33 @@ def test_target_ci_is_refused_without_a_cap_in_one_line():
 
     assert_one_line_error(run_cli("cli.train", "pytorch", "--target-ci", "3%"), "--target-ci needs --repeat N")
     assert_one_line_error(run_cli("cli.train", "pytorch", "--repeat", "3", "--target-ci", "abc"), "percentage")
+
+
+def test_target_ci_interrupted_lists_as_missing_only_what_was_still_wanted(tmp_path):
+    """Interrupted at the third ask: the run not made is missing (rows 'interrupted', for --resume); the job the
+    second ask left out is not (it was decided, not lost: before aa8132c it was listed missing too)."""
+    import signal
+
+    from trainers import dispatch
+    from trainers import plan as planning
+    from trainers.plan import TrainOptions
+    from workers.lifeline import Interrupted
+
+    both = ["pytorch", "pytorch+channels_last"]
+    plan = planning.make(TrainOptions(both, repeat=3, epochs=2, max_batches=2, threads=1, dropout="off"))
+    asks = []
+
+    def wanted(outcome):
+        asks.append(len(asks))
+        if len(asks) == 3:
+            raise Interrupted(signal.SIGINT)
+        return both if len(asks) == 1 else ["pytorch"]
+
+    outcome = dispatch.run(plan, tmp_path, plan.names, {}, measure=lambda: {"gflops": 1.0}, wanted=wanted)
+    assert outcome.interrupted is not None
+    statuses = {key: {name: str(getattr(row.status, "value", row.status)) for name, row in by_name.items()}
+                for key, by_name in outcome.runs.items()}
+    assert statuses == {"repeat1": dict.fromkeys(both, "ok"), "repeat2": {"pytorch": "ok"},
+                        "repeat3": dict.fromkeys(both, "interrupted")}, statuses
+    assert outcome.missing and all("repeat 3" in label for label in outcome.missing), outcome.missing
+    assert len(outcome.missing) == 4, outcome.missing  # both libraries, harness and plain loop
