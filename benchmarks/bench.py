@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import stats
-from workers import number, results
+from workers import number, results, turns
 
 
 def machine_peak(threads: int) -> dict:
@@ -204,7 +204,8 @@ def summarize(runs: dict, names: list, images_per_epoch: int, flops: dict, peaks
         libraries[name] = entry
     return {"flops_per_image": {"forward": flops["forward"], "training": flops["training"]},
             "peak": {"gflops": peak, "measurements": peaks, "per_run": moments,
-                     "spread": _spread([p["gflops"] for p in peaks])}, "libraries": libraries}
+                     "spread": _spread([p["gflops"] for p in peaks])}, "libraries": libraries,
+            "side_by_side_env": turns.allocator()}
 
 
 def _median_range(spread: dict, spec: str) -> str:
@@ -230,7 +231,7 @@ def markdown(run: dict) -> list:
                  number(e["percent_of_peak"], ".1f"), number(e["peak_rss_mib"]["max"], ".0f"),
                  number(e["plain_steady_epoch_s"]["median"], ".2f"), number(e["overhead_ratio"], ".3f")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", *precision_markdown(b["libraries"])]
+    lines += ["", *precision_markdown(b["libraries"]), *_allocator_note(b)]
     measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
     lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
                   f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: the "
@@ -288,6 +289,16 @@ def precision_markdown(libraries: dict) -> list:
                   f"threads) over the matmul's, both measured in CPU time and so both indifferent to how busy the "
                   f"machine was."]
     return lines
+
+
+def _allocator_note(b: dict) -> list:
+    settings = b.get("side_by_side_env")
+    if not settings or not any(e.get("paired") for e in b["libraries"].values()):
+        return []
+    said = ", ".join(f"{key}={value}" for key, value in settings.items())
+    return ["", f"Both processes of a side-by-side run had the same malloc settings, {said} (workers/turns.py): "
+                "glibc's own threshold moves with what a process freed before, and with it PyTorch's harness/plain "
+                "ratio varied 0.90–1.26 between runs (0.94–1.05 with these); the images/s above are with them."]
 
 
 def plot(run: dict, folder: Path) -> Path:

@@ -51,6 +51,7 @@ def test_repeat_runs_every_library_in_fresh_processes_and_reports_the_figures(re
             "keras-theano.repeat2.plain.stderr.log"} <= names
     table = (folder / "results.md").read_text()
     assert "% of peak" in table and "| pytorch | 2/2 |" in table
+    assert "MALLOC_MMAP_THRESHOLD_=1000000000" in table  # the report says both sides' malloc settings
 
 
 @pytest.mark.parametrize("library", list(LIBRARIES))

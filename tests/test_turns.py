@@ -101,3 +101,37 @@ def test_the_turn_passes_once_the_process_threads_are_idle(spinning):
         assert waited >= 0.3 and not spun_on
     else:
         assert waited < 0.2
+
+
+# where glibc put a 64 MiB block: "heap" (the brk heap) or "mmap" (a mapping of its own, glibc's default for blocks
+# over its mmap threshold)
+PROBE = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+address = libc.malloc(64 << 20)
+heaps = [line.split()[0].split("-") for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+print("heap" if any(int(lo, 16) <= address < int(hi, 16) for lo, hi in heaps) else "mmap")
+"""
+
+
+def _where_malloc_puts_a_large_block(extra: dict) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE], env=spawn.worker_env(extra=extra), capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip()
+
+
+def test_both_sides_run_with_the_same_fixed_malloc_threshold(monkeypatch):
+    for key in turns.ALLOCATOR:
+        monkeypatch.delenv(key, raising=False)
+    with turns.Referee(["harness", "plain"]) as referee:
+        where = {role: _where_malloc_puts_a_large_block(referee.env(role)) for role in ("harness", "plain")}
+    assert where == {"harness": "heap", "plain": "heap"}
+    assert _where_malloc_puts_a_large_block({}) == "mmap"  # the control: glibc's default maps a block that large
+
+
+def test_a_users_own_malloc_setting_is_kept_for_both_sides(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert turns.allocator() == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "-1"}
+    with turns.Referee(["harness", "plain"]) as referee:
+        assert {_where_malloc_puts_a_large_block(referee.env(role)) for role in ("harness", "plain")} == {"mmap"}

@@ -8,6 +8,9 @@ socket (ENV, "<path>#<role>") takes its turn in workers.clock.mark() and passes 
 which then waits for the turn to come back, so that whatever the process does between epochs (evaluation, events)
 also happens while the other one waits. A role whose process has ended, or never connected, is skipped; a lost
 referee lets the workers run freely. Standard library only on the worker side: it runs in every environment.
+
+Both processes also get the same fixed malloc settings (ALLOCATOR), so that each one's speed does not hang on its own
+allocation history; see allocator().
 """
 from __future__ import annotations
 
@@ -24,6 +27,16 @@ TAKE, PASS, GO = b"T", b"P", b"G"
 # (OpenMP's block time: 200 ms with Intel's runtime); passing the turn earlier would hand the other process a machine
 # whose cores are still busy, and make whoever runs second look slower.
 IDLE_WINDOW_S, IDLE_CPU_S, SETTLE_LIMIT_S = 0.02, 0.002, 2.0
+# glibc serves a large block with mmap until a block that size is freed, then raises its threshold (its dynamic
+# mmap threshold), so how often a process page-faults per step depends on what it allocated before. Measured on the
+# seed CNN's PyTorch harness/plain ratio, 12 runs each, interleaved (docs/results/2026-12-03-allocator.md): run-to-run
+# spread (sd of log ratio) 0.087 with glibc's defaults, 0.034 with these; every step ~13 % faster on both sides.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "-1"}
+
+
+def allocator() -> dict:
+    """The malloc settings both sides run with: ALLOCATOR, except where the user's environment sets its own."""
+    return {key: os.environ.get(key, value) for key, value in ALLOCATOR.items()}
 
 
 class Referee:
@@ -42,7 +55,7 @@ class Referee:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def env(self, role: str) -> dict:
-        return {ENV: f"{self.path}#{role}"}
+        return {ENV: f"{self.path}#{role}", **allocator()}
 
     def _accept(self) -> None:
         while True:
