@@ -231,7 +231,7 @@ def markdown(run: dict) -> list:
                  number(e["percent_of_peak"], ".1f"), number(e["peak_rss_mib"]["max"], ".0f"),
                  number(e["plain_steady_epoch_s"]["median"], ".2f"), number(e["overhead_ratio"], ".3f")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", *precision_markdown(b["libraries"]), *_allocator_note(b)]
+    lines += ["", *precision_markdown(b["libraries"]), *_allocator_note(run)]
     measured = ", ".join(f"{p['gflops']:.0f} ({p['by']})" for p in peak["measurements"])
     lines += ["", f"FLOPs per image (spec/flops.py, from the ONNX graph): forward {b['flops_per_image']['forward'] / 1e6:.1f} M, "
                   f"training (forward + backward) {b['flops_per_image']['training'] / 1e6:.1f} M. Machine peak: the "
@@ -291,9 +291,10 @@ def precision_markdown(libraries: dict) -> list:
     return lines
 
 
-def _allocator_note(b: dict) -> list:
-    settings = b.get("side_by_side_env")
-    if not settings or not any(e.get("paired") for e in b["libraries"].values()):
+def _allocator_note(run: dict) -> list:
+    settings = run["benchmark"].get("side_by_side_env")
+    took_turns = any(p.get("turns") == "epoch" for rows in run.get("plain", {}).values() for p in rows.values())
+    if not settings or not took_turns:
         return []
     said = ", ".join(f"{key}={value}" for key, value in settings.items())
     return ["", f"Both processes of a side-by-side run had the same malloc settings, {said} (workers/turns.py): "
