@@ -298,8 +298,8 @@ def _allocator_note(run: dict) -> list:
         return []
     said = ", ".join(f"{key}={value}" for key, value in settings.items())
     return ["", f"Both processes of a side-by-side run had the same malloc settings, {said} (workers/turns.py): "
-                "glibc's own threshold moves with what a process freed before, and with it PyTorch's harness/plain "
-                "ratio varied 0.90–1.26 between runs (0.94–1.05 with these); the images/s above are with them."]
+                "glibc's own threshold moves with what a process freed before, which gave each PyTorch process a "
+                "speed of its own (docs/results/2026-12-03-allocator.md); the images/s above are with these settings."]
 
 
 def plot(run: dict, folder: Path) -> Path:
